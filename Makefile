@@ -1,0 +1,19 @@
+# The two commands: `make demo` runs the main job end to end, `make test` runs the tests.
+# Both install what they need into .venv first (once; again when the pins change).
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench install
+demo: $(VENV)/.installed
+	$(PY) -m pipeline demo --workdir runs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_prep.py
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh
+	scripts/install.sh
+	touch $@

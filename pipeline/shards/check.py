@@ -1,0 +1,104 @@
+"""Manifest tools: ``inspect`` (what is in it), ``verify`` (bytes match the manifest),
+``validate`` (every sample conforms to the schema). Each returns a list of problems."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+
+from PIL import Image
+
+from pipeline.schema import SchemaError, Sample, sample_key
+from pipeline.shards import storage
+from pipeline.shards.manifest import Manifest
+from pipeline.shards.writer import file_digest
+
+MAX_PROBLEMS = 50  # a broken dataset usually breaks the same way many times
+
+
+def inspect(m: Manifest) -> str:
+    t = m.data["totals"]
+    lines = [
+        f"dataset   {m.name}  ({m.root})",
+        f"created   {m.data['created']}  by {m.data['code_version']}",
+        f"input     {m.data['input']['index']}  (source {m.data['input']['source']!r})",
+        f"text      spaCy {m.data['text'].get('model')} {m.data['text'].get('version')}",
+        f"grounder  {m.data['grounder'].get('name')}",
+        f"shards    {len(m.shards)}  ({t['bytes'] / 1e6:.1f} MB)",
+        f"records   {t['inputs']} in = {t['written']} written + {t['dropped']} dropped",
+        f"text      {t['phrases']} phrases, {t['regions']} regions, {t['linked_phrases']} phrases grounded",
+    ]
+    for title, key in (("dropped", "dropped_by_reason"), ("repaired", "repaired_by_reason"),
+                       ("boxes dropped", "boxes_dropped_by_reason")):
+        if t[key]:
+            lines.append(f"{title}:")
+            lines += [f"  {reason:<28} {count:>8}" for reason, count in t[key].items()]
+    return "\n".join(lines)
+
+
+def verify(m: Manifest) -> list[str]:
+    """Every shard exists with the recorded size, sha256 and sample count; totals add up."""
+    problems = []
+    t = m.data["totals"]
+    if t["inputs"] != t["written"] + t["dropped"]:
+        problems.append(f"totals: inputs {t['inputs']} != written {t['written']} + dropped {t['dropped']}")
+    if sum(s.samples for s in m.shards) != t["written"]:
+        problems.append("totals: shard sample counts do not add up to 'written'")
+    if m.dropped().num_rows != t["dropped"]:
+        problems.append(f"dropped.parquet: {m.dropped().num_rows} rows, manifest says {t['dropped']}")
+    for shard in m.shards:
+        if not storage.exists(shard.url):
+            problems.append(f"{shard.name}: missing")
+            continue
+        size, sha = file_digest(shard.url)
+        if (size, sha) != (shard.bytes, shard.sha256):
+            problems.append(f"{shard.name}: {size} bytes sha256 {sha[:12]}…, manifest says "
+                            f"{shard.bytes} bytes sha256 {shard.sha256[:12]}…")
+        elif (n := sum(1 for _ in _samples(shard.url))) != shard.samples:
+            problems.append(f"{shard.name}: {n} samples, manifest says {shard.samples}")
+    return problems[:MAX_PROBLEMS]
+
+
+def validate(m: Manifest) -> list[str]:
+    """Parse every sample against schema v1 and check its key and its image."""
+    problems = []
+    for shard in m.shards:
+        for key, files in _samples(shard.url):
+            where = f"{shard.name}/{key}"
+            if set(files) != {"jpg", "json"}:
+                problems.append(f"{where}: files {sorted(files)}, expected jpg and json")
+                continue
+            try:
+                sample = Sample.from_json(json.loads(files["json"]))
+            except (SchemaError, json.JSONDecodeError, UnicodeDecodeError) as e:
+                problems.append(f"{where}: {e}")
+                continue
+            if key != sample_key(sample.source, sample.id):
+                problems.append(f"{where}: key is not sample_key(source, id)")
+            try:
+                size = Image.open(io.BytesIO(files["jpg"])).size
+            except Exception as e:  # any decoder failure is the finding
+                problems.append(f"{where}: jpg does not decode: {e}")
+                continue
+            if size != (sample.width, sample.height):
+                problems.append(f"{where}: jpg is {size}, json says {(sample.width, sample.height)}")
+            if len(problems) >= MAX_PROBLEMS:
+                return problems
+    return problems
+
+
+def _samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample, grouping consecutive tar members like WebDataset."""
+    key, files = None, {}
+    with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            k, _, ext = member.name.partition(".")
+            if k != key and key is not None:
+                yield key, files
+                files = {}
+            key = k
+            files[ext] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, files

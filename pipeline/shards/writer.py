@@ -1,0 +1,73 @@
+"""Writer: samples → one WebDataset tar, byte-for-byte reproducible, visible only when whole."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pipeline.shards import storage
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict]]) -> ShardFile:
+    """Write ``(key, jpg, json)`` samples as ``key.jpg`` + ``key.json`` to a temporary file,
+    hashing as we go, then rename it into place. Fixed tar metadata makes reruns identical."""
+    tmp = storage.temp_name(url)
+    count = 0
+    with open(storage.local_path(tmp), "wb") as raw:
+        out = _HashingWriter(raw)
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            for key, jpg, meta in samples:
+                _add(tar, f"{key}.jpg", jpg)
+                _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
+                count += 1
+        raw.flush()
+    storage.publish(tmp, url)
+    return ShardFile(url.rsplit("/", 1)[-1], count, out.size, out.sha256.hexdigest())
+
+
+def file_digest(url: str) -> tuple[int, str]:
+    """(bytes, sha256) of a stored file, streamed."""
+    digest, size = hashlib.sha256(), 0
+    with storage.open_read(url) as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
