@@ -36,7 +36,7 @@ def _dataset(tmp_path, shards=2, per_shard=3, drops=1):
     manifest = {"schema": SCHEMA_VERSION, "name": "t", "created": "now", "code_version": "test",
                 "input": {"index": "i.jsonl", "source": "s"}, "text": {}, "grounder": {},
                 "totals": {"inputs": written + drops, "written": written, "dropped": drops, "bytes": 0,
-                           "phrases": 0, "regions": 0, "linked_phrases": 0, "dropped_by_reason": {},
+                           "phrases": 0, "regions": 0, "linked_phrases": 0, "ambiguous_phrases": 0, "dropped_by_reason": {},
                            "repaired_by_reason": {}, "boxes_dropped_by_reason": {}},
                 "shards": rows}
     dropped = [{"ordinal": i, "id": None, "reason": "caption_empty", "detail": "", "shard": None}

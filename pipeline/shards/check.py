@@ -24,11 +24,12 @@ def inspect(m: Manifest) -> str:
         f"dataset   {m.name}  ({m.root})",
         f"created   {m.data['created']}  by {m.data['code_version']}",
         f"input     {m.data['input']['index']}  (source {m.data['input']['source']!r})",
-        f"text      spaCy {m.data['text'].get('model')} {m.data['text'].get('version')}",
+        f"text      spaCy {m.data['text'].get('model')} {m.data['text'].get('model_version')}",
         f"grounder  {m.data['grounder'].get('name')}",
         f"shards    {len(m.shards)}  ({t['bytes'] / 1e6:.1f} MB)",
         f"records   {t['inputs']} in = {t['written']} written + {t['dropped']} dropped",
-        f"text      {t['phrases']} phrases, {t['regions']} regions, {t['linked_phrases']} phrases grounded",
+        f"text      {t['phrases']} phrases, {t['regions']} regions, {t['linked_phrases']} phrases grounded "
+        f"({t['ambiguous_phrases']} left unlinked as ambiguous)",
     ]
     for title, key in (("dropped", "dropped_by_reason"), ("repaired", "repaired_by_reason"),
                        ("boxes dropped", "boxes_dropped_by_reason")):

@@ -25,7 +25,8 @@ DROPPED_TABLE = "dropped.parquet"
 SHARDS_SCHEMA = pa.schema([("name", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()),
                            ("sha256", pa.string()), ("inputs", pa.int64()), ("dropped", pa.int64()),
                            ("repaired", pa.int64()), ("boxes_dropped", pa.int64()), ("phrases", pa.int64()),
-                           ("regions", pa.int64()), ("linked_phrases", pa.int64())])
+                           ("regions", pa.int64()), ("linked_phrases", pa.int64()),
+                           ("ambiguous_phrases", pa.int64())])
 DROPPED_SCHEMA = pa.schema([("ordinal", pa.int64()), ("id", pa.string()), ("reason", pa.string()),
                             ("detail", pa.string()), ("shard", pa.string())])
 

@@ -1,0 +1,87 @@
+"""Typed configuration of the data-prep job (``configs/prep/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.grounding import GroundingConfig
+from pipeline.text import TextConfig
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    index: str = ""  # JSONL or Parquet index; image paths inside are relative to it
+    source: str = ""  # dataset name written into every sample; default: the index's folder name
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            raise ValueError("index: required (path of a .jsonl or .parquet index)")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    max_side: int = 512  # longest side of the stored JPEG
+    jpeg_quality: int = 90
+    max_pixels: int = 40_000_000  # larger images are decompression-bomb suspects and dropped
+
+    def __post_init__(self) -> None:
+        if self.max_side < 16:
+            raise ValueError(f"max_side: {self.max_side} is below 16")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality: {self.jpeg_quality} is not in 1..100")
+        if self.max_pixels < self.max_side:
+            raise ValueError(f"max_pixels: {self.max_pixels} is below image.max_side")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Resources per stage. Actor pools autoscale between min and max actors as the
+    cluster allows; logical CPUs are what Ray schedules by, so a 2-core laptop and a
+    100-node cluster run the same code with different numbers."""
+
+    address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else a local Ray
+    image_batch_size: int = 32
+    image_num_cpus: float = 0.5
+    text_actors: tuple[int, int] = (1, 16)  # each loads spaCy once
+    text_num_cpus: float = 1.0
+    text_batch_size: int = 256
+    ground_actors: tuple[int, int] = (1, 4)
+    ground_num_cpus: float = 0.25
+    ground_num_gpus: float = 0.0  # per grounding actor, for detector grounders
+    ground_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("image_batch_size", "text_batch_size", "ground_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("text_actors", "ground_actors"):
+            lo, hi = getattr(self, name) if len(getattr(self, name)) == 2 else (0, -1)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"{name}: expected [min, max] with 1 <= min <= max, "
+                                 f"got {list(getattr(self, name))}")
+        for name in ("image_num_cpus", "text_num_cpus", "ground_num_cpus", "ground_num_gpus"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    input: InputConfig
+    output: str = ""  # folder that receives the shards and the manifest
+    name: str = ""  # dataset name in the manifest; default: the output folder's name
+    existing_output: Literal["fail", "overwrite"] = "fail"  # never mix two runs in one folder
+    samples_per_shard: int = 1000  # input records per shard; a shard holds those that survive
+    max_caption_chars: int = 20_000
+    image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ValueError("output: required (folder for shards and manifest)")
+        if self.samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard: must be >= 1, got {self.samples_per_shard}")
+        if self.max_caption_chars < 1:
+            raise ValueError(f"max_caption_chars: must be >= 1, got {self.max_caption_chars}")

@@ -1,0 +1,122 @@
+"""Worker: image bytes → validated, RGB, size-capped JPEG; boxes mapped onto the stored image.
+
+Rejections raise :class:`ImageRejected` with a reason code (the record is dropped).
+Unusual but valid modes (CMYK, palette, alpha, 16-bit, float) are repaired to RGB and the
+repair is reported, never silent.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.prep.config import ImageConfig
+from pipeline.schema import clean_box
+
+Image.MAX_IMAGE_PIXELS = None  # we enforce ImageConfig.max_pixels ourselves, before decoding
+
+_BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+
+
+class ImageRejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    jpg: bytes
+    width: int
+    height: int
+    scale: tuple[float, float]  # stored / original, per axis
+    repaired: str  # "" or e.g. "mode:CMYK"
+
+
+def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
+    """Decode, validate and re-encode one image."""
+    if not data:  # PIL cannot tell an empty file from garbage; we can
+        raise ImageRejected("image_empty", "0 bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise ImageRejected("image_not_decodable", str(e)[:200]) from e
+    except Exception as e:  # PIL raises many types on garbage headers
+        raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}"[:200]) from e
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected("image_empty", f"{width}x{height}")
+    if width * height > cfg.max_pixels:
+        raise ImageRejected("image_too_large", f"{width}x{height} > {cfg.max_pixels} pixels")
+    if max(width, height) > cfg.max_side and img.format == "JPEG":
+        img.draft("RGB", _target_size(width, height, cfg.max_side))  # DCT-domain downscale: cheap
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+    except Exception as e:
+        raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}"[:200]) from e
+    mode = img.mode
+    rgb = to_rgb(img)
+    target = _target_size(width, height, cfg.max_side)
+    if rgb.size != target:
+        rgb = rgb.resize(target, Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=cfg.jpeg_quality)
+    return StoredImage(out.getvalue(), target[0], target[1], (target[0] / width, target[1] / height),
+                       "" if mode in ("RGB", "L") else f"mode:{mode}")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB. High bit-depth is rescaled (PIL's convert would clip it)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        return Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def map_boxes(boxes: Any, stored: StoredImage) -> tuple[list[dict], dict[str, int]]:
+    """Input boxes (original pixels) → clean boxes on the stored image, and drop counts by reason."""
+    if boxes is None:
+        return [], {}
+    if not isinstance(boxes, list):
+        return [], {"boxes_not_a_list": 1}
+    kept: list[dict] = []
+    dropped: dict[str, int] = {}
+    sx, sy = stored.scale
+    for item in boxes:
+        if not isinstance(item, dict) or not isinstance(item.get("label"), str) or not item["label"].strip():
+            reason = "box_label_invalid"
+        else:
+            box = item.get("box")
+            if isinstance(box, list) and len(box) == 4 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+                box = [round(v * s, 2) for v, s in zip(box, (sx, sy, sx, sy))]
+            clean, reason = clean_box(box, stored.width, stored.height)
+            if clean is not None:
+                kept.append({"box": list(clean), "label": item["label"].strip()})
+                continue
+        dropped[reason] = dropped.get(reason, 0) + 1
+    return kept, dropped
+
+
+def _target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))

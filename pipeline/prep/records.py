@@ -1,0 +1,110 @@
+"""Reader: an index (JSONL or Parquet) → validated input records, or drops with a reason.
+
+An index row is ``{"id", "image", "caption", "boxes"?}``; ``image`` is a path relative to
+the index's folder (or absolute, or a URL), ``boxes`` a list of ``{"box": [x0, y0, x1, y1],
+"label": str}`` in pixels of the original image. Everything that can be checked without
+touching the image is checked here, on the driver, so that duplicate ids are caught with
+one pass over the index and no worker wastes time on a record we cannot use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.shards import storage
+
+REQUIRED_FIELDS = ("id", "image", "caption")
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    ordinal: int  # 0-based row of the index: the record's identity within this input
+    id: str
+    image: str  # resolved URL of the image
+    caption: str
+    boxes: Any  # as given (validated per box later, against the decoded image size)
+
+
+@dataclass(frozen=True)
+class Drop:
+    """An input that was not written, and why. ``dropped.parquet`` holds one row per drop."""
+
+    ordinal: int
+    id: str | None
+    reason: str
+    detail: str = ""
+
+
+def index_format(url: str) -> str:
+    for suffix, fmt in ((".jsonl", "jsonl"), (".json", "jsonl"), (".parquet", "parquet")):
+        if url.endswith(suffix):
+            return fmt
+    raise ValueError(f"input.index: {url} is neither .jsonl nor .parquet")
+
+
+def read_index(url: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
+    """Every row of the index, in order, as a valid record or a drop; duplicate ids are dropped."""
+    base = storage.parent(url)
+    seen: set[str] = set()
+    for ordinal, row in enumerate(_rows(url)):
+        item = row if isinstance(row, Drop) else validate(row, ordinal, base, max_caption_chars)
+        if isinstance(item, InputRecord):
+            if item.id in seen:
+                item = Drop(ordinal, item.id, "duplicate_id", "an earlier row has this id")
+            else:
+                seen.add(item.id)
+        yield item
+
+
+def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> InputRecord | Drop:
+    if not isinstance(row, dict):
+        return Drop(ordinal, None, "unparseable_record", f"expected an object, got {type(row).__name__}")
+    raw_id = row.get("id")
+    rid = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
+    for name in REQUIRED_FIELDS:
+        if row.get(name) is None and not (name == "caption" and name in row):
+            return Drop(ordinal, rid, "missing_field", name)
+    if rid is None or not rid.strip():
+        return Drop(ordinal, None, "invalid_id", repr(raw_id)[:200])
+    if not isinstance(row["image"], str) or not row["image"].strip():
+        return Drop(ordinal, rid, "invalid_image_ref", repr(row["image"])[:200])
+    caption = row["caption"]
+    if not isinstance(caption, str):
+        return Drop(ordinal, rid, "caption_not_string", type(caption).__name__)
+    if not caption.strip():
+        return Drop(ordinal, rid, "caption_empty")
+    if len(caption) > max_caption_chars:
+        return Drop(ordinal, rid, "caption_too_long", f"{len(caption)} > {max_caption_chars} characters")
+    return InputRecord(ordinal, rid, storage.resolve(base_dir, row["image"]), caption, row.get("boxes"))
+
+
+def _rows(url: str) -> Iterator[dict | Drop]:
+    fmt = index_format(url)
+    with storage.open_read(url) as f:
+        if fmt == "parquet":
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+                yield from batch.to_pylist()
+            return
+        ordinal = 0
+        for line in f:
+            if line.strip():
+                yield _parse_line(line, ordinal)
+                ordinal += 1
+
+
+def _parse_line(line: bytes, ordinal: int) -> dict | Drop:
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        try:  # recover the id, if we can, so the drop can be traced back to the source
+            rid = json.loads(line.decode("utf-8", "replace")).get("id")
+        except (json.JSONDecodeError, AttributeError):
+            rid = None
+        return Drop(ordinal, None if rid is None else str(rid), "invalid_utf8", str(e)[:200])
+    except json.JSONDecodeError as e:
+        return Drop(ordinal, None, "unparseable_record", str(e)[:200])

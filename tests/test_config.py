@@ -1,0 +1,69 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from pipeline.config import ConfigError, build, load_config
+from pipeline.prep import PrepConfig
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: int = 3
+    ratio: float = 0.5
+    pair: tuple[int, int] = (1, 2)
+
+    def __post_init__(self):
+        if self.size < 0:
+            raise ValueError(f"size: must be >= 0, got {self.size}")
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    mode: Literal["a", "b"] = "a"
+    maybe: str | None = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ninner:\n  size: 5\n")
+    cfg = load_config(Outer, path, ["inner.ratio=2", "mode=b", "inner.pair=[3, 4]", "maybe=null"])
+    assert cfg == Outer(name="x", mode="b", inner=Inner(size=5, ratio=2.0, pair=(3, 4)))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["nme=x"], "nme: unknown key"),
+    (["name=x", "inner.sise=1"], "inner.sise: unknown key"),
+    (["name=x", "inner.size=big"], "inner.size: expected int"),
+    (["name=x", "inner.size=-1"], "inner.size: must be >= 0"),
+    (["name=x", "mode=c"], "mode: 'c' is not one of 'a', 'b'"),
+    (["name=x", "inner.pair=7"], "inner.pair: expected a list"),
+    (["name=x", "inner=3"], "inner: expected a mapping"),
+    (["mode=a"], "name: required"),
+    (["name"], "expected key=value"),
+])
+def test_bad_config_names_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(Outer, None, overrides)
+
+
+def test_bad_yaml_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file|No such file"):
+        load_config(Outer, tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(Outer, tmp_path / "list.yaml")
+
+
+def test_prep_preset_loads_and_validates():
+    cfg = load_config(PrepConfig, "configs/prep/default.yaml", ["input.index=x.jsonl", "output=out"])
+    assert cfg.ray.text_actors == (1, 16)
+    with pytest.raises(ConfigError, match="ray.text_actors"):
+        load_config(PrepConfig, "configs/prep/default.yaml",
+                    ["input.index=x.jsonl", "output=out", "ray.text_actors=[3, 1]"])
+    with pytest.raises(ConfigError, match="input.index: required"):
+        build(PrepConfig, {"output": "out", "input": {}})
+    with pytest.raises(ConfigError, match="image.jpeg_quality"):
+        build(PrepConfig, {"output": "o", "input": {"index": "i.jsonl"}, "image": {"jpeg_quality": 0}})

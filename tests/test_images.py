@@ -1,0 +1,90 @@
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.prep.config import ImageConfig
+from pipeline.prep.images import ImageRejected, StoredImage, encode, map_boxes
+
+CFG = ImageConfig(max_side=64, jpeg_quality=90, max_pixels=1_000_000)
+
+
+def _png(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _jpeg(size=(200, 100), color=(200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_caps_longest_side_and_keeps_aspect():
+    stored = encode(_jpeg((200, 100)), CFG)
+    assert (stored.width, stored.height) == (64, 32)
+    assert stored.scale == (64 / 200, 32 / 100)
+    img = Image.open(io.BytesIO(stored.jpg))
+    assert img.format == "JPEG" and img.mode == "RGB" and img.size == (64, 32)
+    assert stored.repaired == ""
+
+
+def test_small_image_is_not_upscaled():
+    stored = encode(_jpeg((40, 20)), CFG)
+    assert (stored.width, stored.height) == (40, 20)
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("CMYK", "mode:CMYK"), ("P", "mode:P"), ("LA", "mode:LA"), ("RGBA", "mode:RGBA"), ("L", ""),
+])
+def test_unusual_modes_are_repaired_to_rgb(mode, expected):
+    img = Image.new("RGB", (30, 20), (10, 200, 10)).convert(mode)
+    data = io.BytesIO()
+    img.save(data, format="TIFF" if mode == "CMYK" else "PNG")
+    stored = encode(data.getvalue(), CFG)
+    assert stored.repaired == expected
+    assert Image.open(io.BytesIO(stored.jpg)).mode == "RGB"
+
+
+def test_sixteen_bit_is_rescaled_not_clipped():
+    a = np.full((10, 10), 32768, dtype=np.uint16)  # mid grey in 16 bits
+    stored = encode(_png(Image.fromarray(a)), CFG)
+    pixel = Image.open(io.BytesIO(stored.jpg)).getpixel((5, 5))
+    assert stored.repaired.startswith("mode:I")
+    assert all(abs(c - 128) <= 2 for c in pixel)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"this is not an image", "image_not_decodable"),
+    (_jpeg()[: len(_jpeg()) // 2], "image_corrupt"),
+    (_png(Image.new("L", (1200, 1000))), "image_too_large"),
+])
+def test_rejections_have_reasons(data, reason):
+    with pytest.raises(ImageRejected) as e:
+        encode(data, CFG)
+    assert e.value.reason == reason
+
+
+def test_boxes_are_scaled_clipped_and_counted():
+    stored = StoredImage(b"", 50, 25, (0.5, 0.25), "")
+    boxes = [
+        {"box": [10, 10, 60, 60], "label": "cat"},          # fine: → [5, 2.5, 30, 15]
+        {"box": [-20, -4, 40, 40], "label": "dog"},         # sticks out: clipped
+        {"box": [0, 0, math.nan, 10], "label": "x"},
+        {"box": [50, 50, 10, 10], "label": "x"},
+        {"box": [500, 500, 600, 600], "label": "x"},
+        {"box": [0, 0, 1, 1], "label": "x"},                # under a pixel once scaled
+        {"box": [0, 0, 10], "label": "x"},
+        {"box": [0, 0, 10, 10]},
+        "garbage",
+    ]
+    kept, dropped = map_boxes(boxes, stored)
+    assert kept == [{"box": [5.0, 2.5, 30.0, 15.0], "label": "cat"},
+                    {"box": [0.0, 0.0, 20.0, 10.0], "label": "dog"}]
+    assert dropped == {"box_not_finite": 1, "box_inverted": 1, "box_outside": 1, "box_degenerate": 1,
+                       "box_malformed": 1, "box_label_invalid": 2}
+    assert map_boxes(None, stored) == ([], {})
+    assert map_boxes({"box": 1}, stored) == ([], {"boxes_not_a_list": 1})
