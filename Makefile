@@ -12,6 +12,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_prep.py
+	$(PY) benchmarks/bench_objectives.py
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh

@@ -187,7 +187,7 @@ def describe(rng: random.Random, objects: list[Obj], background: str, size: tupl
         sentences.append(template.format(A=_a(obj.label).capitalize(), a=_a(obj.label), place=place,
                                          rel=relation, b=_a(near.label)))
         if i > 0 and _overlaps(obj.box, near.box) and objects.index(near) < i:
-            sentences.append(f"The {obj.colour} {obj.shape} partly covers the {near.colour} {near.shape}.")
+            sentences.append(f"The {obj.colour} {obj.shape} is drawn over the {near.colour} {near.shape}.")
     biggest = max(objects, key=lambda o: (o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))
     sentences.append(f"The background is {background}.")
     count = len(objects)
@@ -242,7 +242,10 @@ def _place(obj: Obj, size: tuple[int, int]) -> str:
 
 
 def _relation(obj: Obj, other: Obj) -> str:
-    if _overlaps(obj.box, other.box):
+    a, b = obj.box, other.box
+    if b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]:
+        return "inside"
+    if _overlaps(a, b):
         return "overlapping"
     dx, dy = obj.center[0] - other.center[0], obj.center[1] - other.center[1]
     if abs(dy) >= abs(dx):

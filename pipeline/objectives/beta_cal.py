@@ -1,0 +1,57 @@
+"""β-CAL, β-CLIP's β-Contextualised Contrastive Alignment over text-conditioned pooled embeddings.
+
+Queries q = (b, k) are an image's valid text slots. v_q is image b pooled with text q, t_q the text;
+s_qr = scale · ⟨v_q, t_r⟩. Another query of the same image is a partial positive: it describes the
+same picture, at a different granularity.
+
+* ``ce``: soft targets w_qr = α [q = r] + β [q ≠ r, same image], row-normalised; soft
+  cross-entropy over rows of s (pooled → texts) and of sᵀ (text → pooled), averaged.
+* ``bce``: y_qr = [same image] with weights 1 on the diagonal, β on the image's other queries,
+  1 for other images; mean over valid pairs.
+
+Padding never contributes: padded slots are neither rows nor columns. The reference code
+(fzohra/B-CLIP ``losses.py``) zeroes their targets but keeps padded columns in the CE softmax
+denominator, so an image's loss depended on how much padding its batch had; its BCE divides by
+all (B·K)² entries, padding included, for the same reason. We exclude and count only valid pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.objectives.clip import cross_entropy
+from pipeline.objectives.distributed import gather, masked_mean, world
+
+
+def beta_cal_loss(pooled: torch.Tensor, texts: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor,
+                  alpha: float, beta: float, variant: str, across_ranks: bool) -> torch.Tensor:
+    """Pooled and text embeddings [B, K, D] (L2-normalised), slot mask [B, K] → scalar loss.
+
+    ``across_ranks`` compares with every rank's queries (gathered); otherwise each rank's own batch,
+    as in the paper.
+    """
+    k = mask.shape[1]
+    v, t, valid = pooled.flatten(0, 1), texts.flatten(0, 1), mask.flatten()
+    if across_ranks:
+        v_all, t_all, valid_all = gather(v), gather(t), gather(valid)
+        first = world()[0] * v.shape[0]
+    else:
+        v_all, t_all, valid_all, first = v, t, valid, 0
+    rows = first + torch.arange(v.shape[0], device=v.device)
+    columns = torch.arange(v_all.shape[0], device=v.device)
+    diagonal = rows[:, None] == columns[None, :]
+    same_image = rows[:, None] // k == columns[None, :] // k
+    exclude = ~valid_all[None, :].expand_as(diagonal)
+    logits = scale * v @ t_all.T
+    if variant == "ce":
+        target = (alpha * diagonal + beta * (same_image & ~diagonal)).to(logits.dtype).masked_fill(exclude, 0)
+        target = target / target.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        to_texts = cross_entropy(logits, target, exclude)
+        to_pooled = cross_entropy(scale * t @ v_all.T, target, exclude)
+        return 0.5 * (masked_mean(to_texts, valid, across_ranks) + masked_mean(to_pooled, valid, across_ranks))
+    # BCE is elementwise and its targets symmetric, so the text → pooled direction (the transpose)
+    # would sum the same terms again: one direction is the reference's average of both.
+    weight = torch.where(same_image & ~diagonal, beta, 1.0).to(logits.dtype).masked_fill(exclude, 0)
+    pairs = F.binary_cross_entropy_with_logits(logits, same_image.to(logits.dtype), weight=weight, reduction="none")
+    return masked_mean(pairs.sum(dim=-1) / valid_all.sum().clamp(min=1), valid, across_ranks)

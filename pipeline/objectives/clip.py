@@ -1,0 +1,52 @@
+"""CLIP's symmetric InfoNCE, with features gathered from all ranks (also the base of LRC and GR)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.objectives.distributed import gather, masked_mean, world
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row −Σ_j p_ij log softmax_j(logits_i) for class indices [N] or probabilities [N, M].
+
+    ``exclude`` [N, M] takes columns out of the softmax (padding, duplicates of the positive). A
+    finite floor rather than −inf keeps fully excluded (padding) rows and 0·log 0 terms finite.
+    """
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+             valid: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE over pairs (a_i, b_i), [N, D] each, L2-normalised.
+
+    L = ½ [ mean_i −log softmax_j(s⟨a_i, b_j⟩)[i] + mean_i −log softmax_j(s⟨b_i, a_j⟩)[i] ]
+
+    Rows are this rank's pairs, columns every rank's (open_clip's ClipLoss with ``local_loss`` and
+    ``gather_with_grad``). Pairs outside ``valid`` [N] are neither rows nor columns; columns whose
+    ``ids`` [N] equal the row's (the same phrase string elsewhere) are not negatives.
+    """
+    rank, _ = world()
+    labels = rank * a.shape[0] + torch.arange(a.shape[0], device=a.device)
+    a_all, b_all = gather(a), gather(b)
+    exclude = None
+    if valid is not None or ids is not None:
+        columns = torch.arange(a_all.shape[0], device=a.device)
+        exclude = torch.zeros(a.shape[0], a_all.shape[0], dtype=torch.bool, device=a.device)
+        if valid is not None:
+            exclude |= ~gather(valid)[None, :]
+        if ids is not None:
+            exclude |= ids[:, None] == gather(ids)[None, :]
+        exclude &= columns[None, :] != labels[:, None]  # the positive always stays
+    rows = valid if valid is not None else torch.ones_like(labels, dtype=torch.bool)
+    a_to_b = cross_entropy(scale * a @ b_all.T, labels, exclude)
+    b_to_a = cross_entropy(scale * b @ a_all.T, labels, exclude)
+    return 0.5 * (masked_mean(a_to_b, rows) + masked_mean(b_to_a, rows))
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CLIP (and HarmoCLIP's GC): InfoNCE between global image and caption embeddings [B, D]."""
+    return info_nce(image, text, scale)

@@ -1,0 +1,42 @@
+"""One entry for every objective: the weighted sum of the terms it names, the global one once.
+
+clip = GC;  beta = GC + w·β-CAL;  harmo = GC + λ_LRC·LRC + λ_GR·GR;  beta+harmo = all four.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from pipeline.batch import Batch
+from pipeline.objectives.beta_cal import beta_cal_loss
+from pipeline.objectives.clip import clip_loss
+from pipeline.objectives.config import ObjectiveConfig
+from pipeline.objectives.harmo import gr_loss, lrc_loss
+
+if TYPE_CHECKING:
+    from pipeline.models.fine_clip import Embeddings
+
+
+def compute_loss(out: Embeddings, batch: Batch, cfg: ObjectiveConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(weighted total, {term name: detached value}). Losses are computed in float32.
+
+    Under several ranks each rank returns its share; the engine's average over ranks is the loss
+    of the whole gathered batch (β-CAL with scope "rank": the mean of per-rank losses).
+    """
+    scale = out.logit_scale.float()
+    image, text = out.image.float(), out.text.float()
+    terms = {"clip": (1.0, clip_loss(image, text, scale))}
+    if cfg.uses_beta_cal:
+        loss = beta_cal_loss(out.pooled.float(), out.slots.float(), batch.token_mask,
+                             out.pooled_logit_scale.float(), cfg.alpha, cfg.beta, cfg.variant,
+                             across_ranks=cfg.beta_cal_scope == "global")
+        terms["beta_cal"] = (cfg.beta_cal_weight, loss)
+    if cfg.uses_regions:
+        regions, phrases = out.regions.float(), out.phrases.float()
+        phrase_ids = batch.text_ids.gather(1, batch.region_slot)
+        terms["lrc"] = (cfg.lambda_lrc, lrc_loss(regions, phrases, batch.region_mask, phrase_ids, scale))
+        terms["gr"] = (cfg.lambda_gr, gr_loss(regions, batch.region_mask, image, text, scale))
+    total = sum(weight * value for weight, value in terms.values())
+    return total, {name: value.detach() for name, (_, value) in terms.items()}

@@ -1,0 +1,263 @@
+"""pipeline.models and pipeline.batch on the tiny open_clip config (random weights, CPU)."""
+
+from __future__ import annotations
+
+import random
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.batch import Batch, text_id
+from pipeline.models import TINY_MODEL, FineGrainedCLIP, ModelConfig, create_backbone
+from pipeline.models.dense import _value_only_block, encode_image_dense
+from pipeline.models.long_context import interpolate_positions
+from pipeline.models.pooler import TextConditionedPooler
+from pipeline.models.regions import pool_regions
+from pipeline.models.text import encode_tokens
+from pipeline.objectives import ObjectiveConfig, beta_cal_loss, clip_loss, compute_loss, gr_loss, lrc_loss
+
+TOKENIZER = open_clip.get_tokenizer("ViT-B-16")
+PHRASES = ["a red ball", "a blue cube", "the small green cone", "a yellow star", "a large purple ring"]
+
+
+def tiny_batch(num_images: int = 4, seed: int = 0) -> Batch:
+    """Random images, 1 caption + 1-2 sentences + 1-3 phrases (shared vocabulary, so identical
+    phrases recur across images), most phrases grounded to a random box; K = 6, R = 3."""
+    rng = random.Random(seed)
+    images = torch.randn(num_images, 3, 128, 128, generator=torch.Generator().manual_seed(seed))
+    texts, regions = [], []
+    for i in range(num_images):
+        sentences = [f"sentence {j} about picture {i} with some objects." for j in range(rng.randint(1, 2))]
+        phrases = rng.sample(PHRASES, rng.randint(1, 3))
+        texts.append([f"picture {i}: " + " and ".join(phrases)] + sentences + phrases)
+        first_phrase = 1 + len(sentences)
+        boxes = []
+        for slot in range(first_phrase, len(texts[-1])):
+            if rng.random() < 0.8:
+                x0, y0 = rng.uniform(0, 90), rng.uniform(0, 90)
+                boxes.append(((x0, y0, x0 + rng.uniform(8, 38), y0 + rng.uniform(8, 38)), slot))
+        regions.append(boxes)
+    return Batch.from_lists(images, texts, regions, TOKENIZER, num_slots=6, num_regions=3)
+
+
+def tiny_model(with_pooler: bool = True, with_region_head: bool = True, **cfg) -> FineGrainedCLIP:
+    torch.manual_seed(0)
+    return FineGrainedCLIP(ModelConfig(name=TINY_MODEL, pretrained=None, **cfg), with_pooler, with_region_head)
+
+
+# --- batch -----------------------------------------------------------------------------------------
+
+def test_batch_from_lists_pads_and_masks():
+    images = torch.zeros(2, 3, 32, 32)
+    batch = Batch.from_lists(images, [["cap one", "a dog", "A Dog "], ["cap two"]],
+                             [[((1, 2, 3, 4), 2)], []], TOKENIZER, num_slots=4, num_regions=2)
+    assert batch.tokens.shape == (2, 4, 77) and batch.captions.shape == (2, 77)
+    assert batch.token_mask.tolist() == [[True, True, True, False], [True, False, False, False]]
+    assert batch.text_ids[0, 1] == batch.text_ids[0, 2] == text_id("a dog") != batch.text_ids[0, 0]
+    assert batch.text_ids[1, 1:].eq(0).all()
+    assert batch.boxes[0, 0].tolist() == [1, 2, 3, 4] and batch.region_slot[0, 0] == 2
+    assert batch.region_mask.tolist() == [[True, False], [False, False]]
+    assert torch.equal(batch.tokens[0, 1], TOKENIZER(["a dog"])[0])
+
+
+@pytest.mark.parametrize("texts, regions, message", [
+    ([["c", "p", "q"]], [[]], "has 3 texts"),
+    ([["c", "p"]], [[((0, 0, 1, 1), 1)] * 3], "has 3 regions"),
+    ([["c", "p"]], [[((0, 0, 1, 1), 0)]], "grounded to slot 0"),
+])
+def test_batch_from_lists_refuses_what_does_not_fit(texts, regions, message):
+    with pytest.raises(ValueError, match=message):
+        Batch.from_lists(torch.zeros(1, 3, 8, 8), texts, regions, TOKENIZER, num_slots=2, num_regions=2)
+
+
+def test_batch_checks_shapes():
+    batch = tiny_batch(2)
+    with pytest.raises(ValueError, match="batch.region_mask"):
+        Batch(**{**vars(batch), "region_mask": batch.region_mask[:, :1]})
+
+
+# --- config ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"context_length": 100}, "model.context_length: 100 is not one of 77|248"),
+    ({"freeze_first_20": True}, "model.freeze_first_20"),
+    ({"dense": "mean"}, "model.dense: 'mean'"),
+    ({"region_head": "mlp"}, "model.region_head: 'mlp'"),
+    ({"num_pseudo_tokens": 0}, "model.num_pseudo_tokens"),
+])
+def test_model_config_names_the_bad_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**kwargs)
+
+
+# --- long context ----------------------------------------------------------------------------------
+
+def test_interpolate_positions_matches_long_clip_recipe():
+    pos = torch.randn(77, 8, dtype=torch.float64)
+    new = interpolate_positions(pos)
+    expected = [pos[i] for i in range(20)]
+    for i in range(20, 76):  # four steps between consecutive tail positions
+        expected += [pos[i] + (pos[i + 1] - pos[i]) * j / 4 for j in range(4)]
+    expected += [pos[76] + (pos[76] - pos[75]) * j / 4 for j in range(4)]  # extrapolated past the end
+    assert new.shape == (248, 8)
+    torch.testing.assert_close(new, torch.stack(expected))
+
+
+def test_long_context_keeps_short_texts_and_freezes_first_20():
+    short = tiny_model(False, False).clip
+    long = tiny_model(False, False, context_length=248, freeze_first_20=True).clip
+    tokens = open_clip.get_tokenizer("ViT-B-16", context_length=248)(["a red ball", " ".join(["word"] * 60)])
+    assert long.context_length == 248 and long.attn_mask.shape == (248, 248)
+    torch.testing.assert_close(encode_tokens(long, tokens[:1]), short.encode_text(tokens[:1, :77]))
+    encode_tokens(long, tokens).sum().backward()
+    grad = long.positional_embedding.grad.abs().sum(dim=-1)
+    assert grad[:20].eq(0).all() and grad[20:62].gt(0).all()
+
+
+# --- text, dense, regions, pooler, heads -----------------------------------------------------------
+
+def test_encode_tokens_matches_open_clip_on_the_trimmed_prefix():
+    clip = tiny_model(False, False).clip
+    tokens = TOKENIZER(["a", "a much longer text about a red ball left of a blue cube"])
+    torch.testing.assert_close(encode_tokens(clip, tokens), clip.encode_text(tokens))
+
+
+def test_dense_global_embedding_is_the_plain_one():
+    clip = tiny_model(False, False).clip
+    images = torch.randn(2, 3, 128, 128)
+    plain = clip.encode_image(images)
+    for variant in ("value_only", "last_layer"):
+        image, grid = encode_image_dense(clip.visual, images, variant)
+        torch.testing.assert_close(image, plain)
+        assert grid.shape == (2, 8, 8, 64)
+    clip.visual.output_tokens = True
+    _, tokens = clip.visual(images)
+    torch.testing.assert_close(encode_image_dense(clip.visual, images, "last_layer")[1].flatten(1, 2), tokens)
+
+
+def test_value_only_block_keeps_patches_local():
+    block = tiny_model(False, False).clip.visual.transformer.resblocks[-1]
+    x = torch.randn(1, 5, 64)
+    moved = x.clone()
+    moved[0, 3] += 1.0
+    changed = (_value_only_block(block, moved) - _value_only_block(block, x)).abs().sum(-1)[0]
+    assert changed[3] > 0 and changed[0] > 0  # the patch itself, and the class token that attends to it
+    assert changed[[1, 2, 4]].eq(0).all()
+
+
+def test_pool_regions_averages_the_covered_patches():
+    grid = torch.randn(1, 4, 8, 3)  # 64 x 128 px image, 16 px patches
+    boxes = torch.tensor([[[0, 0, 128, 64], [16, 16, 32, 32], [32, 0, 64, 32]]], dtype=torch.float)
+    pooled = pool_regions(grid, boxes, (64, 128))
+    torch.testing.assert_close(pooled[0, 0], grid[0].mean(dim=(0, 1)))
+    torch.testing.assert_close(pooled[0, 1], grid[0, 1, 1])
+    torch.testing.assert_close(pooled[0, 2], grid[0, 0:2, 2:4].mean(dim=(0, 1)))
+
+
+def test_pooler_is_attention_plus_mlp():
+    torch.manual_seed(0)
+    pooler = TextConditionedPooler(16, heads=8)
+    texts, patch = torch.randn(2, 3, 16), torch.randn(2, 1, 16)
+    # One patch: every query attends to it fully, so attention is out_proj(V(patch)).
+    w, b = pooler.attn.in_proj_weight[32:], pooler.attn.in_proj_bias[32:]
+    attended = pooler.attn.out_proj(F.linear(patch, w, b)).expand(-1, 3, -1)
+    expected = attended + pooler.mlp(F.layer_norm(attended, (16,), pooler.ln.weight, pooler.ln.bias))
+    torch.testing.assert_close(pooler(texts, patch), expected)
+    assert pooler.logit_scale.exp().item() == pytest.approx(1 / 0.07)
+
+
+def test_text_token_head_reads_pseudo_tokens_like_a_caption():
+    model = tiny_model(False, True, region_head="text_tokens", num_pseudo_tokens=2)
+    clip, head = model.clip, model.region_head
+    tokens = TOKENIZER(["red ball"])  # [sot, red, ball, eot, 0...]: two word tokens
+    with torch.no_grad():  # make W_t emit exactly those two words' embeddings
+        head.proj.weight.zero_()
+        head.proj.bias.copy_(clip.token_embedding(tokens[0, 1:3]).flatten())
+    torch.testing.assert_close(head(clip, torch.randn(3, 64)), clip.encode_text(tokens).expand(3, -1))
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+def test_model_outputs_are_normalised_and_padding_is_zero():
+    batch = tiny_batch()
+    out = tiny_model()(batch)
+    d = out.image.shape[-1]
+    for name in ("image", "text"):
+        torch.testing.assert_close(getattr(out, name).norm(dim=-1), torch.ones(4))
+    for name, mask in (("slots", batch.token_mask), ("pooled", batch.token_mask), ("regions", batch.region_mask)):
+        norms = getattr(out, name).norm(dim=-1)
+        torch.testing.assert_close(norms[mask], torch.ones(int(mask.sum())))
+        if name != "pooled":  # pooled padding is computed (cheap) but never read
+            assert norms[~mask].eq(0).all()
+    assert out.phrases.shape == out.regions.shape == (4, 3, d)
+    torch.testing.assert_close(out.phrases[0, 0], out.slots[0, batch.region_slot[0, 0]])
+
+
+def test_region_head_alone_encodes_only_grounded_slots():
+    batch = tiny_batch()
+    out = tiny_model(with_pooler=False)(batch)
+    grounded = torch.zeros_like(batch.token_mask)
+    for b, r in batch.region_mask.nonzero().tolist():
+        grounded[b, batch.region_slot[b, r]] = True
+    grounded[:, 0] = True
+    assert torch.equal(out.slots.norm(dim=-1) > 0, grounded)
+
+
+def test_visual_region_head_is_the_visual_projection():
+    batch = tiny_batch()
+    model = tiny_model(with_pooler=False, region_head="visual")
+    out = model(batch)
+    _, grid = encode_image_dense(model.clip.visual, batch.images, "value_only")
+    features = pool_regions(grid, batch.boxes, (128, 128))
+    expected = F.normalize(features @ model.clip.visual.proj, dim=-1)
+    torch.testing.assert_close(out.regions[batch.region_mask], expected[batch.region_mask])
+
+
+def _grads(model: FineGrainedCLIP) -> dict[str, float]:
+    return {n: 0.0 if p.grad is None else p.grad.abs().sum().item() for n, p in model.named_parameters()}
+
+
+TERMS = {
+    "clip": lambda out, batch: clip_loss(out.image, out.text, out.logit_scale),
+    "beta_cal": lambda out, batch: beta_cal_loss(out.pooled, out.slots, batch.token_mask, out.pooled_logit_scale,
+                                                 1.0, 0.5, "ce", across_ranks=False),
+    "lrc": lambda out, batch: lrc_loss(out.regions, out.phrases, batch.region_mask,
+                                       batch.text_ids.gather(1, batch.region_slot), out.logit_scale),
+    "gr": lambda out, batch: gr_loss(out.regions, batch.region_mask, out.image, out.text, out.logit_scale),
+}
+
+
+@pytest.mark.parametrize("term, reaches, spares", [
+    ("clip", ["clip.logit_scale", "clip.visual.proj", "clip.text_projection"], ["pooler.", "region_head."]),
+    ("beta_cal", ["pooler.", "clip.visual.proj", "clip.text_projection"], ["region_head.", "clip.logit_scale"]),
+    ("lrc", ["region_head.", "clip.logit_scale", "clip.text_projection"], ["pooler.", "clip.visual.proj"]),
+    ("gr", ["region_head.", "clip.logit_scale", "clip.visual.proj"], ["pooler."]),
+])
+def test_each_term_trains_what_it_should_and_nothing_else(term, reaches, spares):
+    model, batch = tiny_model(), tiny_batch()
+    out = model(batch)
+    _, terms = compute_loss(out, batch, ObjectiveConfig(name="beta+harmo"))
+    loss = TERMS[term](out, batch)
+    torch.testing.assert_close(loss.detach(), terms[term])
+    loss.backward()
+    grads = _grads(model)
+    for prefix in reaches:
+        assert all(g > 0 for n, g in grads.items() if n.startswith(prefix)), prefix
+    for prefix in spares:
+        assert all(g == 0 for n, g in grads.items() if n.startswith(prefix)), prefix
+
+
+@pytest.mark.parametrize("name, heads", [("clip", (False, False)), ("beta", (True, False)),
+                                         ("harmo", (False, True)), ("beta+harmo", (True, True))])
+def test_every_parameter_of_the_model_gets_a_gradient(name, heads):
+    model, batch = tiny_model(*heads), tiny_batch()
+    loss, _ = compute_loss(model(batch), batch, ObjectiveConfig(name=name))
+    loss.backward()
+    assert [n for n, g in _grads(model).items() if g == 0] == []
+
+
+def test_create_backbone_uses_open_clip_by_name():
+    clip = create_backbone(ModelConfig(name=TINY_MODEL, pretrained=None))
+    assert isinstance(clip, open_clip.CLIP) and clip.visual.proj.shape == (64, 64)

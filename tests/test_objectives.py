@@ -1,0 +1,200 @@
+"""pipeline.objectives against hand-computed values and independent, plain-loop implementations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.objectives import ObjectiveConfig, beta_cal_loss, clip_loss, compute_loss, gr_loss, info_nce, lrc_loss
+
+F64 = torch.float64  # exact comparisons with the python loops below
+
+
+def unit(*shape: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64), dim=-1)
+
+
+def nll(logits: list[float], positive: int) -> float:
+    return -logits[positive] + math.log(sum(math.exp(x) for x in logits))
+
+
+# --- reference loops ------------------------------------------------------------------------------
+
+def loop_info_nce(a, b, scale, valid, ids):
+    """Symmetric InfoNCE written out pair by pair."""
+    keep = [i for i in range(len(a)) if valid[i]]
+    total = 0.0
+    for x, y in ((a, b), (b, a)):
+        for i in keep:
+            cols = [j for j in keep if j == i or ids[j] != ids[i]]
+            total += nll([scale * float(x[i] @ y[j]) for j in cols], cols.index(i)) / len(keep)
+    return total / 2
+
+
+def loop_beta_cal(pooled, texts, mask, scale, alpha, beta, variant):
+    bsz, k = mask.shape
+    queries = [(b, q) for b in range(bsz) for q in range(k) if mask[b, q]]
+    total = 0.0
+    for i, (bi, qi) in enumerate(queries):
+        def weight(j):
+            bj, qj = queries[j]
+            return alpha if j == i else beta if bj == bi else 0.0
+        if variant == "ce":
+            target = [weight(j) for j in range(len(queries))]
+            target = [w / sum(target) for w in target]
+            for x, y in ((pooled, texts), (texts, pooled)):
+                logits = [scale * float(x[bi, qi] @ y[q]) for q in queries]
+                log_z = math.log(sum(math.exp(v) for v in logits))
+                total -= sum(w * (v - log_z) for w, v in zip(target, logits)) / len(queries) / 2
+        else:
+            for j, (bj, qj) in enumerate(queries):
+                s = scale * float(pooled[bi, qi] @ texts[bj, qj])
+                y, w = (1.0, 1.0 if j == i else beta) if bj == bi else (0.0, 1.0)
+                total += w * -(y * math.log(torch.sigmoid(torch.tensor(s))) +
+                               (1 - y) * math.log(1 - torch.sigmoid(torch.tensor(s)))) / len(queries) ** 2
+    return total
+
+
+# --- clip ------------------------------------------------------------------------------------------
+
+def test_clip_loss_by_hand():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=F64)
+    text = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=F64)
+    # image→text logits [[1, .6], [0, .8]], text→image its transpose [[1, 0], [.6, .8]]; scale 2.
+    expected = (nll([2, 1.2], 0) + nll([0, 1.6], 1) + nll([2, 0], 0) + nll([1.2, 1.6], 1)) / 4
+    assert clip_loss(image, text, torch.tensor(2.0)).item() == pytest.approx(expected)
+
+
+def test_info_nce_matches_loop_with_masks_and_duplicate_ids():
+    a, b = unit(6, 8, seed=1), unit(6, 8, seed=2)
+    valid = torch.tensor([True, True, False, True, True, True])
+    ids = torch.tensor([1, 2, 1, 3, 2, 4])  # rows 1 and 4 share a phrase; row 2 is padding
+    expected = loop_info_nce(a, b, 3.0, valid.tolist(), ids.tolist())
+    assert info_nce(a, b, torch.tensor(3.0), valid, ids).item() == pytest.approx(expected)
+
+
+def test_info_nce_padding_changes_nothing():
+    a, b = unit(4, 8, seed=3), unit(4, 8, seed=4)
+    scale = torch.tensor(5.0)
+    padded_a = torch.cat([a, unit(3, 8, seed=5)])
+    padded_b = torch.cat([b, torch.zeros(3, 8, dtype=F64)])
+    valid = torch.tensor([True] * 4 + [False] * 3)
+    assert info_nce(padded_a, padded_b, scale, valid).item() == pytest.approx(info_nce(a, b, scale).item())
+
+
+# --- β-CAL -----------------------------------------------------------------------------------------
+
+def test_beta_cal_ce_by_hand():
+    # One image, two queries, orthogonal: s = scale · I. Targets (α, β)/(α+β) per row.
+    pooled = texts = torch.eye(2, dtype=F64)[None]
+    alpha, beta, s = 1.0, 0.5, 2.0
+    p_own = math.exp(s) / (math.exp(s) + 1)
+    row = -(alpha * math.log(p_own) + beta * math.log(1 - p_own)) / (alpha + beta)
+    loss = beta_cal_loss(pooled, texts, torch.ones(1, 2, dtype=torch.bool), torch.tensor(s), alpha, beta, "ce", False)
+    assert loss.item() == pytest.approx(row)
+
+
+def test_beta_cal_bce_by_hand():
+    # Two images with one query each: diagonal positives (weight 1), cross-image negatives (weight 1).
+    pooled = texts = torch.eye(2, dtype=F64)[:, None]
+    s = 2.0
+    expected = (2 * -math.log(torch.sigmoid(torch.tensor(s))) + 2 * -math.log(1 - 0.5)) / 4
+    loss = beta_cal_loss(pooled, texts, torch.ones(2, 1, dtype=torch.bool), torch.tensor(s), 1.0, 0.5, "bce", False)
+    assert loss.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("variant", ["ce", "bce"])
+def test_beta_cal_matches_loop(variant):
+    pooled, texts = unit(3, 4, 8, seed=6), unit(3, 4, 8, seed=7)
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False], [True, True, False, False]])
+    expected = loop_beta_cal(pooled, texts, mask, 4.0, 1.0, 0.3, variant)
+    loss = beta_cal_loss(pooled, texts, mask, torch.tensor(4.0), 1.0, 0.3, variant, across_ranks=False)
+    assert loss.item() == pytest.approx(expected)
+
+
+@settings(max_examples=15, deadline=None)
+@given(lengths=st.lists(st.integers(1, 4), min_size=1, max_size=4), extra=st.integers(0, 3),
+       variant=st.sampled_from(["ce", "bce"]), seed=st.integers(0, 1000))
+def test_beta_cal_padding_changes_nothing(lengths, extra, variant, seed):
+    """Padding slots, whatever they hold, leave the loss as it is (the reference code's would not)."""
+    k = max(lengths)
+    mask = torch.tensor([[q < n for q in range(k)] for n in lengths])
+    pooled, texts = unit(len(lengths), k + extra, 8, seed=seed), unit(len(lengths), k + extra, 8, seed=seed + 1)
+    padded = torch.cat([mask, torch.zeros(len(lengths), extra, dtype=torch.bool)], dim=1)
+    scale = torch.tensor(3.0)
+    tight = beta_cal_loss(pooled[:, :k], texts[:, :k], mask, scale, 1.0, 0.5, variant, False)
+    loose = beta_cal_loss(pooled, texts, padded, scale, 1.0, 0.5, variant, False)
+    assert loose.item() == pytest.approx(tight.item())
+
+
+# --- HarmoCLIP -------------------------------------------------------------------------------------
+
+def test_lrc_is_info_nce_over_valid_regions_without_duplicate_phrases():
+    regions, phrases = unit(2, 3, 8, seed=8), unit(2, 3, 8, seed=9)
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    ids = torch.tensor([[7, 8, 0], [7, 0, 9]])  # "a dog" (7) in both images
+    expected = loop_info_nce(regions.flatten(0, 1), phrases.flatten(0, 1), 2.0, mask.flatten().tolist(),
+                             ids.flatten().tolist())
+    assert lrc_loss(regions, phrases, mask, ids, torch.tensor(2.0)).item() == pytest.approx(expected)
+
+
+def test_gr_by_loop():
+    regions, image, text = unit(3, 2, 8, seed=10), unit(3, 8, seed=11), unit(3, 8, seed=12)
+    mask = torch.tensor([[True, True], [False, False], [True, False]])
+    scale = 4.0
+    summaries = []
+    for b in (0, 2):
+        k = [r for r in range(2) if mask[b, r]]
+        w = torch.softmax(torch.tensor([scale * float(regions[b, r] @ text[b]) for r in k]), dim=0)
+        summaries.append(F.normalize(sum(wi * regions[b, r] for wi, r in zip(w, k)), dim=0))
+    expected = loop_info_nce(torch.stack(summaries), image[[0, 2]], scale, [True, True], [0, 1])
+    assert gr_loss(regions, mask, image, text, torch.tensor(scale)).item() == pytest.approx(expected)
+
+
+def test_gr_padding_regions_change_nothing():
+    regions, image, text = unit(2, 3, 8, seed=13), unit(2, 8, seed=14), unit(2, 8, seed=15)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    scale = torch.tensor(4.0)
+    garbage = regions.clone()
+    garbage[~mask] = unit(3, 8, seed=16)
+    assert gr_loss(garbage, mask, image, text, scale).item() == pytest.approx(
+        gr_loss(regions, mask, image, text, scale).item())
+
+
+# --- config and the combined entry -----------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "foo"}, "objective.name: 'foo' is not one of clip|beta|harmo|beta+harmo"),
+    ({"variant": "mse"}, "objective.variant: 'mse' is not one of ce|bce"),
+    ({"beta_cal_scope": "node"}, "objective.beta_cal_scope"),
+    ({"alpha": 0.0}, "objective.alpha"),
+    ({"lambda_gr": -1.0}, "objective.lambda_gr"),
+])
+def test_objective_config_names_the_bad_field(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("|", r"\|").replace("+", r"\+")):
+        ObjectiveConfig(**kwargs)
+
+
+def test_compute_loss_weights_terms_and_counts_the_global_term_once():
+    from types import SimpleNamespace
+
+    bsz, k, r, d = 3, 4, 2, 8
+    out = SimpleNamespace(image=unit(bsz, d, seed=20), text=unit(bsz, d, seed=21), logit_scale=torch.tensor(3.0),
+                          slots=unit(bsz, k, d, seed=22), pooled=unit(bsz, k, d, seed=23),
+                          pooled_logit_scale=torch.tensor(5.0), regions=unit(bsz, r, d, seed=24),
+                          phrases=unit(bsz, r, d, seed=25))
+    batch = SimpleNamespace(token_mask=torch.ones(bsz, k, dtype=torch.bool), text_ids=torch.arange(bsz * k).view(bsz, k),
+                            region_slot=torch.ones(bsz, r, dtype=torch.long), region_mask=torch.ones(bsz, r, dtype=torch.bool))
+    cfg = ObjectiveConfig(name="beta+harmo", beta_cal_weight=0.7, lambda_lrc=0.3, lambda_gr=0.2)
+    total, terms = compute_loss(out, batch, cfg)
+    assert set(terms) == {"clip", "beta_cal", "lrc", "gr"}
+    assert terms["clip"].item() == pytest.approx(clip_loss(out.image, out.text, out.logit_scale).item())
+    expected = terms["clip"] + 0.7 * terms["beta_cal"] + 0.3 * terms["lrc"] + 0.2 * terms["gr"]
+    assert total.item() == pytest.approx(expected.item())
+    for name, names in (("clip", {"clip"}), ("beta", {"clip", "beta_cal"}), ("harmo", {"clip", "lrc", "gr"})):
+        assert set(compute_loss(out, batch, ObjectiveConfig(name=name))[1]) == names
