@@ -2,7 +2,7 @@
 
     python -m pipeline manifest inspect|verify|validate PATH
     python -m pipeline synth OUT [key=value ...]     # generate a corpus (SyntheticConfig keys)
-    python -m pipeline demo [--workdir DIR]          # the README's main job, end to end
+    python -m pipeline demo [--workdir DIR]          # the README's main job: prep, then training
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     synth = sub.add_parser("synth", help="write a generated corpus (images + records.jsonl)")
     synth.add_argument("out")
     synth.add_argument("overrides", nargs="*", help="SyntheticConfig key=value")
-    demo = sub.add_parser("demo", help="generate a corpus and run data prep on a local Ray")
+    demo = sub.add_parser("demo", help="generate a corpus, run data prep on a local Ray, train the tiny model")
     demo.add_argument("--workdir", default="runs/demo")
+    demo.add_argument("--train-steps", type=int, default=200, help="0: data prep only")
     demo.add_argument("overrides", nargs="*", help="PrepConfig key=value")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from pipeline.demo import run_demo
 
-        return run_demo(args.workdir, args.overrides)
+        return run_demo(args.workdir, args.overrides, args.train_steps)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

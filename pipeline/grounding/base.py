@@ -6,7 +6,7 @@ Batched so that a detector grounder can run one forward pass per batch on a GPU 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image

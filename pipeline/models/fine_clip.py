@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import open_clip
 import torch
@@ -19,9 +19,12 @@ from pipeline.models.regions import pool_regions
 from pipeline.models.text import encode_tokens
 
 
-@dataclass
-class Embeddings:
-    """What the objectives read. Embeddings are L2-normalised; padded entries are zero."""
+class Embeddings(NamedTuple):
+    """What the objectives read. Embeddings are L2-normalised; padded entries are zero.
+
+    A NamedTuple so that DeepSpeed ZeRO-3 finds the output tensors and hooks their backward
+    (it looks inside tuples and dicts, not dataclasses).
+    """
 
     image: torch.Tensor  # [B, D] global image embeddings
     text: torch.Tensor  # [B, D] caption embeddings (slot 0)
@@ -52,18 +55,19 @@ class FineGrainedCLIP(nn.Module):
     def forward(self, batch: Batch) -> Embeddings:
         image, grid = encode_image_dense(self.clip.visual, batch.images, self.cfg.dense)
         slots = self._encode_slots(batch)
-        out = Embeddings(image=F.normalize(image, dim=-1), text=slots[:, 0], slots=slots,
-                         logit_scale=capped_scale(self.clip.logit_scale))
+        pooled = pooled_scale = regions = phrases = None
         if self.pooler is not None:
             patches = F.normalize(grid.flatten(1, 2) @ self.clip.visual.proj, dim=-1)
-            out.pooled = F.normalize(self.pooler(slots, patches), dim=-1)
-            out.pooled_logit_scale = capped_scale(self.pooler.logit_scale)
+            pooled = F.normalize(self.pooler(slots, patches), dim=-1)
+            pooled_scale = capped_scale(self.pooler.logit_scale)
         if self.region_head is not None:
             features = pool_regions(grid, batch.boxes, batch.images.shape[-2:])
-            regions = self.region_head(self.clip, features[batch.region_mask])
-            out.regions = _scatter(F.normalize(regions, dim=-1), batch.region_mask)
-            out.phrases = slots.gather(1, batch.region_slot[..., None].expand(-1, -1, slots.shape[-1]))
-        return out
+            regions = _scatter(F.normalize(self.region_head(self.clip, features[batch.region_mask]), dim=-1),
+                               batch.region_mask)
+            phrases = slots.gather(1, batch.region_slot[..., None].expand(-1, -1, slots.shape[-1]))
+        return Embeddings(image=F.normalize(image, dim=-1), text=slots[:, 0], slots=slots,
+                          logit_scale=capped_scale(self.clip.logit_scale), pooled=pooled,
+                          pooled_logit_scale=pooled_scale, regions=regions, phrases=phrases)
 
     def _encode_slots(self, batch: Batch) -> torch.Tensor:
         """Encode, in one packed pass, the caption and the slots a head reads: all valid slots for

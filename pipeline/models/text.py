@@ -10,22 +10,33 @@ from torch import nn
 def encode_tokens(clip: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
     """[N, L] token ids → [N, D] projected text features, equal to ``clip.encode_text``.
 
-    Texts are encoded in groups of similar length (up to 8, 16, 32, ... tokens), each group only
-    up to its longest end token: the causal mask means later (padding) positions cannot change
-    the result, and a phrase of a few tokens need not pay for a 77- or 248-token caption.
+    Texts are encoded in buckets of similar length (up to 8, 16, 32, ... tokens), each only up to
+    its longest end token: the causal mask means later (padding) positions cannot change the
+    result, and a phrase of a few tokens need not pay for a 77- or 248-token caption. Every
+    bucket runs, empty or not, so every rank calls the text transformer the same number of
+    times (ZeRO-3 gathers its weights per call; unequal counts would deadlock the ranks).
     """
     eot = tokens.argmax(dim=-1)  # the end token has the largest id (open_clip's "argmax" pooling)
-    order = eot.argsort()
-    groups = torch.log2(eot[order] + 1).ceil().clamp(min=3).long()
-    # One lookup for all groups: each lookup's backward writes a dense vocabulary-sized gradient.
+    # One lookup for all buckets: each lookup's backward writes a dense vocabulary-sized gradient.
     embedded = clip.token_embedding(tokens[:, :int(eot.max()) + 1])
-    features, start = [], 0
-    for size in torch.unique_consecutive(groups, return_counts=True)[1].tolist():
-        rows = order[start:start + size]
-        length = int(eot[rows].max()) + 1
-        features.append(encode_embeddings(clip, embedded[rows, :length], eot[rows]))
-        start += size
-    return torch.cat(features).index_select(0, order.argsort())
+    parts, rows_of, lower = [], [], 0
+    for upper in _buckets(tokens.shape[1]):
+        rows = ((eot >= lower) & (eot < upper)).nonzero().squeeze(1)
+        length = int(eot[rows].max()) + 1 if len(rows) else 1
+        parts.append(encode_embeddings(clip, embedded[rows, :length], eot[rows]))
+        rows_of.append(rows)
+        lower = upper
+    order = torch.cat(rows_of)
+    return torch.cat(parts).index_select(0, order.argsort())
+
+
+def _buckets(context: int) -> list[int]:
+    """Exclusive upper bounds of end-token positions: 8, 16, 32, ... and the context length."""
+    bounds, upper = [], 8
+    while upper < context:
+        bounds.append(upper)
+        upper *= 2
+    return bounds + [context]
 
 
 def encode_embeddings(clip: open_clip.CLIP, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:

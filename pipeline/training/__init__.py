@@ -1,0 +1,1 @@
+"""Training: loader, engine, checkpoints (DeepSpeed ZeRO)."""

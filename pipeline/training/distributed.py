@@ -1,0 +1,69 @@
+"""Process group setup from the launcher's environment: torchrun or Slurm's srun, GPU or CPU.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; srun sets SLURM_PROCID, SLURM_NTASKS and
+SLURM_LOCALID. Either works; MASTER_ADDR and MASTER_PORT name the rendezvous (the Slurm
+scripts derive them from the allocation). No launcher at all means one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> World:
+    """Initialise torch.distributed (nccl on GPUs, gloo on CPUs) and pick this rank's device."""
+    rank = int(_env("RANK", "SLURM_PROCID", default="0"))
+    size = int(_env("WORLD_SIZE", "SLURM_NTASKS", default="1"))
+    local_rank = int(_env("LOCAL_RANK", "SLURM_LOCALID", default="0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda requested but no GPU is visible to this process")
+        torch.cuda.set_device(local_rank)
+    target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(local_rank))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    import deepspeed  # heavy import: only once a run really starts
+
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False)
+    log.info("rank %d/%d (local %d) on %s, rendezvous %s:%s", rank, size, local_rank, target,
+             os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+    return World(rank, size, local_rank, target)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any (e.g. one rank got the preemption signal)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _env(*names: str, default: str) -> str:
+    return next((os.environ[n] for n in names if os.environ.get(n)), default)

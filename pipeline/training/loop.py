@@ -1,0 +1,107 @@
+"""The training run, top to bottom: setup, resume, the step loop, checkpoints, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torchvision import transforms
+from tqdm import tqdm
+
+from pipeline.config import to_dict
+from pipeline.models import FineGrainedCLIP
+from pipeline.objectives import compute_loss
+from pipeline.training import checkpoint
+from pipeline.training.config import TrainConfig
+from pipeline.training.data import build_loader
+from pipeline.training.distributed import any_rank, init_distributed
+from pipeline.training.engine import build_engine, precision_of
+from pipeline.training.metrics import FlopCount, MetricsLog, text_tokens
+from pipeline.training.preemption import PreemptionFlag, requeue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    step: int  # the last completed optimizer step
+    finished: bool  # reached cfg.steps (else: stopped early, checkpointed)
+    checkpoint: Path | None
+    export: Path | None
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    world = init_distributed(cfg.device)
+    run_dir = Path(cfg.output)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    preemption = PreemptionFlag()
+
+    torch.manual_seed(cfg.seed)  # every rank builds the same initial model
+    model = FineGrainedCLIP(cfg.model, with_pooler=cfg.objective.uses_beta_cal,
+                            with_region_head=cfg.objective.uses_regions)
+    engine = build_engine(cfg, model, world)
+    dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
+    step = checkpoint.resume(engine, run_dir, world) if cfg.checkpoint.resume else 0
+
+    image_size = model.clip.visual.image_size[0]
+    mean, std = model.clip.visual.image_mean, model.clip.visual.image_std
+    loader = build_loader(
+        cfg.data, tokenizer=open_clip.get_tokenizer(cfg.model.name, context_length=cfg.model.context_length),
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)]),
+        image_size=image_size, rank=world.rank, world_size=world.size, start_batch=step * cfg.grad_accum)
+    if world.is_main:
+        log.info("%d samples in %d manifest(s); %d batches per rank per epoch; steps %d → %d",
+                 loader.num_samples, len(cfg.data.manifests), loader.batches_per_epoch, step, cfg.steps)
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
+    flops = FlopCount()
+    last_saved: Path | None = None
+    batches = iter(loader)
+    stop_at = cfg.stop_after or cfg.steps
+    progress = tqdm(total=cfg.steps, initial=step, disable=not world.is_main, file=sys.stderr,
+                    dynamic_ncols=True, mininterval=5)
+    while step < stop_at:
+        terms_sum: dict[str, float] = {}
+        for _ in range(cfg.grad_accum):
+            batch = next(batches).to(world.device)
+            batch.images = batch.images.to(dtype)
+            with flops:
+                loss, terms = compute_loss(engine(batch), batch, cfg.objective)
+                engine.backward(loss)
+            engine.step()
+            metrics.count(batch.images.shape[0], text_tokens(batch))
+            for name, value in {"loss": loss.detach(), **terms}.items():
+                terms_sum[name] = terms_sum.get(name, 0.0) + float(value) / cfg.grad_accum
+        step += 1
+        progress.update(1)
+        if step % cfg.log_every == 0 or step == stop_at:
+            lrs = {g["name"]: g["lr"] for g in engine.optimizer.param_groups}
+            record = metrics.write(step, terms_sum, lrs, world.size, _flops_per_sample(flops, cfg),
+                                   cfg.peak_tflops, world.device.type == "cuda")
+            progress.set_postfix(loss=f"{record['loss']:.4f}", sps=record["samples_per_s"])
+        preempted = any_rank(preemption.requested, world.device)
+        if step % cfg.checkpoint.every == 0 or step == stop_at or preempted:
+            last_saved = checkpoint.save(engine, run_dir, step, world, cfg.checkpoint.keep_last)
+        if preempted:
+            if world.is_main:
+                requeue()
+            break
+    progress.close()
+    metrics.close()
+
+    finished = step >= cfg.steps
+    exported = None
+    if finished and world.is_main:
+        exported = checkpoint.export(run_dir, step, cfg.model.name, cfg.model.context_length)
+    return RunResult(step, finished, last_saved, exported)
+
+
+def _flops_per_sample(flops: FlopCount, cfg: TrainConfig) -> float | None:
+    return flops.per_micro_step / cfg.data.batch_size if flops.per_micro_step else None
