@@ -13,6 +13,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_prep.py
 	$(PY) benchmarks/bench_objectives.py
+	$(PY) benchmarks/bench_training.py
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh

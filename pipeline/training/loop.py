@@ -18,8 +18,8 @@ from pipeline.models import FineGrainedCLIP
 from pipeline.objectives import compute_loss
 from pipeline.training import checkpoint
 from pipeline.training.config import TrainConfig
-from pipeline.training.data import build_loader
-from pipeline.training.distributed import any_rank, init_distributed
+from pipeline.training.data import Loader, build_loader
+from pipeline.training.distributed import any_rank, init_distributed, mean_over_ranks
 from pipeline.training.engine import build_engine, precision_of
 from pipeline.training.metrics import FlopCount, MetricsLog, text_tokens
 from pipeline.training.preemption import PreemptionFlag, requeue
@@ -50,12 +50,7 @@ def train(cfg: TrainConfig) -> RunResult:
     dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
     step = checkpoint.resume(engine, run_dir, world) if cfg.checkpoint.resume else 0
 
-    image_size = model.clip.visual.image_size[0]
-    mean, std = model.clip.visual.image_mean, model.clip.visual.image_std
-    loader = build_loader(
-        cfg.data, tokenizer=open_clip.get_tokenizer(cfg.model.name, context_length=cfg.model.context_length),
-        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)]),
-        image_size=image_size, rank=world.rank, world_size=world.size, start_batch=step * cfg.grad_accum)
+    loader = build_run_loader(cfg, model, world.rank, world.size, start_batch=step * cfg.grad_accum)
     if world.is_main:
         log.info("%d samples in %d manifest(s); %d batches per rank per epoch; steps %d → %d",
                  loader.num_samples, len(cfg.data.manifests), loader.batches_per_epoch, step, cfg.steps)
@@ -83,8 +78,10 @@ def train(cfg: TrainConfig) -> RunResult:
         progress.update(1)
         if step % cfg.log_every == 0 or step == stop_at:
             lrs = {g["name"]: g["lr"] for g in engine.optimizer.param_groups}
-            record = metrics.write(step, terms_sum, lrs, world.size, _flops_per_sample(flops, cfg),
-                                   cfg.peak_tflops, world.device.type == "cuda")
+            losses = mean_over_ranks({**terms_sum, "skipped": sum(loader.skipped.values())}, world.device)
+            skipped = round(losses.pop("skipped") * world.size)
+            record = metrics.write(step, losses, lrs, world.size, _flops_per_sample(flops, cfg),
+                                   cfg.peak_tflops, world.device.type == "cuda", skipped_samples=skipped)
             progress.set_postfix(loss=f"{record['loss']:.4f}", sps=record["samples_per_s"])
         preempted = any_rank(preemption.requested, world.device)
         if step % cfg.checkpoint.every == 0 or step == stop_at or preempted:
@@ -101,6 +98,17 @@ def train(cfg: TrainConfig) -> RunResult:
     if finished and world.is_main:
         exported = checkpoint.export(run_dir, step, cfg.model.name, cfg.model.context_length)
     return RunResult(step, finished, last_saved, exported)
+
+
+def build_run_loader(cfg: TrainConfig, model: FineGrainedCLIP, rank: int, world_size: int,
+                     start_batch: int) -> Loader:
+    """The loader with the model's tokenizer, input size and normalisation."""
+    visual = model.clip.visual
+    return build_loader(
+        cfg.data, tokenizer=open_clip.get_tokenizer(cfg.model.name, context_length=cfg.model.context_length),
+        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(visual.image_mean,
+                                                                                  visual.image_std)]),
+        image_size=visual.image_size[0], rank=rank, world_size=world_size, start_batch=start_batch)
 
 
 def _flops_per_sample(flops: FlopCount, cfg: TrainConfig) -> float | None:
