@@ -7,7 +7,10 @@ wrong types before any work starts, always naming the dotted key at fault.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import logging
+import sys
 import types
 import typing
 from pathlib import Path
@@ -41,6 +44,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"override {item!r}: expected key=value")
         _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
     return build(cls, data)
+
+
+def config_from_command_line(cls: type[T], description: str, argv: list[str] | None = None) -> T:
+    """``--config FILE key=value ...``, the command line of every entry script; also sets up logging.
+
+    A bad config exits with status 2 and a message naming the key, before any work starts.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file (configs/*/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value (YAML value), e.g. output=runs/x")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return load_config(cls, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
 
 
 def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
