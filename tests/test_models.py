@@ -124,6 +124,22 @@ def test_encode_tokens_matches_open_clip_on_the_trimmed_prefix():
     torch.testing.assert_close(encode_tokens(clip, tokens), clip.encode_text(tokens))
 
 
+def test_encode_tokens_runs_every_bucket_only_under_zero3():
+    """Under ZeRO-3 every rank must call the text transformer equally often, whatever its texts."""
+    clip = tiny_model(False, False).clip
+    calls = []
+    clip.transformer.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    tokens = TOKENIZER(["a", "a much longer text about a red ball left of a blue cube"])
+    expected = clip.encode_text(tokens)
+    calls.clear()
+    encode_tokens(clip, tokens)
+    assert calls == [1, 1]  # buckets of up to 8 and up to 16 tokens; the 32, 64, 77 buckets are empty
+    next(clip.transformer.parameters()).ds_id = 0  # what ZeRO-3 marks its partitioned parameters with
+    calls.clear()
+    torch.testing.assert_close(encode_tokens(clip, tokens), expected)
+    assert calls == [1, 1, 0, 0, 0]
+
+
 def test_dense_global_embedding_is_the_plain_one():
     clip = tiny_model(False, False).clip
     images = torch.randn(2, 3, 128, 128)

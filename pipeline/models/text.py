@@ -12,20 +12,24 @@ def encode_tokens(clip: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
 
     Texts are encoded in buckets of similar length (up to 8, 16, 32, ... tokens), each only up to
     its longest end token: the causal mask means later (padding) positions cannot change the
-    result, and a phrase of a few tokens need not pay for a 77- or 248-token caption. Every
-    bucket runs, empty or not, so every rank calls the text transformer the same number of
-    times (ZeRO-3 gathers its weights per call; unequal counts would deadlock the ranks).
+    result, and a phrase of a few tokens need not pay for a 77- or 248-token caption. Under
+    ZeRO-3 (partitioned parameters carry ``ds_id``) empty buckets run too, so every rank calls
+    the text transformer the same number of times: ZeRO-3 gathers its weights per call, and
+    unequal counts would deadlock the ranks.
     """
+    every_bucket = hasattr(next(clip.transformer.parameters()), "ds_id")
     eot = tokens.argmax(dim=-1)  # the end token has the largest id (open_clip's "argmax" pooling)
     # One lookup for all buckets: each lookup's backward writes a dense vocabulary-sized gradient.
     embedded = clip.token_embedding(tokens[:, :int(eot.max()) + 1])
     parts, rows_of, lower = [], [], 0
     for upper in _buckets(tokens.shape[1]):
         rows = ((eot >= lower) & (eot < upper)).nonzero().squeeze(1)
+        lower = upper
+        if not len(rows) and not every_bucket:
+            continue
         length = int(eot[rows].max()) + 1 if len(rows) else 1
         parts.append(encode_embeddings(clip, embedded[rows, :length], eot[rows]))
         rows_of.append(rows)
-        lower = upper
     order = torch.cat(rows_of)
     return torch.cat(parts).index_select(0, order.argsort())
 
