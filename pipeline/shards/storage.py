@@ -1,17 +1,40 @@
-"""Where bytes live. Paths are plain local paths or ``file://`` URLs today; every read and
-write of the pipeline goes through these few functions so another scheme (S3) plugs in here."""
+"""Where bytes live: local paths (or ``file://``) and ``s3://bucket/key``. Every read and write
+of the pipeline goes through these few functions.
+
+S3 goes through boto3 and the standard AWS configuration chain: credentials, region and an
+S3-compatible endpoint (``AWS_ENDPOINT_URL``) come from the environment or ``~/.aws``; nothing
+about them is passed around or written down. Transient errors are retried with exponential
+backoff (botocore's "standard" mode, bounded); permanent ones (no such bucket, access denied)
+raise at once. A missing object raises ``FileNotFoundError``, as a missing file does.
+
+Writes are atomic: :func:`open_write` makes the object visible only once it is whole (local:
+a hidden temporary sibling renamed into place; S3: one PUT, or a multipart upload completed
+after the last byte), and never when the writer fails.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
+import posixpath
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
+S3_ATTEMPTS = 8  # per request, with exponential backoff and jitter
+
 
 class StorageError(OSError):
     """Storage that cannot be used (unsupported scheme, unreadable path)."""
+
+
+def is_s3(url: str) -> bool:
+    return url.startswith("s3://")
 
 
 def local_path(url: str) -> Path:
@@ -20,64 +43,123 @@ def local_path(url: str) -> Path:
         return Path(parsed.path if parsed.scheme else url)
     if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
         return Path(url)
-    raise StorageError(f"{url}: storage scheme '{parsed.scheme}://' is not supported yet (local paths only)")
+    raise StorageError(f"{url}: storage scheme '{parsed.scheme}://' is not supported (local paths and s3://)")
 
 
 def resolve(base_dir: str, ref: str) -> str:
     """A reference from an index (relative to the index's folder, absolute, or a URL) as a URL."""
     if urlparse(ref).scheme not in ("", "file") or os.path.isabs(ref):
         return ref
-    return os.path.join(base_dir, ref)
+    return posixpath.join(base_dir, ref) if is_s3(base_dir) else os.path.join(base_dir, ref)
 
 
 def parent(url: str) -> str:
-    return str(local_path(url).parent)
+    return url.rstrip("/").rsplit("/", 1)[0] if is_s3(url) else str(local_path(url).parent)
 
 
 def read_bytes(url: str) -> bytes:
-    return local_path(url).read_bytes()
+    if not is_s3(url):
+        return local_path(url).read_bytes()
+    bucket, key = _split(url)
+    with _missing_as_file_not_found(url):
+        return _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def open_read(url: str) -> BinaryIO:
-    return open(local_path(url), "rb")
+    """A readable binary file. An S3 object is read into memory (indexes and shards, not datasets)."""
+    return io.BytesIO(read_bytes(url)) if is_s3(url) else open(local_path(url), "rb")
 
 
 def exists(url: str) -> bool:
-    return local_path(url).exists()
+    if not is_s3(url):
+        return local_path(url).exists()
+    bucket, key = _split(url)
+    with contextlib.suppress(FileNotFoundError), _missing_as_file_not_found(url):
+        _s3().head_object(Bucket=bucket, Key=key)
+        return True
+    return False
 
 
 def list_names(url: str) -> list[str]:
-    path = local_path(url)
-    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    """Names directly inside a folder (an S3 prefix); [] when there is none."""
+    if not is_s3(url):
+        path = local_path(url)
+        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    bucket, key = _split(url.rstrip("/") + "/")
+    names = []
+    for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
+        names += [obj["Key"][len(key):] for obj in page.get("Contents", [])]
+    return sorted(names)
 
 
 def remove(url: str) -> None:
-    local_path(url).unlink(missing_ok=True)
+    if not is_s3(url):
+        local_path(url).unlink(missing_ok=True)
+        return
+    bucket, key = _split(url)
+    _s3().delete_object(Bucket=bucket, Key=key)
 
 
 def make_dirs(url: str) -> None:
-    local_path(url).mkdir(parents=True, exist_ok=True)
-
-
-def temp_name(url: str) -> str:
-    """A unique hidden sibling of ``url``: concurrent or retried writers never share one."""
-    path = local_path(url)
-    return str(path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"))
+    if not is_s3(url):  # S3 has no folders
+        local_path(url).mkdir(parents=True, exist_ok=True)
 
 
 def is_temp_name(name: str) -> bool:
+    """A local writer's temporary file (left behind only by a writer that was killed)."""
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def publish(temp_url: str, url: str) -> None:
-    """Make a fully written temporary file visible under its final name, atomically."""
-    os.replace(local_path(temp_url), local_path(url))
+@contextlib.contextmanager
+def open_write(url: str) -> Iterator[BinaryIO]:
+    """A binary file whose content appears at ``url`` only when the block ends without error."""
+    if is_s3(url):
+        bucket, key = _split(url)
+        with tempfile.TemporaryFile() as spool:  # anonymous: a killed writer leaves nothing behind
+            yield spool
+            spool.seek(0)
+            _s3().upload_fileobj(spool, bucket, key)  # multipart for large files, completed last
+        return
+    path = local_path(url)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: retries never share one
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic(url: str, data: bytes) -> None:
-    tmp = temp_name(url)
-    with open(local_path(tmp), "wb") as f:
+    with open_write(url) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    publish(tmp, url)
+
+
+def _split(url: str) -> tuple[str, str]:
+    parsed = urlparse(url)
+    if not parsed.netloc:
+        raise StorageError(f"{url}: expected s3://bucket/key")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.cache
+def _s3():
+    """One client per process (boto3 clients are thread-safe; Ray workers each build their own)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"}))
+
+
+@contextlib.contextmanager
+def _missing_as_file_not_found(url: str) -> Iterator[None]:
+    from botocore.exceptions import ClientError
+
+    try:
+        yield
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(url) from e
+        raise

@@ -26,19 +26,17 @@ def shard_name(index: int) -> str:
 
 
 def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict]]) -> ShardFile:
-    """Write ``(key, jpg, json)`` samples as ``key.jpg`` + ``key.json`` to a temporary file,
-    hashing as we go, then rename it into place. Fixed tar metadata makes reruns identical."""
-    tmp = storage.temp_name(url)
+    """Write ``(key, jpg, json)`` samples as ``key.jpg`` + ``key.json``, hashing as we go; the
+    shard appears at ``url`` only when whole (``storage.open_write``). Fixed tar metadata makes
+    reruns byte-identical."""
     count = 0
-    with open(storage.local_path(tmp), "wb") as raw:
+    with storage.open_write(url) as raw:
         out = _HashingWriter(raw)
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
             for key, jpg, meta in samples:
                 _add(tar, f"{key}.jpg", jpg)
                 _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
                 count += 1
-        raw.flush()
-    storage.publish(tmp, url)
     return ShardFile(url.rsplit("/", 1)[-1], count, out.size, out.sha256.hexdigest())
 
 
