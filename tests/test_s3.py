@@ -1,5 +1,7 @@
-"""Data prep from S3 to S3 against a real S3 server on loopback (moto_server)."""
+"""Data prep from S3 to S3, and the training loader reading it back, against a real S3 server
+on loopback (moto_server)."""
 
+import itertools
 import os
 import socket
 import subprocess
@@ -8,13 +10,17 @@ import time
 from pathlib import Path
 
 import boto3
+import open_clip
 import pytest
 import ray
+from torchvision import transforms
 
 from pipeline.config import load_config
+from pipeline.models import TINY_MODEL
 from pipeline.prep import PrepConfig, run
 from pipeline.shards import check, storage
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
+from pipeline.training.data import DataConfig, build_loader
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +39,7 @@ def s3_env():
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    storage._s3.cache_clear()
+    storage._client.cache_clear()
     try:
         for _ in range(100):
             try:
@@ -47,7 +53,7 @@ def s3_env():
         server.wait()
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        storage._s3.cache_clear()
+        storage._client.cache_clear()
 
 
 def _upload(folder: Path, prefix: str) -> None:
@@ -85,6 +91,15 @@ def test_prep_reads_and_writes_s3(s3_env, tmp_path):
                             env={**os.environ, **s3_env}, capture_output=True, text=True)
     assert verify.returncode == 0 and "verify: OK" in verify.stdout, verify.stdout + verify.stderr
     assert "testing" not in storage.read_bytes(f"{out}/dataset.json").decode()  # no credentials in manifests
+
+    # the training loader streams the shards from S3, in its worker processes too
+    loader = build_loader(DataConfig(manifests=(out,), batch_size=8, workers=2, num_regions=4),
+                          tokenizer=open_clip.get_tokenizer(TINY_MODEL), image_size=64,
+                          transform=transforms.ToTensor())
+    batches = list(itertools.islice(iter(loader), loader.batches_per_epoch))
+    assert len(batches) == loader.batches_per_epoch == manifest.num_samples // 8 > 0
+    assert all(b.images.shape == (8, 3, 64, 64) and b.token_mask[:, 0].all() for b in batches)
+    assert not loader.skipped
 
 
 def test_missing_s3_index_fails_before_any_work(s3_env):

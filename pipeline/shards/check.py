@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections.abc import Iterator
 
 from PIL import Image
+from webdataset.handlers import reraise_exception
 
-from pipeline.schema import SchemaError, Sample, sample_key
+from pipeline.schema import Sample, SchemaError, sample_key
 from pipeline.shards import storage
 from pipeline.shards.manifest import Manifest
-from pipeline.shards.writer import file_digest
+from pipeline.shards.writer import file_digest, read_samples
 
 MAX_PROBLEMS = 50  # a broken dataset usually breaks the same way many times
 
@@ -90,16 +90,8 @@ def validate(m: Manifest) -> list[str]:
     return problems
 
 
+
 def _samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample, grouping consecutive tar members like WebDataset."""
-    key, files = None, {}
-    with storage.open_read(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            k, _, ext = member.name.partition(".")
-            if k != key and key is not None:
-                yield key, files
-                files = {}
-            key = k
-            files[ext] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, files
+    """(key, {extension: bytes}) per sample, streamed the way WebDataset groups tar members."""
+    for sample in read_samples(url, handler=reraise_exception):
+        yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}

@@ -70,6 +70,15 @@ def open_read(url: str) -> BinaryIO:
     return io.BytesIO(read_bytes(url)) if is_s3(url) else open(local_path(url), "rb")
 
 
+def open_stream(url: str) -> BinaryIO:
+    """A forward-only binary stream: shards are read as they download, never held whole."""
+    if not is_s3(url):
+        return open(local_path(url), "rb")
+    bucket, key = _split(url)
+    with _missing_as_file_not_found(url):
+        return _s3().get_object(Bucket=bucket, Key=key)["Body"]
+
+
 def exists(url: str) -> bool:
     if not is_s3(url):
         return local_path(url).exists()
@@ -144,9 +153,13 @@ def _split(url: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-@functools.cache
 def _s3():
-    """One client per process (boto3 clients are thread-safe; Ray workers each build their own)."""
+    """This process's client (thread-safe; a forked DataLoader worker must not share its parent's)."""
+    return _client(os.getpid())
+
+
+@functools.cache
+def _client(pid: int):
     import boto3
     from botocore.config import Config
 

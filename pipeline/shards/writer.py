@@ -1,4 +1,5 @@
-"""Writer: samples → one WebDataset tar, byte-for-byte reproducible, visible only when whole."""
+"""Shard files: the writer (samples → one WebDataset tar, byte-for-byte reproducible, visible
+only when whole) and the streaming reader, both over ``storage`` (local or S3)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import webdataset as wds
 
 from pipeline.shards import storage
 
@@ -43,11 +46,27 @@ def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict]]) -> ShardFi
 def file_digest(url: str) -> tuple[int, str]:
     """(bytes, sha256) of a stored file, streamed."""
     digest, size = hashlib.sha256(), 0
-    with storage.open_read(url) as f:
+    with storage.open_stream(url) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def read_samples(url: str, handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+    """The samples of one shard, streamed: ``{"__key__", "__url__", "jpg": bytes, "json": bytes}``.
+
+    WebDataset's own tar expansion and key grouping over our storage (local or S3). ``handler``
+    gets any error opening or reading the shard and returns whether to go on (WebDataset's rule).
+    """
+    try:
+        stream = storage.open_stream(url)
+    except Exception as e:  # noqa: BLE001 - the handler decides, as for errors while reading
+        handler(e)
+        return
+    with stream:
+        files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+        yield from wds.tariterators.group_by_keys(files, handler=handler)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

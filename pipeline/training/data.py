@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.batch import Batch, Box
 from pipeline.schema import Sample
 from pipeline.shards.manifest import ManifestError, load_manifest
+from pipeline.shards.writer import read_samples
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def read_piece(piece: Piece) -> Iterator[dict[str, Any]]:
         return False
 
     delivered = 0
-    for sample in itertools.islice(wds.tarfile_samples([{"url": piece.url}], handler=stop_reading),
+    for sample in itertools.islice(read_samples(piece.url, handler=stop_reading),
                                    piece.start, piece.stop):
         delivered += 1
         yield sample
