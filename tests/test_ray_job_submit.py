@@ -3,17 +3,21 @@
 import json
 import os
 import secrets
-import socket
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import open_clip
 import pytest
 import webdataset as wds
+from torchvision import transforms
 
+from pipeline.models import TINY_MODEL
 from pipeline.synthetic import SyntheticConfig, write_corpus
+from pipeline.training.data import DataConfig, build_loader
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +69,26 @@ def test_ray_job_submit_builds_a_verified_dataset(ray_head, tmp_path):
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
     assert len(samples) == manifest["totals"]["written"] > 30
     assert all(s["jpg"].size == (s["json"]["width"], s["json"]["height"]) for s in samples)
+
+
+def test_ray_job_submit_s3_to_s3(s3, ray_head, tmp_path):
+    """The same entry, records and images in S3, shards and manifest to S3 (the job's processes
+    get the AWS variables from the head's environment), then read back by the training loader."""
+    address, env = ray_head
+    write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=24, num_broken=4))
+    s3.upload(tmp_path / "corpus", "submit-corpus")
+    out = f"s3://{s3.bucket}/submitted"
+    job = subprocess.run(
+        [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+         "python", "data_prep/build_shards.py", "--config", "configs/prep/default.yaml",
+         f"input.index=s3://{s3.bucket}/submit-corpus/records.jsonl", f"output={out}", "samples_per_shard=8"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+
+    verify = subprocess.run([sys.executable, "-m", "pipeline", "manifest", "verify", out],
+                            capture_output=True, text=True, cwd=REPO)
+    assert verify.returncode == 0 and "verify: OK" in verify.stdout, verify.stdout + verify.stderr
+    loader = build_loader(DataConfig(manifests=(out,), batch_size=4, workers=0), image_size=64,
+                          tokenizer=open_clip.get_tokenizer(TINY_MODEL), transform=transforms.ToTensor())
+    batch = next(iter(loader))
+    assert batch.images.shape == (4, 3, 64, 64) and loader.num_samples > 20

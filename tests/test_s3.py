@@ -1,15 +1,15 @@
 """Data prep from S3 to S3, and the training loader reading it back, against a real S3 server
 on loopback (moto_server)."""
 
+import http.client
 import itertools
 import os
-import socket
 import subprocess
 import sys
-import time
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import boto3
 import open_clip
 import pytest
 import ray
@@ -24,51 +24,61 @@ from pipeline.training.data import DataConfig, build_loader
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
-BUCKET = "fgclip-test"
 
 
-@pytest.fixture(scope="module")
-def s3_env():
-    """A moto_server on 127.0.0.1 and the standard AWS variables pointing at it (dummy keys)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([Path(sys.executable).parent / "moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    storage._client.cache_clear()
-    try:
-        for _ in range(100):
-            try:
-                boto3.client("s3").create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                time.sleep(0.1)
-        yield env
-    finally:
-        server.terminate()
-        server.wait()
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        storage._client.cache_clear()
+class FlakyProxy(ThreadingHTTPServer):
+    """An HTTP proxy in front of the S3 server that answers every ``every``-th request with a 503
+    SlowDown, the way a busy S3 does: transient errors the clients must retry."""
+
+    def __init__(self, target_port: int, every: int):
+        self.target_port, self.every, self.requests, self.failed = target_port, every, 0, 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
 
 
-def _upload(folder: Path, prefix: str) -> None:
-    client = boto3.client("s3")
-    for path in folder.rglob("*"):
-        if path.is_file():
-            client.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(folder).as_posix()}")
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _forward(self) -> None:
+        server: FlakyProxy = self.server
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with server.lock:
+            server.requests += 1
+            fail = server.requests % server.every == 0
+            server.failed += fail
+        if fail:
+            payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", server.target_port)
+        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+        response = conn.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+    def log_message(self, *args) -> None:
+        pass
 
 
-def test_prep_reads_and_writes_s3(s3_env, tmp_path):
+def test_prep_reads_and_writes_s3(s3, tmp_path):
     summary = write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=40, num_broken=len(BROKEN_KINDS)))
-    _upload(tmp_path / "corpus", "corpus")
-    out = f"s3://{BUCKET}/datasets/demo"
+    s3.upload(tmp_path / "corpus", "corpus")
+    out = f"s3://{s3.bucket}/datasets/demo"
     cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                      [f"input.index=s3://{BUCKET}/corpus/records.jsonl", f"output={out}",
+                      [f"input.index=s3://{s3.bucket}/corpus/records.jsonl", f"output={out}",
                        "samples_per_shard=16", "ray.text_batch_size=32"])
     ray.init(num_cpus=2, include_dashboard=False)  # workers inherit the AWS variables
     try:
@@ -88,7 +98,7 @@ def test_prep_reads_and_writes_s3(s3_env, tmp_path):
     assert check.verify(manifest) == [] and check.validate(manifest) == []
 
     verify = subprocess.run([sys.executable, "-m", "pipeline", "manifest", "verify", out], cwd=REPO,
-                            env={**os.environ, **s3_env}, capture_output=True, text=True)
+                            env={**os.environ, **s3.env}, capture_output=True, text=True)
     assert verify.returncode == 0 and "verify: OK" in verify.stdout, verify.stdout + verify.stderr
     assert "testing" not in storage.read_bytes(f"{out}/dataset.json").decode()  # no credentials in manifests
 
@@ -102,9 +112,40 @@ def test_prep_reads_and_writes_s3(s3_env, tmp_path):
     assert not loader.skipped
 
 
-def test_missing_s3_index_fails_before_any_work(s3_env):
+def test_missing_s3_index_fails_before_any_work(s3):
     cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                      [f"input.index=s3://{BUCKET}/nowhere/records.jsonl", f"output=s3://{BUCKET}/x"])
+                      [f"input.index=s3://{s3.bucket}/nowhere/records.jsonl", f"output=s3://{s3.bucket}/x"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(cfg)
-    assert storage.list_names(f"s3://{BUCKET}/x") == []
+    assert storage.list_names(f"s3://{s3.bucket}/x") == []
+
+
+def test_transient_s3_errors_are_retried_and_change_nothing(s3, tmp_path):
+    """Every 4th request fails with 503; the dataset comes out byte-identical to a clean run."""
+    write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=24, num_broken=4, seed=3))
+    s3.upload(tmp_path / "corpus", "flaky-corpus")
+    proxy = FlakyProxy(int(s3.env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), every=4)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+
+    def prep(out: str, endpoint: str):
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        storage._client.cache_clear()
+        cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
+                          [f"input.index=s3://{s3.bucket}/flaky-corpus/records.jsonl", f"output={out}",
+                           "samples_per_shard=8"])
+        ray.init(num_cpus=2, include_dashboard=False)  # workers see this endpoint
+        try:
+            return run(cfg)
+        finally:
+            ray.shutdown()
+            os.environ["AWS_ENDPOINT_URL"] = s3.env["AWS_ENDPOINT_URL"]
+            storage._client.cache_clear()
+
+    try:
+        clean = prep(f"s3://{s3.bucket}/clean", s3.env["AWS_ENDPOINT_URL"])
+        flaky = prep(f"s3://{s3.bucket}/flaky", f"http://127.0.0.1:{proxy.server_port}")
+    finally:
+        proxy.shutdown()
+    assert proxy.failed >= 5  # the faults really happened
+    assert [(s.name, s.sha256) for s in flaky.shards] == [(s.name, s.sha256) for s in clean.shards]
+    assert flaky.data["totals"] == clean.data["totals"] and check.verify(flaky) == []
