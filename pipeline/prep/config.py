@@ -70,7 +70,9 @@ class PrepConfig:
     input: InputConfig
     output: str = ""  # folder that receives the shards and the manifest
     name: str = ""  # dataset name in the manifest; default: the output folder's name
-    existing_output: Literal["fail", "overwrite"] = "fail"  # never mix two runs in one folder
+    # What to do with a non-empty output folder; never mixes two runs. "resume": keep the shards a
+    # killed run of this same job completed (checksums verified), write the rest.
+    existing_output: Literal["fail", "overwrite", "resume"] = "fail"
     samples_per_shard: int = 1000  # input records per shard; a shard holds those that survive
     max_caption_chars: int = 20_000
     image: ImageConfig = field(default_factory=ImageConfig)

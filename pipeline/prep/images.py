@@ -45,7 +45,7 @@ def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
-        raise ImageRejected("image_not_decodable", str(e)[:200]) from e
+        raise ImageRejected("image_not_decodable", "no image format recognised") from e  # PIL's text names an address
     except Exception as e:  # PIL raises many types on garbage headers
         raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}"[:200]) from e
     width, height = img.size

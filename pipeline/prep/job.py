@@ -8,6 +8,7 @@ same bytes. Each shard holds the chunk's rows that survive the stages.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -23,13 +24,16 @@ from pipeline.config import to_dict
 from pipeline.grounding import build_grounder
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.records import Drop, index_format, read_index
-from pipeline.prep.stages import GroundStage, TextStage, image_stage, write_shard_group
+from pipeline.prep.stages import PROGRESS_DIR, GroundStage, TextStage, image_stage, write_shard_group
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import manifest as mf
 from pipeline.shards import storage
+from pipeline.shards.writer import file_digest, shard_name
 from pipeline.text import CaptionParser
 
 log = logging.getLogger(__name__)
+
+CHAOS_DRIVER_ENV = "PIPELINE_CHAOS_KILL_DRIVER_AFTER"
 
 
 def run(cfg: PrepConfig) -> mf.Manifest:
@@ -38,6 +42,9 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     source = cfg.input.source or Path(storage.parent(cfg.input.index)).name
     root, name = cfg.output.rstrip("/"), cfg.name or Path(cfg.output.rstrip("/")).name
     _check_input(cfg.input.index)
+    run_id = _run_id(cfg)
+    if cfg.existing_output == "resume" and storage.exists(f"{root}/{mf.MANIFEST_FILE}"):
+        return _finished_earlier(root, run_id)
     _prepare_output(root, cfg.existing_output)
     text_provenance = CaptionParser(cfg.text).provenance()  # fails fast on a missing spaCy model
     grounder_provenance = build_grounder(cfg.grounding).provenance()
@@ -45,19 +52,26 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     rows, drops = _assign_shards(cfg)
     log.info("index %s: %d records, %d dropped on read, %d shards",
              cfg.input.index, len(rows) + len(drops), len(drops), -(-len(rows) // cfg.samples_per_shard))
+    done = _completed_shards(root, run_id) if cfg.existing_output == "resume" else {}
+    if done:
+        log.info("resuming: %d shards of an earlier run of this job are complete and verified", len(done))
+        rows = [r for r in rows if shard_name(r["shard"]) not in done]
+    shard_rows = [record["stats"] for record in done.values()]
+    drops += [d for record in done.values() for d in record["drops"]]
 
-    shard_rows: list[dict] = []
     if rows:
         _init_ray(cfg.ray.address)
-        for stats, shard_drops in _execute(cfg, rows, root, source):
+        total_rows = len(rows) + sum(s["inputs"] for s in shard_rows)
+        for stats, shard_drops in _execute(cfg, rows, root, source, run_id):
             shard_rows.append(stats)
             drops.extend(shard_drops)
-            _log_progress(shard_rows, len(rows), started)
+            _log_progress(shard_rows, total_rows, started)
+            _maybe_die(len(shard_rows))
     shard_rows.sort(key=lambda s: s["name"])
     _remove_leftover_temp_files(root)
 
     manifest = {
-        "schema": SCHEMA_VERSION, "name": name,
+        "schema": SCHEMA_VERSION, "name": name, "run_id": run_id,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "input": {"index": cfg.input.index, "format": index_format(cfg.input.index), "source": source},
@@ -69,11 +83,12 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     drops.sort(key=lambda d: d["ordinal"])
     flat = [{k: v for k, v in s.items() if not k.endswith("_by_reason")} for s in shard_rows]
     mf.write_manifest(root, manifest, flat, drops)
+    _clear_progress(root)
     log.info("wrote %s in %.1f s", root, time.time() - started)
     return mf.load_manifest(root)
 
 
-def _execute(cfg: PrepConfig, rows: list[dict], root: str, source: str):
+def _execute(cfg: PrepConfig, rows: list[dict], root: str, source: str, run_id: str):
     """Build the Ray Data pipeline and stream back one (stats, drops) per finished shard."""
     num_shards = rows[-1]["shard"] + 1
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(num_shards * 4, len(rows))))
@@ -85,7 +100,7 @@ def _execute(cfg: PrepConfig, rows: list[dict], root: str, source: str):
     ds = ds.map_batches(GroundStage, fn_constructor_args=(cfg.grounding, source), batch_format="numpy",
                         batch_size=cfg.ray.ground_batch_size, concurrency=cfg.ray.ground_actors,
                         num_cpus=cfg.ray.ground_num_cpus, num_gpus=cfg.ray.ground_num_gpus)
-    ds = ds.groupby("shard").map_groups(write_shard_group, fn_kwargs={"root": root, "source": source},
+    ds = ds.groupby("shard").map_groups(write_shard_group, fn_kwargs={"root": root, "source": source, "run_id": run_id},
                                         batch_format="numpy")
     for row in ds.iter_rows():
         yield json.loads(row["stats"]), json.loads(row["drops"])
@@ -131,12 +146,66 @@ def _check_input(index: str) -> None:
 def _prepare_output(root: str, existing: str) -> None:
     names = storage.list_names(root)
     if names and existing == "fail":
-        raise FileExistsError(f"output: {root} is not empty; set existing_output=overwrite to replace it")
-    for name in names:  # overwrite: remove what an earlier run wrote, nothing else
-        if name.endswith(".tar") or name in (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE) \
-                or storage.is_temp_name(name):
-            storage.remove(f"{root}/{name}")
+        raise FileExistsError(f"output: {root} is not empty; set existing_output=overwrite to replace it, "
+                              "or resume to finish a killed run of this job")
+    if existing == "overwrite":  # remove what an earlier run wrote, nothing else
+        for name in names:
+            if name.endswith(".tar") or name in (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE) \
+                    or storage.is_temp_name(name):
+                storage.remove(f"{root}/{name}")
+        _clear_progress(root)
     storage.make_dirs(root)
+
+
+def _run_id(cfg: PrepConfig) -> str:
+    """What makes two runs the same job: the input's bytes and every config value that shapes the
+    output's content (not where it goes, not ``existing_output``, not the Ray resources)."""
+    config = {k: v for k, v in to_dict(cfg).items() if k not in ("output", "existing_output", "ray")}
+    size, sha = file_digest(cfg.input.index)
+    key = json.dumps({"config": config, "index": [size, sha], "version": __version__}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _completed_shards(root: str, run_id: str) -> dict[str, dict]:
+    """Completion records of an earlier run of this job whose shard is intact (size + sha256)."""
+    done = {}
+    for record_name in storage.list_names(f"{root}/{PROGRESS_DIR}"):
+        record = json.loads(storage.read_bytes(f"{root}/{PROGRESS_DIR}/{record_name}"))
+        if record["run_id"] != run_id:
+            raise FileExistsError(f"output: {root} holds shards of a different job (input or config changed); "
+                                  "set existing_output=overwrite to replace them")
+        stats = record["stats"]
+        url = f"{root}/{stats['name']}"
+        if storage.exists(url) and file_digest(url) == (stats["bytes"], stats["sha256"]):
+            done[stats["name"]] = record
+        else:
+            log.warning("%s does not match its completion record: writing it again", url)
+    return done
+
+
+def _finished_earlier(root: str, run_id: str) -> mf.Manifest:
+    manifest = mf.load_manifest(root)
+    if manifest.data.get("run_id") != run_id:
+        raise FileExistsError(f"output: {root} holds a finished dataset of a different job; "
+                              "set existing_output=overwrite to replace it")
+    log.info("%s: this job already finished; nothing to do", root)
+    _clear_progress(root)
+    return manifest
+
+
+def _clear_progress(root: str) -> None:
+    for name in storage.list_names(f"{root}/{PROGRESS_DIR}"):
+        storage.remove(f"{root}/{PROGRESS_DIR}/{name}")
+    storage.remove_empty_dir(f"{root}/{PROGRESS_DIR}")
+
+
+def _maybe_die(shards_done: int) -> None:
+    """Fault injection (``PIPELINE_CHAOS_KILL_DRIVER_AFTER=n``): the driver dies abruptly once n
+    shards are done, as a killed driver or a lost head node would."""
+    limit = os.environ.get(CHAOS_DRIVER_ENV)
+    if limit and shards_done >= int(limit):
+        log.warning("chaos: killing the driver after %d shards", shards_done)
+        os._exit(1)
 
 
 def _remove_leftover_temp_files(root: str) -> None:

@@ -112,8 +112,16 @@ class GroundStage:
                                 annotations, image)
 
 
-def write_shard_group(batch: Batch, root: str, source: str) -> Batch:
-    """All rows of one shard → the tar (good rows, in input order) and one stats row."""
+PROGRESS_DIR = "_progress"  # per-shard completion records of a running job; removed when it ends
+
+
+def progress_url(root: str, shard: str) -> str:
+    return f"{root}/{PROGRESS_DIR}/{shard}.json"
+
+
+def write_shard_group(batch: Batch, root: str, source: str, run_id: str = "") -> Batch:
+    """All rows of one shard → the tar (good rows, in input order), its completion record (what
+    a resumed run needs to account for the shard without redoing it), and one stats row."""
     rows = sorted(_rows(batch), key=lambda r: r["ordinal"])
     index = int(rows[0]["shard"])
     name = shard_name(index)
@@ -138,6 +146,8 @@ def write_shard_group(batch: Batch, root: str, source: str) -> Batch:
         "repaired_by_reason": dict(Counter(r["repaired"] for r in good if r["repaired"])),
         "boxes_dropped_by_reason": dict(box_drops),
     }
+    storage.write_atomic(progress_url(root, name), json.dumps(
+        {"run_id": run_id, "stats": stats, "drops": drops}).encode())
     return {"shard": np.array([index]), "stats": np.array([json.dumps(stats)]),
             "drops": np.array([json.dumps(drops)])}
 

@@ -109,6 +109,12 @@ def remove(url: str) -> None:
     _s3().delete_object(Bucket=bucket, Key=key)
 
 
+def remove_empty_dir(url: str) -> None:
+    if not is_s3(url):
+        with contextlib.suppress(FileNotFoundError):
+            local_path(url).rmdir()
+
+
 def make_dirs(url: str) -> None:
     if not is_s3(url):  # S3 has no folders
         local_path(url).mkdir(parents=True, exist_ok=True)
@@ -130,6 +136,7 @@ def open_write(url: str) -> Iterator[BinaryIO]:
             _s3().upload_fileobj(spool, bucket, key)  # multipart for large files, completed last
         return
     path = local_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: retries never share one
     try:
         with open(tmp, "wb") as f:
