@@ -14,6 +14,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_prep.py
 	$(PY) benchmarks/bench_objectives.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_storage.py
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh

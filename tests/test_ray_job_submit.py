@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import open_clip
@@ -49,15 +50,24 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def submit(address: str, env: dict, *entry: str) -> subprocess.CompletedProcess:
+    """``ray job submit`` of an entry; retried while the fresh head's job agent is not up yet
+    (Ray answers "No available agent to submit job, please try again later")."""
+    for _ in range(30):
+        job = subprocess.run([BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
+                              "--", "python", *entry], env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in job.stderr:
+            return job
+        time.sleep(2)
+    return job
+
+
 def test_ray_job_submit_builds_a_verified_dataset(ray_head, tmp_path):
     address, env = ray_head
     write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=40, num_broken=4))
     out = tmp_path / "shards"
-    job = subprocess.run(
-        [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-         "python", "data_prep/build_shards.py", "--config", "configs/prep/default.yaml",
-         f"input.index={tmp_path}/corpus/records.jsonl", f"output={out}", "samples_per_shard=16"],
-        env=env, capture_output=True, text=True, timeout=600)
+    job = submit(address, env, "data_prep/build_shards.py", "--config", "configs/prep/default.yaml",
+                 f"input.index={tmp_path}/corpus/records.jsonl", f"output={out}", "samples_per_shard=16")
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "records   44 in" in job.stdout  # the manifest summary the entry prints
 
@@ -78,11 +88,8 @@ def test_ray_job_submit_s3_to_s3(s3, ray_head, tmp_path):
     write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=24, num_broken=4))
     s3.upload(tmp_path / "corpus", "submit-corpus")
     out = f"s3://{s3.bucket}/submitted"
-    job = subprocess.run(
-        [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-         "python", "data_prep/build_shards.py", "--config", "configs/prep/default.yaml",
-         f"input.index=s3://{s3.bucket}/submit-corpus/records.jsonl", f"output={out}", "samples_per_shard=8"],
-        env=env, capture_output=True, text=True, timeout=600)
+    job = submit(address, env, "data_prep/build_shards.py", "--config", "configs/prep/default.yaml",
+                 f"input.index=s3://{s3.bucket}/submit-corpus/records.jsonl", f"output={out}", "samples_per_shard=8")
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
 
     verify = subprocess.run([sys.executable, "-m", "pipeline", "manifest", "verify", out],
