@@ -1,8 +1,10 @@
 """Restartable data prep: a driver killed mid-job, rerun with the same arguments, finishes with
 the dataset a run that never failed writes, without redoing the shards that were complete."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +24,12 @@ def build(corpus: Path, out: Path, *extra: str, env: dict | None = None) -> subp
     cmd = [sys.executable, "data_prep/build_shards.py", "--config", "configs/prep/default.yaml",
            f"input.index={corpus}/records.jsonl", f"output={out}", "samples_per_shard=8",
            "ray.text_batch_size=32", "existing_output=resume", *extra]
-    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=600)
+    process = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stdout, stderr = process.communicate(timeout=600)
+    with contextlib.suppress(ProcessLookupError):  # a killed driver leaves its local Ray's agents behind
+        os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
 def dataset(out: Path) -> dict:
