@@ -56,7 +56,7 @@ def train(cfg: TrainConfig) -> RunResult:
                  loader.num_samples, len(cfg.data.manifests), loader.batches_per_epoch, step, cfg.steps)
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
-    flops = FlopCount()
+    flops = FlopCount(enabled=world.device.type == "cuda")
     last_saved: Path | None = None
     batches = iter(loader)
     stop_at = cfg.stop_after or cfg.steps

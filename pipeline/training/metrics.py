@@ -24,12 +24,13 @@ class FlopCount:
     of this model, objective and batch shape. Done once; shapes are fixed per run.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled  # MFU is reported on GPUs only; elsewhere counting is wasted work
         self.per_micro_step: int | None = None
         self._mode: FlopCounterMode | None = None
 
     def __enter__(self):
-        if self.per_micro_step is None:
+        if self.enabled and self.per_micro_step is None:
             self._mode = FlopCounterMode(display=False)
             self._mode.__enter__()
         return self
