@@ -2,12 +2,15 @@
 
     python -m pipeline manifest inspect|verify|validate PATH
     python -m pipeline synth OUT [key=value ...]     # generate a corpus (SyntheticConfig keys)
-    python -m pipeline demo [--workdir DIR]          # the README's main job: prep, then training
+    python -m pipeline eval --data DATASET --checkpoint [NAME=]SPEC ... --out DIR [key=value ...]
+    python -m pipeline export CHECKPOINT OUT          # a run (its latest) or checkpoint folder → open_clip weights
+    python -m pipeline demo [--workdir DIR]          # the README's main job: prep, train 4 objectives, eval
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -24,15 +27,35 @@ def main(argv: list[str] | None = None) -> int:
     synth = sub.add_parser("synth", help="write a generated corpus (images + records.jsonl)")
     synth.add_argument("out")
     synth.add_argument("overrides", nargs="*", help="SyntheticConfig key=value")
-    demo = sub.add_parser("demo", help="generate a corpus, run data prep on a local Ray, train the tiny model")
+    ev = sub.add_parser("eval", help="retrieval, box classification, FG-OVD scoring; a report comparing checkpoints")
+    ev.add_argument("--data", help="dataset folder or dataset.json (data prep output), local or s3://")
+    ev.add_argument("--checkpoint", action="append", default=[], dest="checkpoints",
+                    help="[name=]run folder | export folder | openclip:NAME[:TAG]; repeat to compare")
+    ev.add_argument("--out", help="report folder")
+    ev.add_argument("--config", help="YAML (configs/eval/*.yaml)")
+    ev.add_argument("overrides", nargs="*", help="EvalConfig key=value")
+    export = sub.add_parser("export", help="consolidate a ZeRO checkpoint into open_clip weights + heads")
+    export.add_argument("checkpoint", help="run folder (its latest checkpoint) or run/checkpoints/step-N")
+    export.add_argument("out")
+    demo = sub.add_parser("demo", help="generate data, prep it on a local Ray, train the four objectives, "
+                                       "evaluate them: one report")
     demo.add_argument("--workdir", default="runs/demo")
-    demo.add_argument("--train-steps", type=int, default=200, help="0: data prep only")
+    demo.add_argument("--train-steps", type=int, default=200, help="per objective; 0: data prep only")
+    demo.add_argument("--records", type=int, default=2000, help="generated training images")
+    demo.add_argument("--heldout", type=int, default=300, help="generated held-out images (evaluation)")
     demo.add_argument("overrides", nargs="*", help="PrepConfig key=value")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         if args.command == "manifest":
             return _manifest(args.action, args.path)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "export":
+            from pipeline.training.checkpoint import export_checkpoint
+
+            print(export_checkpoint(args.checkpoint, args.out))
+            return 0
         if args.command == "synth":
             from pipeline.synthetic import SyntheticConfig, write_corpus
 
@@ -40,10 +63,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from pipeline.demo import run_demo
 
-        return run_demo(args.workdir, args.overrides, args.train_steps)
+        return run_demo(args.workdir, args.overrides, args.train_steps, args.records, args.heldout)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pipeline.eval import EvalConfig, evaluate
+
+    given = {"data": args.data, "out": args.out}
+    overrides = [f"{k}={v}" for k, v in given.items() if v is not None] + list(args.overrides)
+    if args.checkpoints:
+        overrides.append("checkpoints=" + json.dumps(args.checkpoints))
+    report = evaluate(load_config(EvalConfig, args.config, overrides))
+    print(f"report: {report / 'report.html'}")
+    return 0
 
 
 def _manifest(action: str, path: str) -> int:

@@ -1,6 +1,11 @@
-"""The README's main job on the embedded default: generate a corpus, run data prep on a local
-Ray, verify the shards, then train the tiny β-CLIP model on them with DeepSpeed ZeRO-2 (two CPU
-ranks over gloo, launched by torchrun) and print where the checkpoint and the export are."""
+"""The README's main job on the embedded default, end to end on one machine:
+
+1. generate a training corpus and a held-out one (different images, same generator);
+2. data prep on a local Ray for both, shards verified against their manifests;
+3. train the tiny model with each objective — clip, beta, harmo, beta+harmo — for the same steps
+   on the same data, DeepSpeed ZeRO-2 on two CPU ranks (gloo, torchrun);
+4. evaluate all of them on the held-out shards: one report comparing them side by side.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import load_config
+from pipeline.eval import EvalConfig, evaluate
 from pipeline.prep import PrepConfig, run
 from pipeline.shards import check
 from pipeline.synthetic import SyntheticConfig, write_corpus
@@ -18,31 +24,47 @@ from pipeline.synthetic import SyntheticConfig, write_corpus
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_RECORDS, NUM_BROKEN = 2000, 48
-TRAIN_CONFIG = "configs/train/beta_tiny.yaml"
+TRAIN_CONFIG = "configs/train/beta_tiny.yaml"  # K = 36 text slots and 16 regions: what every objective may read
+OBJECTIVES = ("clip", "beta", "harmo", "beta+harmo")
 
 
-def run_demo(workdir: str, overrides: list[str], train_steps: int) -> int:
+def run_demo(workdir: str, overrides: list[str], train_steps: int, records: int = 2000, heldout: int = 300,
+             objectives: tuple[str, ...] = OBJECTIVES) -> int:
     work = Path(workdir).resolve()
-    corpus = work / "corpus"
+    train_set = _prepare(work, "train", SyntheticConfig(num_records=records, num_broken=48), overrides)
+    heldout_set = _prepare(work, "heldout", SyntheticConfig(num_records=heldout, split="heldout"), overrides)
+    if train_set is None or heldout_set is None or train_steps == 0:
+        return 1 if train_set is None or heldout_set is None else 0
+
+    runs = []
+    for objective in objectives:
+        run_dir = work / "runs" / objective.replace("+", "_")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "train/train.py", "--config", TRAIN_CONFIG, "device=cpu", f"output={run_dir}",
+               f"objective.name={objective}", f"data.manifests=[{train_set}]", f"steps={train_steps}",
+               "checkpoint.resume=false"]
+        print(f"\ntraining {objective}:", " ".join(cmd[2:]), flush=True)
+        if subprocess.run(cmd, check=False, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode:
+            return 1
+        runs.append(f"{objective}={run_dir}")
+
+    report = evaluate(EvalConfig(data=str(heldout_set), out=str(work / "report"), checkpoints=tuple(runs),
+                                 max_images=heldout))
+    print((report / "report.md").read_text())
+    print(f"report: {report / 'report.html'}")
+    return 0
+
+
+def _prepare(work: Path, split: str, synthetic: SyntheticConfig, overrides: list[str]) -> Path | None:
+    """Generate the split's corpus (once) and run data prep on it; None if the shards fail to verify."""
+    corpus = work / "corpus" / split
     if not (corpus / "records.jsonl").exists():
-        summary = write_corpus(str(corpus), SyntheticConfig(num_records=NUM_RECORDS, num_broken=NUM_BROKEN))
-        log.info("generated %s", summary)
+        log.info("generated %s", write_corpus(str(corpus), synthetic))
     cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                      [f"input.index={corpus / 'records.jsonl'}", f"output={work / 'shards'}",
+                      [f"input.index={corpus / 'records.jsonl'}", f"output={work / 'shards' / split}",
                        "existing_output=overwrite", *overrides])
     manifest = run(cfg)
     problems = check.verify(manifest)
     print(check.inspect(manifest))
-    print(f"verify: {'OK' if not problems else problems}")
-    print(f"\nshards and manifest: {manifest.root}\n")
-    if problems or train_steps == 0:
-        return 1 if problems else 0
-
-    run_dir = work / "beta-tiny"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "train/train.py", "--config", TRAIN_CONFIG, "device=cpu", f"output={run_dir}",
-           f"data.manifests=[{manifest.root}]", f"steps={train_steps}", "checkpoint.resume=false"]
-    print("training:", " ".join(cmd[2:]), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=REPO, env=env).returncode
+    print(f"verify {split}: {'OK' if not problems else problems}\n", flush=True)
+    return None if problems else Path(manifest.root)

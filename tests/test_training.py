@@ -15,7 +15,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 from pipeline.batch import Batch
 from pipeline.config import load_config
 from pipeline.models import FineGrainedCLIP
-from pipeline.training.checkpoint import load_exported
+from pipeline.training.checkpoint import load_exported, load_fine_grained
 from pipeline.training.config import TrainConfig
 
 pytestmark = pytest.mark.integration
@@ -91,3 +91,12 @@ def test_harmo_loss_decreases_and_export_loads_into_open_clip(generated_shards, 
         text = torch.nn.functional.normalize(exported.encode_text(batch.captions), dim=-1)
     torch.testing.assert_close(image, out_train.image, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(text, out_train.text, atol=1e-5, rtol=1e-5)
+
+    # The export command, from a checkpoint folder: the whole model, region head included, comes back.
+    again = tmp_path / "again"
+    subprocess.run([sys.executable, "-m", "pipeline", "export", str(out / "checkpoints/step-00000030"), str(again)],
+                   cwd=REPO, check=True, capture_output=True)
+    with torch.no_grad():
+        out_loaded = load_fine_grained(again)(batch)
+    for name in ("image", "text", "regions", "phrases"):
+        torch.testing.assert_close(getattr(out_loaded, name), getattr(out_train, name), atol=1e-5, rtol=1e-5)

@@ -255,16 +255,21 @@ def decode(raw: dict[str, Any], cfg: DataConfig, image_size: int, transform: Tra
     except Exception as e:
         raise BadSample("bad_sample", repr(e)) from e
     try:
-        with Image.open(io.BytesIO(raw["jpg"])) as img:
-            size = img.size
-            img.draft("RGB", (image_size, image_size))  # JPEG DCT scaling: decode no more than needed
-            img = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC)
+        img, size = model_input_image(raw["jpg"], image_size)
     except Exception as e:
         raise BadSample("bad_image", repr(e)) from e
     if size != (sample.width, sample.height):
         raise BadSample("bad_sample", f"jpg is {size[0]}x{size[1]}, json says {sample.width}x{sample.height}")
     texts, regions = select_texts(sample, cfg, (image_size / sample.width, image_size / sample.height))
     return Example(transform(img), texts, regions)
+
+
+def model_input_image(jpg: bytes, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
+    """JPEG bytes → (the whole image resized to ``image_size``², RGB; its stored size)."""
+    with Image.open(io.BytesIO(jpg)) as img:
+        size = img.size
+        img.draft("RGB", (image_size, image_size))  # JPEG DCT scaling: decode no more than needed
+        return img.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC), size
 
 
 def tokenize_once(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:

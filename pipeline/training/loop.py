@@ -96,7 +96,8 @@ def train(cfg: TrainConfig) -> RunResult:
     finished = step >= cfg.steps
     exported = None
     if finished and world.is_main:
-        exported = checkpoint.export(run_dir, step, cfg.model.name, cfg.model.context_length)
+        exported = checkpoint.export(run_dir / "checkpoints", checkpoint.tag_of(step), cfg.model,
+                                     run_dir / "export")
     return RunResult(step, finished, last_saved, exported)
 
 

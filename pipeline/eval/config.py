@@ -1,0 +1,68 @@
+"""Typed configuration of an evaluation (``configs/eval/*.yaml``; the command line fills in the rest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.synthetic import COLOURS, SHAPES, SIZES
+
+
+def _synthetic_attributes() -> dict[str, list[str]]:
+    return {"size": list(SIZES), "colour": list(COLOURS), "shape": list(SHAPES)}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    data: str  # a dataset (folder or dataset.json, local or s3://) from data prep; see docs/evaluation.md
+    out: str  # report folder: metrics.json, report.md, report.html, *.png
+    checkpoints: tuple[str, ...]  # "[name=]spec": a run folder, an export folder, or openclip:NAME[:TAG]
+    shards: tuple[str, ...] = ()  # evaluate only these shards of the dataset (held-out ones); default all
+    max_images: int = 1000  # the first N images (0: all)
+    batch_size: int = 32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    prompt: str = "a photo of a {}."  # label → text, for box classification and FG-OVD
+    recall_ks: tuple[int, ...] = (1, 5, 10)
+    # FG-OVD: attribute groups and their values; a box label is parsed into one value per group, and
+    # negatives swap 1 (hard), 2 (medium) or 3 (easy) of them. Default: the generated corpus's.
+    attributes: dict[str, list[str]] = field(default_factory=_synthetic_attributes)
+    num_negatives: int = 5  # per box and difficulty (fewer where fewer exist)
+    examples: int = 4  # images drawn in the report, with their boxes and top labels
+    seed: int = 0  # which negatives are drawn
+
+    def __post_init__(self) -> None:
+        if not self.checkpoints:
+            raise ValueError("checkpoints: at least one (a run folder, an export, or openclip:NAME[:TAG])")
+        names = [checkpoint_name(c) for c in self.checkpoints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"checkpoints: names must differ, got {names}; write them as name=spec")
+        for key in ("max_images", "examples", "seed"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("batch_size", "num_negatives"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if "{}" not in self.prompt:
+            raise ValueError(f"prompt: {self.prompt!r} has no {{}} for the label")
+        if not self.recall_ks or any(k < 1 for k in self.recall_ks):
+            raise ValueError(f"recall_ks: need values >= 1, got {list(self.recall_ks)}")
+        if not isinstance(self.attributes, dict) or not all(
+                isinstance(v, list) and len(v) >= 2 and all(isinstance(w, str) and w for w in v)
+                for v in self.attributes.values()):
+            raise ValueError("attributes: expected a mapping of group → list of at least two words")
+        words = [w for values in self.attributes.values() for w in values]
+        if len(set(words)) != len(words):
+            raise ValueError("attributes: a word belongs to more than one group")
+
+
+def checkpoint_name(spec: str) -> str:
+    """The report's name for a checkpoint spec: the part before ``=``, else the spec's last part."""
+    name, sep, _ = spec.partition("=")
+    if sep and "/" not in name and ":" not in name:
+        return name
+    return spec.rstrip("/").rsplit("/", 1)[-1].removeprefix("openclip:")
+
+
+def checkpoint_spec(spec: str) -> str:
+    name, sep, path = spec.partition("=")
+    return path if sep and "/" not in name and ":" not in name else spec

@@ -1,0 +1,193 @@
+"""The report: ``metrics.json`` (everything), ``report.md`` and ``report.html`` (a table per task),
+and PNG plots — training curves of the runs given, FG-OVD accuracy per attribute, and example
+images with their boxes and each model's top label."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+from pipeline.config import to_dict
+from pipeline.eval.config import EvalConfig
+from pipeline.eval.data import EvalImage
+
+VIEWS = {"roi": "RoIAlign on the dense grid → visual projection", "head": "the model's region head"}
+
+
+@dataclass
+class ModelResult:
+    name: str
+    spec: str
+    retrieval: dict[str, float]
+    boxes: dict[str, dict[str, float]] = field(default_factory=dict)  # view → top1/top5
+    fgovd: dict[str, dict] = field(default_factory=dict)  # view → hard/medium/easy + by_attribute
+    top_labels: list[str] = field(default_factory=list)  # per box: the roi view's best class
+
+    def headline(self) -> str:
+        parts = [f"I2T R@1 {self.retrieval.get('i2t_R@1', math.nan):.1f}",
+                 f"T2I R@1 {self.retrieval.get('t2i_R@1', math.nan):.1f}"]
+        if "roi" in self.boxes:
+            parts.append(f"box top-1 {self.boxes['roi']['top1']:.1f}")
+        if "roi" in self.fgovd and "hard" in self.fgovd["roi"]:
+            parts.append(f"FG-OVD hard {self.fgovd['roi']['hard']:.1f}")
+        return ", ".join(parts)
+
+
+def write_report(out: Path, cfg: EvalConfig, data: dict, results: list[ModelResult], images: list[EvalImage],
+                 classes: list[str]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(
+        {"data": data, "config": to_dict(cfg),
+         "models": {r.name: {k: v for k, v in asdict(r).items() if k not in ("name", "top_labels")}
+                    for r in results}}, indent=1))
+    plots = [p for p in (_training_curves(out, results), _attribute_plot(out, results),
+                         _examples_plot(out, results, images, cfg.examples)) if p]
+    sections = _tables(cfg, data, results, len(classes))
+    (out / "report.md").write_text(_markdown(sections, plots))
+    (out / "report.html").write_text(_html(sections, plots))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: (title, note, header, rows), rendered as markdown and HTML
+
+
+def _tables(cfg: EvalConfig, data: dict, results: list[ModelResult], num_classes: int) -> list[tuple]:
+    summary = f"{data['path']}: {data['images']} images, {data['boxes']} labelled boxes, {num_classes} distinct labels."
+    sections = [("Data", summary, ["checkpoint", "spec"], [[r.name, r.spec] for r in results])]
+    chance = data["chance"]
+    keys = list(results[0].retrieval)
+    sections.append(("Long-caption retrieval (%)",
+                     "Global image embedding vs the embedding of the whole caption; one caption per image.",
+                     ["checkpoint", *keys], [[r.name, *(r.retrieval[k] for k in keys)] for r in results]
+                     + [["chance", *(chance["retrieval"][k] for k in keys)]]))
+    for view, what in VIEWS.items():
+        rows = [[r.name, r.boxes[view]["top1"], r.boxes[view]["top5"]] for r in results if view in r.boxes]
+        if rows:
+            sections.append((f"Box classification (%), regions from {what}",
+                             f"Each box against all {num_classes} labels as \"{cfg.prompt}\".",
+                             ["checkpoint", "top-1", "top-5"],
+                             rows + [["chance", chance["boxes"]["top1"], chance["boxes"]["top5"]]]))
+        rows = [[r.name, *(r.fgovd[view].get(d, math.nan) for d in ("hard", "medium", "easy")),
+                 *(r.fgovd[view]["by_attribute"].get(g, math.nan) for g in cfg.attributes)]
+                for r in results if view in r.fgovd]
+        if rows:
+            note = (f"The true label vs up to {cfg.num_negatives} negatives changing 1 (hard), 2 (medium) or 3 "
+                    "(easy) attributes; per attribute: true vs each single swap of it (chance 50).")
+            sections.append((f"FG-OVD-style (%), regions from {what}", note,
+                             ["checkpoint", "hard", "medium", "easy", *cfg.attributes],
+                             rows + [["chance", *(chance["fgovd"].get(d, math.nan) for d in ("hard", "medium", "easy")),
+                                      *[50.0] * len(cfg.attributes)]]))
+    return sections
+
+
+def _cell(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _markdown(sections: list[tuple], plots: list[str]) -> str:
+    lines = ["# Evaluation report", ""]
+    for title, note, header, rows in sections:
+        lines += [f"## {title}", "", note, "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header), *("| " + " | ".join(map(_cell, row)) + " |" for row in rows), ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _html(sections: list[tuple], plots: list[str]) -> str:
+    body = ["<h1>Evaluation report</h1>"]
+    for title, note, header, rows in sections:
+        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(note)}</p>", "<table>",
+                 "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
+                 *("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows),
+                 "</table>"]
+    body += [f'<h2>{html.escape(p)}</h2><img src="{html.escape(p)}">' for p in plots]
+    style = "body{font-family:sans-serif;max-width:70em}table{border-collapse:collapse}" \
+            "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}img{max-width:100%}"
+    return f"<!doctype html><meta charset=utf-8><title>Evaluation report</title><style>{style}</style>\n" \
+           + "\n".join(body) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _training_curves(out: Path, results: list[ModelResult]) -> str | None:
+    """Total loss and the global contrastive term (shared by every objective) of each run folder."""
+    runs = {r.name: Path(r.spec) / "metrics.jsonl" for r in results if (Path(r.spec) / "metrics.jsonl").exists()}
+    if not runs:
+        return None
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    for name, path in runs.items():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        steps = [row["step"] for row in rows]
+        axes[0].plot(steps, [row["loss"] for row in rows], label=name)
+        axes[1].plot(steps, [row["clip"] for row in rows], label=name)
+    for ax, title in zip(axes, ("total loss", "global contrastive term (clip)")):
+        ax.set(title=title, xlabel="step")
+        ax.legend()
+    return _save(fig, out / "training_curves.png")
+
+
+def _attribute_plot(out: Path, results: list[ModelResult]) -> str | None:
+    scored = [r for r in results if "roi" in r.fgovd and r.fgovd["roi"]["by_attribute"]]
+    if not scored:
+        return None
+    groups = list(scored[0].fgovd["roi"]["by_attribute"])
+    width = 0.8 / len(scored)
+    fig = Figure(figsize=(2 + 1.5 * len(groups), 4))
+    ax = fig.subplots()
+    for i, r in enumerate(scored):
+        ax.bar([g + i * width for g in range(len(groups))],
+               [r.fgovd["roi"]["by_attribute"].get(g, math.nan) for g in groups], width, label=r.name)
+    ax.axhline(50, color="gray", linestyle="--", linewidth=1)
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
+    ax.set(ylabel="true label preferred (%)", ylim=(0, 100), title="FG-OVD pairs by swapped attribute (RoI)")
+    ax.legend(fontsize="small")
+    return _save(fig, out / "fgovd_by_attribute.png")
+
+
+def _examples_plot(out: Path, results: list[ModelResult], images: list[EvalImage], count: int) -> str | None:
+    """Rows: the first images with boxes; columns: models. Each box with the model's top label,
+    green when it is the true label."""
+    offsets, start = [], 0
+    for im in images:
+        offsets.append(start)
+        start += len(im.boxes)
+    shown = [i for i, im in enumerate(images) if im.boxes][:count]
+    if not shown or not results[0].top_labels:
+        return None
+    fig = Figure(figsize=(3.2 * len(results), 3.2 * len(shown)))
+    axes = fig.subplots(len(shown), len(results), squeeze=False)
+    for row, i in enumerate(shown):
+        im = images[i]
+        picture = Image.open(io.BytesIO(im.jpg)).convert("RGB")
+        for col, r in enumerate(results):
+            ax = axes[row][col]
+            ax.imshow(picture)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(r.name)
+            for k, (box, label) in enumerate(zip(im.boxes, im.labels)):
+                guess = r.top_labels[offsets[i] + k] if r.top_labels else ""
+                colour = "lime" if guess == label.lower() else "red"
+                x0, y0, x1, y1 = box
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
+                ax.text(x0, y0, guess, color="black", fontsize=6, va="bottom",
+                        bbox={"facecolor": colour, "alpha": 0.7, "pad": 1, "linewidth": 0})
+    return _save(fig, out / "examples.png")
+
+
+def _save(fig: Figure, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path.name
