@@ -1,4 +1,5 @@
-"""Ray job entry: build WebDataset shards + manifest from an index of (image, caption[, boxes]).
+"""Ray job entry: build WebDataset shards + manifest from (image, caption[, boxes]) records: our
+index, img2dataset tars or COCO files (``input.format``).
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \
         python data_prep/build_shards.py --config configs/prep/default.yaml \

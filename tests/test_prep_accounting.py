@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pipeline.config import load_config
 from pipeline.prep import PrepConfig
+from pipeline.prep.inputs import locate
 from pipeline.prep.job import _assign_shards
 from pipeline.prep.stages import GroundStage, TextStage, _columns, image_stage, write_shard_group
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
@@ -36,7 +37,7 @@ def stages():
 def _run_in_process(index: Path, out: Path, text, ground):
     cfg = load_config(PrepConfig, "configs/prep/default.yaml",
                       [f"input.index={index}", f"output={out}", "samples_per_shard=4"])
-    rows, drops = _assign_shards(cfg)
+    rows, drops = _assign_shards(cfg, locate(cfg.input))
     stats = []
     if rows:
         batch = ground(text(image_stage(_columns(rows), cfg.image)))

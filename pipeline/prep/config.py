@@ -8,15 +8,34 @@ from typing import Literal
 from pipeline.grounding import GroundingConfig
 from pipeline.text import TextConfig
 
+# What each input format reads: (required keys, optional keys). Keys of another format are refused.
+INPUT_KEYS = {
+    "index": (("index",), ()),
+    "webdataset": (("shards",), ()),
+    "coco": (("captions", "images"), ("instances",)),
+}
+
 
 @dataclass(frozen=True)
 class InputConfig:
-    index: str = ""  # JSONL or Parquet index; image paths inside are relative to it
-    source: str = ""  # dataset name written into every sample; default: the index's folder name
+    """What the input is: one format and its keys (``pipeline/prep/inputs.py``)."""
+
+    format: Literal["index", "webdataset", "coco"] = "index"
+    index: str = ""  # index: JSONL or Parquet; image paths inside are relative to it
+    shards: str = ""  # webdataset: tar URLs as webdataset writes them ({00000..00099}, ::), or folders of .tar
+    captions: str = ""  # coco: captions_*.json
+    instances: str = ""  # coco, optional: instances_*.json, whose boxes become the annotations
+    images: str = ""  # coco: the folder (or S3 prefix) holding the images' file_name
+    source: str = ""  # dataset name written into every sample; default: the input's folder name
 
     def __post_init__(self) -> None:
-        if not self.index:
-            raise ValueError("index: required (path of a .jsonl or .parquet index)")
+        required, optional = INPUT_KEYS[self.format]
+        for key in required:
+            if not getattr(self, key):
+                raise ValueError(f"{key}: required for format {self.format}")
+        for key in ("index", "shards", "captions", "instances", "images"):
+            if getattr(self, key) and key not in required + optional:
+                raise ValueError(f"{key}: not read by format {self.format} (set input.format)")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""The data-prep job: index → Ray Data stages → shards → manifest.
+"""The data-prep job: input (index, tars or COCO) → Ray Data stages → shards → manifest.
 
-Shards are fixed chunks of ``samples_per_shard`` consecutive valid index rows, so shard
+Shards are fixed chunks of ``samples_per_shard`` consecutive valid input records, so shard
 names, contents and checksums depend only on the input and the config: a rerun writes the
-same bytes. Each shard holds the chunk's rows that survive the stages.
+same bytes. Each shard holds the chunk's records that survive the stages.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import ray
 from pipeline import __version__
 from pipeline.config import to_dict
 from pipeline.grounding import build_grounder
+from pipeline.prep import inputs
 from pipeline.prep.config import PrepConfig
-from pipeline.prep.records import Drop, index_format, read_index
+from pipeline.prep.records import Drop
 from pipeline.prep.stages import PROGRESS_DIR, GroundStage, TextStage, image_stage, write_shard_group
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import manifest as mf
@@ -39,19 +40,19 @@ CHAOS_DRIVER_ENV = "PIPELINE_CHAOS_KILL_DRIVER_AFTER"
 def run(cfg: PrepConfig) -> mf.Manifest:
     """Run the whole job; returns the written manifest. Fails before any work on bad setup."""
     started = time.time()
-    source = cfg.input.source or Path(storage.parent(cfg.input.index)).name
+    files = inputs.locate(cfg.input)
+    source = cfg.input.source or inputs.default_source(cfg.input, files)
     root, name = cfg.output.rstrip("/"), cfg.name or Path(cfg.output.rstrip("/")).name
-    _check_input(cfg.input.index)
-    run_id = _run_id(cfg)
+    run_id = _run_id(cfg, files)
     if cfg.existing_output == "resume" and storage.exists(f"{root}/{mf.MANIFEST_FILE}"):
         return _finished_earlier(root, run_id)
     _prepare_output(root, cfg.existing_output)
     text_provenance = CaptionParser(cfg.text).provenance()  # fails fast on a missing spaCy model
     grounder_provenance = build_grounder(cfg.grounding).provenance()
 
-    rows, drops = _assign_shards(cfg)
-    log.info("index %s: %d records, %d dropped on read, %d shards",
-             cfg.input.index, len(rows) + len(drops), len(drops), -(-len(rows) // cfg.samples_per_shard))
+    rows, drops = _assign_shards(cfg, files)
+    log.info("input (%s): %d records, %d dropped on read, %d shards", cfg.input.format,
+             len(rows) + len(drops), len(drops), -(-len(rows) // cfg.samples_per_shard))
     done = _completed_shards(root, run_id) if cfg.existing_output == "resume" else {}
     if done:
         log.info("resuming: %d shards of an earlier run of this job are complete and verified", len(done))
@@ -74,7 +75,7 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         "schema": SCHEMA_VERSION, "name": name, "run_id": run_id,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
-        "input": {"index": cfg.input.index, "format": index_format(cfg.input.index), "source": source},
+        "input": {**inputs.describe(cfg.input, files), "source": source},
         "text": text_provenance, "grounder": grounder_provenance, "config": to_dict(cfg),
         "totals": _totals(shard_rows, drops),
         "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shard_rows],
@@ -106,16 +107,17 @@ def _execute(cfg: PrepConfig, rows: list[dict], root: str, source: str, run_id: 
         yield json.loads(row["stats"]), json.loads(row["drops"])
 
 
-def _assign_shards(cfg: PrepConfig) -> tuple[list[dict], list[dict]]:
+def _assign_shards(cfg: PrepConfig, files: inputs.InputFiles) -> tuple[list[dict], list[dict]]:
     rows: list[dict] = []
     drops: list[dict] = []
-    for item in read_index(cfg.input.index, cfg.max_caption_chars):
+    for item in inputs.read_input(cfg.input, files, cfg.max_caption_chars):
         if isinstance(item, Drop):
             drops.append({"ordinal": item.ordinal, "id": item.id, "reason": item.reason,
                           "detail": item.detail, "shard": None})
             continue
         rows.append({"shard": len(rows) // cfg.samples_per_shard, "ordinal": item.ordinal, "id": item.id,
-                     "image": item.image, "caption": item.caption, "boxes": json.dumps(item.boxes),
+                     "image": item.image, "image_offset": item.image_offset, "image_size": item.image_size,
+                     "caption": item.caption, "boxes": json.dumps(item.boxes),
                      "error": "", "detail": ""})
     return rows, drops
 
@@ -137,12 +139,6 @@ def _totals(shard_rows: list[dict], drops: list[dict]) -> dict:
     }
 
 
-def _check_input(index: str) -> None:
-    index_format(index)
-    if not storage.exists(index):
-        raise FileNotFoundError(f"input.index: {index} does not exist")
-
-
 def _prepare_output(root: str, existing: str) -> None:
     names = storage.list_names(root)
     if names and existing == "fail":
@@ -157,12 +153,12 @@ def _prepare_output(root: str, existing: str) -> None:
     storage.make_dirs(root)
 
 
-def _run_id(cfg: PrepConfig) -> str:
-    """What makes two runs the same job: the input's bytes and every config value that shapes the
-    output's content (not where it goes, not ``existing_output``, not the Ray resources)."""
+def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
+    """What makes two runs the same job: the input files (``inputs`` says how each is identified)
+    and every config value that shapes the output's content (not where it goes, not
+    ``existing_output``, not the Ray resources)."""
     config = {k: v for k, v in to_dict(cfg).items() if k not in ("output", "existing_output", "ray")}
-    size, sha = file_digest(cfg.input.index)
-    key = json.dumps({"config": config, "index": [size, sha], "version": __version__}, sort_keys=True)
+    key = json.dumps({"config": config, "input": inputs.identity(files), "version": __version__}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -1,16 +1,20 @@
-"""Reader: an index (JSONL or Parquet) → validated input records, or drops with a reason.
+"""Input records, and the reader of our own index (JSONL or Parquet).
+
+Every input format (this index, WebDataset tars in ``tars.py``, COCO in ``coco.py``) is read
+into the same stream of :class:`InputRecord` or :class:`Drop`, in a fixed order whose
+positions are the ordinals. Everything that can be checked without touching the image is
+checked there, on the driver, so that duplicate ids are caught with one pass over the input
+and no worker wastes time on a record we cannot use.
 
 An index row is ``{"id", "image", "caption", "boxes"?}``; ``image`` is a path relative to
 the index's folder (or absolute, or a URL), ``boxes`` a list of ``{"box": [x0, y0, x1, y1],
-"label": str}`` in pixels of the original image. Everything that can be checked without
-touching the image is checked here, on the driver, so that duplicate ids are caught with
-one pass over the index and no worker wastes time on a record we cannot use.
+"label": str}`` in pixels of the original image.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +27,17 @@ REQUIRED_FIELDS = ("id", "image", "caption")
 
 @dataclass(frozen=True)
 class InputRecord:
-    ordinal: int  # 0-based row of the index: the record's identity within this input
+    """One sample to prepare. The image reference, the one format the image stage reads, is
+    ``image`` (a URL) with ``image_offset``/``image_size``: the image's bytes inside that file
+    (a tar member); ``image_size == -1`` means the whole file is the image."""
+
+    ordinal: int  # 0-based position in the input: the record's identity within this input
     id: str
-    image: str  # resolved URL of the image
+    image: str
     caption: str
     boxes: Any  # as given (validated per box later, against the decoded image size)
+    image_offset: int = 0
+    image_size: int = -1
 
 
 @dataclass(frozen=True)
@@ -50,15 +60,31 @@ def index_format(url: str) -> str:
 def read_index(url: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
     """Every row of the index, in order, as a valid record or a drop; duplicate ids are dropped."""
     base = storage.parent(url)
+    yield from unique_ids(row if isinstance(row, Drop) else validate(row, ordinal, base, max_caption_chars)
+                          for ordinal, row in enumerate(_rows(url)))
+
+
+def unique_ids(items: Iterable[InputRecord | Drop]) -> Iterator[InputRecord | Drop]:
+    """The first record with an id is kept; a later one is dropped (ids key the samples)."""
     seen: set[str] = set()
-    for ordinal, row in enumerate(_rows(url)):
-        item = row if isinstance(row, Drop) else validate(row, ordinal, base, max_caption_chars)
+    for item in items:
         if isinstance(item, InputRecord):
             if item.id in seen:
-                item = Drop(ordinal, item.id, "duplicate_id", "an earlier row has this id")
+                item = Drop(item.ordinal, item.id, "duplicate_id", "an earlier input has this id")
             else:
                 seen.add(item.id)
         yield item
+
+
+def caption_problem(caption: Any, max_caption_chars: int) -> tuple[str, str] | None:
+    """(reason, detail) when a caption cannot be used, whatever format it came in."""
+    if not isinstance(caption, str):
+        return "caption_not_string", type(caption).__name__
+    if not caption.strip():
+        return "caption_empty", ""
+    if len(caption) > max_caption_chars:
+        return "caption_too_long", f"{len(caption)} > {max_caption_chars} characters"
+    return None
 
 
 def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> InputRecord | Drop:
@@ -73,14 +99,10 @@ def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> I
         return Drop(ordinal, None, "invalid_id", repr(raw_id)[:200])
     if not isinstance(row["image"], str) or not row["image"].strip():
         return Drop(ordinal, rid, "invalid_image_ref", repr(row["image"])[:200])
-    caption = row["caption"]
-    if not isinstance(caption, str):
-        return Drop(ordinal, rid, "caption_not_string", type(caption).__name__)
-    if not caption.strip():
-        return Drop(ordinal, rid, "caption_empty")
-    if len(caption) > max_caption_chars:
-        return Drop(ordinal, rid, "caption_too_long", f"{len(caption)} > {max_caption_chars} characters")
-    return InputRecord(ordinal, rid, storage.resolve(base_dir, row["image"]), caption, row.get("boxes"))
+    problem = caption_problem(row["caption"], max_caption_chars)
+    if problem:
+        return Drop(ordinal, rid, *problem)
+    return InputRecord(ordinal, rid, storage.resolve(base_dir, row["image"]), row["caption"], row.get("boxes"))
 
 
 def _rows(url: str) -> Iterator[dict | Drop]:

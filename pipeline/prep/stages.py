@@ -41,7 +41,7 @@ def image_stage(batch: Batch, cfg: ImageConfig) -> Batch:
         if row["error"]:
             continue
         try:
-            stored = encode(storage.read_bytes(row["image"]), cfg)
+            stored = encode(_image_bytes(row), cfg)
         except FileNotFoundError:
             row.update(error="image_missing", detail=row["image"])
             continue
@@ -55,6 +55,13 @@ def image_stage(batch: Batch, cfg: ImageConfig) -> Batch:
         row.update(jpg=stored.jpg, width=stored.width, height=stored.height, repaired=stored.repaired,
                    annotations=json.dumps(annotations), box_drops=json.dumps(box_drops))
     return _columns(rows)
+
+
+def _image_bytes(row: dict) -> bytes:
+    """The bytes an image reference (``records.InputRecord``) points at: a file, or a range of one."""
+    if row["image_size"] < 0:
+        return storage.read_bytes(row["image"])
+    return storage.read_range(row["image"], row["image_offset"], row["image_size"])
 
 
 class TextStage:

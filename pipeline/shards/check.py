@@ -19,11 +19,12 @@ MAX_PROBLEMS = 50  # a broken dataset usually breaks the same way many times
 
 
 def inspect(m: Manifest) -> str:
-    t = m.data["totals"]
+    t, source = m.data["totals"], m.data["input"]
+    spec = "  ".join(f"{k}={v}" for k, v in source.items() if k not in ("format", "source") and v is not None)
     lines = [
         f"dataset   {m.name}  ({m.root})",
         f"created   {m.data['created']}  by {m.data['code_version']}",
-        f"input     {m.data['input']['index']}  (source {m.data['input']['source']!r})",
+        f"input     {source['format']}  {spec}  (source {source['source']!r})",
         f"text      spaCy {m.data['text'].get('model')} {m.data['text'].get('model_version')}",
         f"grounder  {m.data['grounder'].get('name')}",
         f"shards    {len(m.shards)}  ({t['bytes'] / 1e6:.1f} MB)",

@@ -22,6 +22,7 @@ import posixpath
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
@@ -31,6 +32,12 @@ S3_ATTEMPTS = 8  # per request, with exponential backoff and jitter
 
 class StorageError(OSError):
     """Storage that cannot be used (unsupported scheme, unreadable path)."""
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    version: str  # changes whenever the content does: the S3 ETag, or the local mtime in ns
 
 
 def is_s3(url: str) -> bool:
@@ -65,6 +72,31 @@ def read_bytes(url: str) -> bytes:
         return _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def read_range(url: str, offset: int, size: int) -> bytes:
+    """``size`` bytes from ``offset`` (one member of a tar, say) without reading the rest of the
+    file: a seek locally, one ranged GET on S3. A file that ends too soon raises ``OSError``."""
+    if size == 0:
+        return b""
+    if not is_s3(url):
+        with open(local_path(url), "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    else:
+        from botocore.exceptions import ClientError
+
+        bucket, key = _split(url)
+        try:
+            with _missing_as_file_not_found(url):
+                data = _s3().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "InvalidRange":  # the range starts past the end
+                raise
+            data = b""
+    if len(data) != size:
+        raise OSError(f"{url}: {len(data)} of {size} bytes at offset {offset}; the file ends too soon")
+    return data
+
+
 def open_read(url: str) -> BinaryIO:
     """A readable binary file. An S3 object is read into memory (indexes and shards, not datasets)."""
     return io.BytesIO(read_bytes(url)) if is_s3(url) else open(local_path(url), "rb")
@@ -89,16 +121,30 @@ def exists(url: str) -> bool:
     return False
 
 
+def is_dir(url: str) -> bool:
+    """A local folder, or an S3 prefix with at least one object under it."""
+    if not is_s3(url):
+        return local_path(url).is_dir()
+    bucket, key = _split(url.rstrip("/") + "/")
+    return _s3().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0) > 0
+
+
 def list_names(url: str) -> list[str]:
     """Names directly inside a folder (an S3 prefix); [] when there is none."""
     if not is_s3(url):
         path = local_path(url)
         return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    bucket, key = _split(url.rstrip("/") + "/")
-    names = []
-    for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
-        names += [obj["Key"][len(key):] for obj in page.get("Contents", [])]
-    return sorted(names)
+    return sorted(name for name, _ in _s3_objects(url))
+
+
+def list_files(url: str) -> dict[str, FileStat]:
+    """The files directly inside a folder (an S3 prefix), by name, with size and version; one
+    listing for the whole folder (S3: a request per 1,000 objects, not one per file)."""
+    if not is_s3(url):
+        path = local_path(url)
+        stats = {p.name: p.stat() for p in path.iterdir() if p.is_file()} if path.is_dir() else {}
+        return {name: FileStat(st.st_size, str(st.st_mtime_ns)) for name, st in sorted(stats.items())}
+    return {name: FileStat(obj["Size"], obj["ETag"].strip('"')) for name, obj in sorted(_s3_objects(url))}
 
 
 def remove(url: str) -> None:
@@ -151,6 +197,13 @@ def open_write(url: str) -> Iterator[BinaryIO]:
 def write_atomic(url: str, data: bytes) -> None:
     with open_write(url) as f:
         f.write(data)
+
+
+def _s3_objects(url: str) -> Iterator[tuple[str, dict]]:
+    bucket, key = _split(url.rstrip("/") + "/")
+    for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
+        for obj in page.get("Contents", []):
+            yield obj["Key"][len(key):], obj
 
 
 def _split(url: str) -> tuple[str, str]:

@@ -1,0 +1,144 @@
+"""COCO-style annotations as input: captions, and optionally instance boxes, → one record per image.
+
+``captions_*.json`` has ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``,
+``caption``); ``instances_*.json`` has ``annotations`` (``image_id``, ``bbox`` ``[x, y, w, h]``,
+``category_id``, ``iscrowd``) and ``categories`` (``id``, ``name``). An image is
+``input.images/<file_name>``.
+
+One record per entry of the captions file's ``images``, in file order. COCO gives about five
+short, independent captions per image; joined, they make the long caption the sentence →
+phrase hierarchy needs. Each is whitespace-collapsed, capitalised and closed with a full stop
+when it has no final punctuation, so that each becomes a sentence of its own; they are joined
+with spaces in annotation order, an exact repeat only once. Boxes become ``[x, y, x + w, y + h]``
+labelled with the category name; their geometry is checked against the decoded image like any
+box (a zero-width box is counted in ``boxes_dropped_by_reason``, its record kept).
+
+Crowd annotations (``iscrowd: 1``) are left out: their box covers a group of objects, and linking
+it to a phrase about one ("a person") would teach the phrase-region loss the wrong region.
+
+An annotation that cannot be attached to an image's record is an input of its own: a row of
+``dropped.parquet`` whose ordinal comes after the images' (caption annotations first, then
+instance annotations, in file order) and whose id is the image id it names. Reasons:
+``unknown_image`` (image_id not in ``images``), ``unknown_category``, ``crowd_annotation``,
+``caption_not_string``. So for COCO, inputs = images + annotations not attached. An image entry
+without ``id`` or ``file_name`` is dropped as ``missing_field``, an image without captions as
+``missing_field`` (``caption``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline.prep.records import Drop, InputRecord, caption_problem, unique_ids
+from pipeline.shards import storage
+
+
+def read_coco(captions: str, instances: str, images: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
+    """The records of a COCO captions file (+ instances file, when given); images under ``images``."""
+    yield from coco_items(_load(captions, "captions"), _load(instances, "instances") if instances else None,
+                          images, max_caption_chars)
+
+
+def coco_items(captions: dict, instances: dict | None, images_dir: str,
+               max_caption_chars: int) -> Iterator[InputRecord | Drop]:
+    """Parsed COCO files → every image as a record or a drop, then every annotation not attached."""
+    images = _section(captions, "images", "captions")
+    texts: dict[str, list[str]] = {}
+    boxes: dict[str, list[dict]] = {}
+    for image in images:
+        rid = _id(image.get("id")) if isinstance(image, dict) else None
+        if rid is not None and rid not in texts:
+            texts[rid], boxes[rid] = [], []
+    loose: list[tuple[str | None, str, str]] = []  # (image id, reason, detail) of annotations not attached
+    for ann in _section(captions, "annotations", "captions"):
+        rid, what = _target(ann, "captions")
+        if rid not in texts:
+            loose.append((rid, "unknown_image", f"{what}: image_id is not in images"))
+        elif not isinstance(ann.get("caption"), str):
+            loose.append((rid, "caption_not_string", f"{what}: {type(ann.get('caption')).__name__}"))
+        else:
+            texts[rid].append(ann["caption"])
+    if instances is not None:
+        categories = {_id(c.get("id")): c.get("name") for c in _section(instances, "categories", "instances")
+                      if isinstance(c, dict) and isinstance(c.get("name"), str)}
+        for ann in _section(instances, "annotations", "instances"):
+            rid, what = _target(ann, "instances")
+            category = _id(ann.get("category_id")) if isinstance(ann, dict) else None
+            if rid not in boxes:
+                loose.append((rid, "unknown_image", f"{what}: image_id is not in images"))
+            elif ann.get("iscrowd"):
+                loose.append((rid, "crowd_annotation", f"{what}: a box around a group, not one object"))
+            elif category not in categories:
+                loose.append((rid, "unknown_category", f"{what}: category_id {ann.get('category_id')!r}"))
+            else:
+                boxes[rid].append({"box": xywh_to_xyxy(ann.get("bbox")), "label": categories[category]})
+
+    def records() -> Iterator[InputRecord | Drop]:
+        for ordinal, image in enumerate(images):
+            rid = _id(image.get("id")) if isinstance(image, dict) else None
+            if rid is None:
+                yield Drop(ordinal, None, "missing_field", "id")
+            elif not isinstance(image.get("file_name"), str) or not image["file_name"].strip():
+                yield Drop(ordinal, rid, "missing_field", "file_name")
+            elif not texts[rid]:
+                yield Drop(ordinal, rid, "missing_field", "caption (the image has no caption annotation)")
+            else:
+                caption = join_captions(texts[rid])
+                problem = caption_problem(caption, max_caption_chars)
+                yield Drop(ordinal, rid, *problem) if problem else InputRecord(
+                    ordinal, rid, storage.resolve(images_dir, image["file_name"]), caption,
+                    boxes[rid] if instances is not None else None)
+
+    yield from unique_ids(records())
+    for ordinal, (rid, reason, detail) in enumerate(loose, start=len(images)):
+        yield Drop(ordinal, rid, reason, detail)
+
+
+def join_captions(captions: list[str]) -> str:
+    """Short captions → one long caption, each a sentence of its own."""
+    sentences: list[str] = []
+    for caption in captions:
+        text = " ".join(caption.split())
+        if not text:
+            continue
+        text = text[0].upper() + text[1:]
+        if text[-1] not in ".!?":
+            text += "."
+        if text not in sentences:
+            sentences.append(text)
+    return " ".join(sentences)
+
+
+def xywh_to_xyxy(bbox: Any) -> Any:
+    """COCO's ``[x, y, w, h]`` → ``[x0, y0, x1, y1]``; anything else as given (dropped as malformed)."""
+    if isinstance(bbox, list) and len(bbox) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        x, y, w, h = bbox
+        return [x, y, x + w, y + h]
+    return bbox
+
+
+def _id(value: Any) -> str | None:
+    return str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+def _target(ann: Any, file: str) -> tuple[str | None, str]:
+    """The image id an annotation names, and how to point at the annotation in a drop's detail."""
+    if not isinstance(ann, dict):
+        return None, f"{file} annotation {json.dumps(ann)[:100]}"
+    return _id(ann.get("image_id")), f"{file} annotation {ann.get('id')!r} (image_id {ann.get('image_id')!r})"
+
+
+def _section(data: Any, name: str, file: str) -> list:
+    if not isinstance(data, dict) or not isinstance(data.get(name), list):
+        raise ValueError(f"input.{file}: no '{name}' list; is this a COCO {file} file?")  # noqa: TRY004 - bad input
+    return data[name]
+
+
+def _load(url: str, key: str) -> Any:
+    try:
+        return json.loads(storage.read_bytes(url))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"input.{key}: {url} is not JSON: {e}") from e
