@@ -138,6 +138,8 @@ def test_detector_settings_live_under_grounding_detector():
     def prep(*overrides):
         return load_config(PrepConfig, None, ["input.index=x.jsonl", "output=out", *overrides])
 
+    preset = load_config(PrepConfig, "configs/prep/detector.yaml", ["input.index=x.jsonl", "output=out"])
+    assert preset.grounding.detector == DetectorConfig() and preset.ray.ground_num_gpus is None
     cfg = prep("grounding.name=detector", "grounding.detector.nms_iou=0.5")
     assert cfg.grounding.detector.nms_iou == 0.5 and cfg.grounding.detector.max_queries == 32
     with pytest.raises(ConfigError, match=r"^grounding\.detector\.score_threshold: must be in \[0, 1\]"):
