@@ -7,4 +7,4 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 pip install -q -c constraints.txt torch torchvision
-DS_BUILD_OPS=0 pip install -q -c constraints.txt -e '.[test,spacy-model]'
+DS_BUILD_OPS=0 pip install -q -c constraints.txt -e '.[test,spacy-model,detector]'

@@ -104,3 +104,20 @@ def test_killed_writer_is_retried_and_leaves_no_partial_file(corpus, tmp_path):
     assert check.verify(m) == []
     assert not [n for n in os.listdir(tmp_path / "ds") if n.endswith(".tmp")]
     assert m.data["totals"]["inputs"] == m.data["totals"]["written"] + m.data["totals"]["dropped"]
+
+
+def test_detector_grounding_on_ray_actors(local_ray, corpus, tiny_owlv2, tmp_path):
+    """grounding.name=detector with a tiny random OWLv2 loaded from a directory: plumbing, not accuracy."""
+    corpus_dir, _ = corpus
+    m = run(_config(corpus_dir, tmp_path / "ds", "grounding.name=detector", f"grounding.detector.model={tiny_owlv2}",
+                    "grounding.detector.score_threshold=0", "ray.ground_batch_size=16"))
+    totals = m.data["totals"]
+    assert totals["inputs"] == totals["written"] + totals["dropped"] and totals["written"] > 0
+    assert check.verify(m) == [] and check.validate(m) == []
+    metas = [json.loads(s["json"]) for s in wds.WebDataset(m.shard_urls(), shardshuffle=False)]
+    regions = [r for meta in metas for r in meta["regions"]]
+    assert regions and all(r["source"] == "detector" for r in regions)
+    assert totals["regions"] == len(regions) and totals["linked_phrases"] >= len(regions)
+    assert all(p["region"] is None for meta in metas for p in meta["phrases"] if p["kind"] != "noun_chunk")
+    assert m.data["grounder"]["model"] == str(tiny_owlv2) and m.data["grounder"]["architecture"] == "owlv2"
+    assert m.data["config"]["grounding"]["detector"]["score_threshold"] == 0.0

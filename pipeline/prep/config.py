@@ -67,7 +67,7 @@ class RayConfig:
     text_batch_size: int = 256
     ground_actors: tuple[int, int] = (1, 4)
     ground_num_cpus: float = 0.25
-    ground_num_gpus: float = 0.0  # per grounding actor, for detector grounders
+    ground_num_gpus: float | None = None  # per grounding actor; None: 1 for the detector if the cluster has GPUs
     ground_batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -80,7 +80,7 @@ class RayConfig:
                 raise ValueError(f"{name}: expected [min, max] with 1 <= min <= max, "
                                  f"got {list(getattr(self, name))}")
         for name in ("image_num_cpus", "text_num_cpus", "ground_num_cpus", "ground_num_gpus"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 

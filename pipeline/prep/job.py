@@ -100,11 +100,19 @@ def _execute(cfg: PrepConfig, rows: list[dict], root: str, source: str, run_id: 
                         num_cpus=cfg.ray.text_num_cpus)
     ds = ds.map_batches(GroundStage, fn_constructor_args=(cfg.grounding, source), batch_format="numpy",
                         batch_size=cfg.ray.ground_batch_size, concurrency=cfg.ray.ground_actors,
-                        num_cpus=cfg.ray.ground_num_cpus, num_gpus=cfg.ray.ground_num_gpus)
+                        num_cpus=cfg.ray.ground_num_cpus,
+                        num_gpus=ground_num_gpus(cfg, ray.cluster_resources().get("GPU", 0)))
     ds = ds.groupby("shard").map_groups(write_shard_group, fn_kwargs={"root": root, "source": source, "run_id": run_id},
                                         batch_format="numpy")
     for row in ds.iter_rows():
         yield json.loads(row["stats"]), json.loads(row["drops"])
+
+
+def ground_num_gpus(cfg: PrepConfig, cluster_gpus: float) -> float:
+    """GPUs per grounding actor: as configured, else one for the detector when the cluster has any."""
+    if cfg.ray.ground_num_gpus is not None:
+        return cfg.ray.ground_num_gpus
+    return 1.0 if cfg.grounding.name == "detector" and cluster_gpus > 0 else 0.0
 
 
 def _assign_shards(cfg: PrepConfig, files: inputs.InputFiles) -> tuple[list[dict], list[dict]]:
