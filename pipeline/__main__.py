@@ -3,7 +3,7 @@
     python -m pipeline manifest inspect|verify|validate PATH
     python -m pipeline synth OUT [key=value ...]     # generate a corpus (SyntheticConfig keys)
     python -m pipeline eval --data DATASET --checkpoint [NAME=]SPEC ... --out DIR [key=value ...]
-    python -m pipeline export CHECKPOINT OUT          # a run (its latest) or checkpoint folder → open_clip weights
+    python -m pipeline export CHECKPOINT OUT          # a run (its latest) or checkpoint → open_clip weights
     python -m pipeline demo [--workdir DIR]          # the README's main job: prep, train 4 objectives, eval
 """
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     synth = sub.add_parser("synth", help="write a generated corpus (images + records.jsonl)")
     synth.add_argument("out")
     synth.add_argument("overrides", nargs="*", help="SyntheticConfig key=value")
-    ev = sub.add_parser("eval", help="retrieval, box classification, FG-OVD scoring; a report comparing checkpoints")
+    ev = sub.add_parser("eval", help="retrieval, box classification, FG-OVD scoring: one report")
     ev.add_argument("--data", help="dataset folder or dataset.json (data prep output), local or s3://")
     ev.add_argument("--checkpoint", action="append", default=[], dest="checkpoints",
                     help="[name=]run folder | export folder | openclip:NAME[:TAG]; repeat to compare")

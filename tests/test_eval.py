@@ -53,7 +53,8 @@ def test_attribute_negatives_change_exactly_the_named_number_of_attributes():
     assert set(by) == {"hard", "medium", "easy"} and all(t.box == 0 for t in trials)
     for differ, name in m.DIFFICULTIES.items():
         t = by[name]
-        assert len(t.negatives) == min(3, {1: 1 + 2 + 1, 2: 2 + 1 + 2, 3: 2}[differ]) and len(set(t.negatives)) == len(t.negatives)
+        available = {1: 1 + 2 + 1, 2: 2 + 1 + 2, 3: 2}[differ]  # size × colour × shape alternatives
+        assert len(t.negatives) == min(3, available) == len(set(t.negatives))
         for negative in t.negatives:
             assert sum(a != b for a, b in zip(negative.split(), t.true.split())) == differ
     pairs = m.attribute_pairs(["large blue square"], ATTRIBUTES)
@@ -69,7 +70,8 @@ def test_trial_and_pair_accuracy_score_the_true_label_against_negatives():
     trials = [m.Trial(0, "small red circle", ("large red circle", "small green circle"), "hard"),
               m.Trial(1, "small red circle", ("large red circle",), "hard")]
     assert m.trial_accuracy(trials, regions, text) == {"hard": 50.0}
-    pairs = [(0, "small red circle", "large red circle", "size"), (1, "small red circle", "small green circle", "colour")]
+    pairs = [(0, "small red circle", "large red circle", "size"),
+             (1, "small red circle", "small green circle", "colour")]
     assert m.pair_accuracy(pairs, regions, text) == {"size": 100.0, "colour": 0.0}
 
 
@@ -103,7 +105,8 @@ def test_eval_embeddings_match_the_training_model_on_the_same_sample(generated_s
     visual = model.clip.visual
     size = visual.image_size[0]
     cfg = DataConfig(manifests=(str(generated_shards),), batch_size=3, num_regions=32)
-    raws = [r for _, r in zip(range(3), read_samples(load_manifest(str(generated_shards)).shards[0].url, lambda e: False))]
+    first_shard = load_manifest(str(generated_shards)).shards[0].url
+    raws = [r for _, r in zip(range(3), read_samples(first_shard, lambda e: False))]
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(visual.image_mean, visual.image_std)])
     examples = [decode(raw, cfg, size, transform) for raw in raws]
     batch_tensors = collate(examples, open_clip.get_tokenizer("FG-Tiny-16"), cfg)

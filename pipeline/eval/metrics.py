@@ -90,7 +90,8 @@ def make_trials(labels: Sequence[str], attributes: dict[str, list[str]], num_neg
     return trials, unparsed
 
 
-def attribute_pairs(labels: Sequence[str], attributes: dict[str, list[str]]) -> list[tuple[int, str, str, str]]:
+def attribute_pairs(labels: Sequence[str], attributes: dict[str, list[str]]
+                    ) -> list[tuple[int, str, str, str]]:
     """Every (box, true label, label with one group swapped, group): the per-attribute breakdown."""
     pairs = []
     for box, label in enumerate(labels):
@@ -127,7 +128,8 @@ def chance_levels(num_images: int, num_classes: int, trials: Sequence[Trial], ks
     for t in trials:
         per_difficulty.setdefault(t.difficulty, []).append(1 / (1 + len(t.negatives)))
     return {
-        "retrieval": {f"{d}_R@{k}": round(100 * min(k, num_images) / num_images, 2) for d in ("i2t", "t2i") for k in ks},
+        "retrieval": {f"{d}_R@{k}": round(100 * min(k, num_images) / num_images, 2)
+                      for d in ("i2t", "t2i") for k in ks},
         "boxes": {f"top{k}": round(100 * min(k, num_classes) / max(num_classes, 1), 2) for k in (1, 5)},
         "fgovd": {d: round(100 * sum(v) / len(v), 2) for d, v in per_difficulty.items()},
     }

@@ -56,7 +56,8 @@ def embed_images(model: FineGrainedCLIP, images: list[EvalImage], batch_size: in
     to the model's square input (nothing cropped) and the boxes scaled with it."""
     visual = model.clip.visual
     size = visual.image_size[0]
-    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(visual.image_mean, visual.image_std)])
+    to_tensor = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize(visual.image_mean, visual.image_std)])
     device = next(model.parameters()).device
     globals_, regions, head_regions = [], [], []
     for start in range(0, len(images), batch_size):
@@ -75,7 +76,8 @@ def embed_images(model: FineGrainedCLIP, images: list[EvalImage], batch_size: in
         regions.extend(F.normalize(features @ visual.proj, dim=-1).split(counts))
         if model.region_head is not None:
             head_regions.extend(F.normalize(model.region_head(model.clip, features), dim=-1).split(counts))
-    return ImageEmbeddings(torch.cat(globals_), regions, head_regions if model.region_head is not None else None)
+    has_head = model.region_head is not None
+    return ImageEmbeddings(torch.cat(globals_), regions, head_regions if has_head else None)
 
 
 @torch.no_grad()

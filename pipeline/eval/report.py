@@ -61,7 +61,8 @@ def write_report(out: Path, cfg: EvalConfig, data: dict, results: list[ModelResu
 
 
 def _tables(cfg: EvalConfig, data: dict, results: list[ModelResult], num_classes: int) -> list[tuple]:
-    summary = f"{data['path']}: {data['images']} images, {data['boxes']} labelled boxes, {num_classes} distinct labels."
+    summary = (f"{data['path']}: {data['images']} images, {data['boxes']} labelled boxes, "
+               f"{num_classes} distinct labels.")
     sections = [("Data", summary, ["checkpoint", "spec"], [[r.name, r.spec] for r in results])]
     chance = data["chance"]
     keys = list(results[0].retrieval)
@@ -122,7 +123,8 @@ def _html(sections: list[tuple], plots: list[str]) -> str:
 
 def _training_curves(out: Path, results: list[ModelResult]) -> str | None:
     """Total loss and the global contrastive term (shared by every objective) of each run folder."""
-    runs = {r.name: Path(r.spec) / "metrics.jsonl" for r in results if (Path(r.spec) / "metrics.jsonl").exists()}
+    logs = {r.name: Path(r.spec) / "metrics.jsonl" for r in results}
+    runs = {name: path for name, path in logs.items() if path.exists()}
     if not runs:
         return None
     fig = Figure(figsize=(11, 4))

@@ -93,8 +93,8 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, out: Path) ->
     (out / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=1))
     (out / "README.txt").write_text(
         f"{model_cfg.name} trained to {tag}.\n"
-        "open_clip model: from pipeline.training.checkpoint import load_exported; load_exported(this_folder)\n"
-        "with the heads:  from pipeline.training.checkpoint import load_fine_grained; load_fine_grained(this_folder)\n")
+        "open_clip model: from pipeline.training.checkpoint import load_exported; load_exported(this)\n"
+        "with its heads:  from pipeline.training.checkpoint import load_fine_grained; load_fine_grained(this)\n")
     log.info("exported %s", out)
     return out
 
@@ -133,9 +133,11 @@ def load_fine_grained(export_dir: str | Path) -> FineGrainedCLIP:
     """The training model (CLIP + the heads it trained) from an export (strict, in eval mode)."""
     export_dir = Path(export_dir)
     model_cfg = build(ModelConfig, json.loads((export_dir / "model_config.json").read_text()))
-    heads = torch.load(export_dir / "heads.pt", weights_only=True) if (export_dir / "heads.pt").exists() else {}
+    heads_file = export_dir / "heads.pt"
+    heads = torch.load(heads_file, weights_only=True) if heads_file.exists() else {}
     model = _untrained(model_cfg, heads={k.partition(".")[0] for k in heads})
-    state = {f"clip.{k}": v for k, v in torch.load(export_dir / "open_clip_model.pt", weights_only=True).items()}
+    clip = torch.load(export_dir / "open_clip_model.pt", weights_only=True)
+    state = {f"clip.{k}": v for k, v in clip.items()}
     model.load_state_dict({**state, **heads}, strict=True)
     return model.eval()
 
