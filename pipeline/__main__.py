@@ -4,6 +4,7 @@
     python -m pipeline synth OUT [key=value ...]     # generate a corpus (SyntheticConfig keys)
     python -m pipeline eval --data DATASET --checkpoint [NAME=]SPEC ... --out DIR [key=value ...]
     python -m pipeline export CHECKPOINT OUT          # a run (its latest) or checkpoint → open_clip weights
+    python -m pipeline lineage PATH [--json]         # what a run, checkpoint, export or report was made from
     python -m pipeline demo [--workdir DIR]          # the README's main job: prep, train 4 objectives, eval
 """
 
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     export = sub.add_parser("export", help="consolidate a ZeRO checkpoint into open_clip weights + heads")
     export.add_argument("checkpoint", help="run folder (its latest checkpoint) or run/checkpoints/step-N")
     export.add_argument("out")
+    lineage = sub.add_parser("lineage", help="datasets (sha256), config, code and package versions behind a "
+                                             "run, checkpoint, export or evaluation report")
+    lineage.add_argument("path")
+    lineage.add_argument("--json", action="store_true", help="the whole record")
     demo = sub.add_parser("demo", help="generate data, prep it on a local Ray, train the four objectives, "
                                        "evaluate them: one report")
     demo.add_argument("--workdir", default="runs/demo")
@@ -51,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             return _manifest(args.action, args.path)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "lineage":
+            from pipeline.lineage import describe, read_lineage
+
+            record = read_lineage(args.path)
+            print(json.dumps(record, indent=1) if args.json else describe(record))
+            return 0
         if args.command == "export":
             from pipeline.training.checkpoint import export_checkpoint
 

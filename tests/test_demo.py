@@ -1,6 +1,7 @@
 """The README's main command, shortened: a fresh work folder → corpus → data prep on a local Ray →
 the four objectives trained with ZeRO-2 on 2 CPU ranks → one evaluation report."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -26,3 +27,14 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path):
         assert (work / "runs" / name.replace("+", "_") / "export/open_clip_model.pt").exists()
         assert "roi" in model["boxes"] and ("head" in model["boxes"]) == ("harmo" in name)
     assert (work / "report/training_curves.png").exists() and (work / "report/report.html").exists()
+
+    # Lineage: the report names the held-out set it scored and, per model, the dataset it was trained on.
+    train_sha = hashlib.sha256((work / "shards/train/dataset.json").read_bytes()).hexdigest()
+    lineage = report["lineage"]
+    assert lineage["datasets"][0]["path"] == str(work / "shards/heldout")
+    for name, checkpoint in lineage["checkpoints"].items():
+        assert [d["sha256"] for d in checkpoint["datasets"]] == [train_sha]
+        assert checkpoint["config"]["objective"]["name"] == name
+    printed = subprocess.run([sys.executable, "-m", "pipeline", "lineage", str(work / "runs/beta_harmo/export")],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert f"dataset.json sha256 {train_sha}" in printed and "objective beta+harmo" in printed

@@ -1,5 +1,6 @@
 """Training with real DeepSpeed ZeRO on CPU: 2 ranks over gloo, launched by torchrun."""
 
+import hashlib
 import json
 import os
 import socket
@@ -100,3 +101,10 @@ def test_harmo_loss_decreases_and_export_loads_into_open_clip(generated_shards, 
         out_loaded = load_fine_grained(again)(batch)
     for name in ("image", "text", "regions", "phrases"):
         torch.testing.assert_close(getattr(out_loaded, name), getattr(out_train, name), atol=1e-5, rtol=1e-5)
+
+    # Lineage travels from the run into every checkpoint and export.
+    for folder in (out, out / "checkpoints/step-00000030", out / "export", again):
+        lineage = json.loads((folder / "lineage.json").read_text())
+        assert lineage["datasets"][0]["sha256"] == hashlib.sha256(
+            (generated_shards / "dataset.json").read_bytes()).hexdigest()
+        assert lineage["config"]["zero_stage"] == 3 and lineage["packages"]["deepspeed"]

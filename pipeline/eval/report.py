@@ -42,10 +42,10 @@ class ModelResult:
 
 
 def write_report(out: Path, cfg: EvalConfig, data: dict, results: list[ModelResult], images: list[EvalImage],
-                 classes: list[str]) -> Path:
+                 classes: list[str], lineage: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(
-        {"data": data, "config": to_dict(cfg),
+        {"data": data, "config": to_dict(cfg), "lineage": lineage,
          "models": {r.name: {k: v for k, v in asdict(r).items() if k not in ("name", "top_labels")}
                     for r in results}}, indent=1))
     plots = [p for p in (_training_curves(out, results), _attribute_plot(out, results),

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config import to_dict
 from pipeline.eval import metrics
 from pipeline.eval.config import EvalConfig, checkpoint_name, checkpoint_spec
 from pipeline.eval.data import EvalImage, load_eval_set
-from pipeline.eval.model import embed_images, embed_texts, load_model
+from pipeline.eval.model import OPENCLIP_PREFIX, embed_images, embed_texts, load_model
 from pipeline.eval.report import ModelResult, write_report
+from pipeline.lineage import make_lineage, read_lineage
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,19 @@ def evaluate(cfg: EvalConfig) -> Path:
     data = {"path": cfg.data, "images": len(images), "boxes": len(labels), "classes": len(classes),
             "fgovd_trials": len(trials), "fgovd_unparsed_boxes": unparsed,
             "chance": metrics.chance_levels(len(images), len(classes), trials, cfg.recall_ks)}
-    return write_report(Path(cfg.out), cfg, data, results, images, classes)
+    lineage = {**make_lineage([cfg.data], to_dict(cfg)),
+               "checkpoints": {r.name: _checkpoint_lineage(r.spec) for r in results}}
+    return write_report(Path(cfg.out), cfg, data, results, images, classes, lineage)
+
+
+def _checkpoint_lineage(spec: str) -> dict:
+    if spec.startswith(OPENCLIP_PREFIX):
+        return {"path": spec}
+    try:
+        return {"path": spec, **read_lineage(spec)}
+    except FileNotFoundError:
+        log.warning("%s records no lineage", spec)
+        return {"path": spec}
 
 
 def _evaluate_model(name, spec, model, images: list[EvalImage], cfg: EvalConfig, classes, targets, trials,

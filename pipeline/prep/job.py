@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +21,7 @@ import ray
 from pipeline import __version__
 from pipeline.config import to_dict
 from pipeline.grounding import build_grounder
+from pipeline.lineage import code_version
 from pipeline.prep import inputs
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.records import Drop
@@ -237,14 +237,3 @@ def _log_progress(done: list[dict], total_rows: int, started: float) -> None:
     eta = (total_rows - rows_done) / rate if rate else float("nan")
     log.info("shard %s done: %d/%d records (%.0f records/s, ETA %.0f s)",
              done[-1]["name"], rows_done, total_rows, rate, eta)
-
-
-def code_version() -> str:
-    """The git commit of this checkout when there is one, else the package version."""
-    try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        out = None
-    commit = out.stdout.strip() if out and out.returncode == 0 else ""
-    return f"pipeline {__version__}" + (f" ({commit})" if commit else "")

@@ -2,11 +2,11 @@
 
 Layout of a run folder::
 
-    checkpoints/step-00000500/   DeepSpeed tag (model + optimizer + scheduler shards) and
-                                 rng-rank<r>.pt (each rank's RNG states)
+    checkpoints/step-00000500/   DeepSpeed tag (model + optimizer + scheduler shards),
+                                 rng-rank<r>.pt (each rank's RNG states), lineage.json
     checkpoints/latest           DeepSpeed's pointer to the newest complete tag
     export/                      open_clip_model.pt, open_clip_config.json, heads.pt,
-                                 model_config.json (see :func:`export`)
+                                 model_config.json, lineage.json (see :func:`export`)
 
 Resume restores model, optimizer, scheduler and RNGs; the loader position is a function of
 the step (``start_batch = step × grad_accum``), so the same batches follow.
@@ -26,6 +26,7 @@ import open_clip
 import torch
 
 from pipeline.config import build, to_dict
+from pipeline.lineage import LINEAGE_FILE
 from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.training.distributed import World, barrier
 
@@ -46,6 +47,7 @@ def save(engine, run_dir: Path, step: int, world: World, keep_last: int) -> Path
     torch.save(_rng_state(), ckpt_dir / tag / f"rng-rank{world.rank}.pt")
     barrier()
     if world.is_main:
+        shutil.copy(run_dir / LINEAGE_FILE, ckpt_dir / tag / LINEAGE_FILE)
         for old in sorted(ckpt_dir.glob(f"{TAG_PREFIX}*"))[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint %s", ckpt_dir / tag)
@@ -91,6 +93,8 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, out: Path) ->
     config["text_cfg"]["context_length"] = model_cfg.context_length
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=1))
     (out / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=1))
+    if (checkpoint_dir / tag / LINEAGE_FILE).exists():
+        shutil.copy(checkpoint_dir / tag / LINEAGE_FILE, out / LINEAGE_FILE)
     (out / "README.txt").write_text(
         f"{model_cfg.name} trained to {tag}.\n"
         "open_clip model: from pipeline.training.checkpoint import load_exported; load_exported(this)\n"

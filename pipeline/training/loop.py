@@ -14,6 +14,7 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from pipeline.config import to_dict
+from pipeline.lineage import make_lineage, write_lineage
 from pipeline.models import FineGrainedCLIP
 from pipeline.objectives import compute_loss
 from pipeline.training import checkpoint
@@ -41,6 +42,7 @@ def train(cfg: TrainConfig) -> RunResult:
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+        write_lineage(run_dir, make_lineage(cfg.data.manifests, to_dict(cfg)))  # copied into each checkpoint
     preemption = PreemptionFlag()
 
     torch.manual_seed(cfg.seed)  # every rank builds the same initial model
