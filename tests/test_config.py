@@ -1,10 +1,13 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from pipeline.config import ConfigError, build, load_config
 from pipeline.prep import PrepConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -67,3 +70,17 @@ def test_prep_preset_loads_and_validates():
         build(PrepConfig, {"output": "out", "input": {}})
     with pytest.raises(ConfigError, match="image.jpeg_quality"):
         build(PrepConfig, {"output": "o", "input": {"index": "i.jsonl"}, "image": {"jpeg_quality": 0}})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/train").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_training_preset_loads(path):
+    from pipeline.training.config import TrainConfig
+
+    cfg = load_config(TrainConfig, path)
+    assert cfg.steps >= 1 and cfg.data.manifests
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/prep").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_prep_preset_loads(path):
+    cfg = load_config(PrepConfig, path, ["input.index=x.jsonl", "output=out"])
+    assert cfg.output == "out"
