@@ -34,12 +34,15 @@ def test_yaml_and_overrides(tmp_path):
     path.write_text("name: x\ninner:\n  size: 5\n")
     cfg = load_config(Outer, path, ["inner.ratio=2", "mode=b", "inner.pair=[3, 4]", "maybe=null"])
     assert cfg == Outer(name="x", mode="b", inner=Inner(size=5, ratio=2.0, pair=(3, 4)))
+    # PyYAML reads "5e-3" (no decimal point) as a string; a float field still takes it.
+    assert load_config(Outer, None, ["name=x", "inner.ratio=5e-3"]).inner.ratio == 0.005
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["nme=x"], "nme: unknown key"),
     (["name=x", "inner.sise=1"], "inner.sise: unknown key"),
     (["name=x", "inner.size=big"], "inner.size: expected int"),
+    (["name=x", "inner.ratio=fast"], "inner.ratio: expected float, got 'fast'"),
     (["name=x", "inner.size=-1"], "inner.size: must be >= 0"),
     (["name=x", "mode=c"], "mode: 'c' is not one of 'a', 'b'"),
     (["name=x", "inner.pair=7"], "inner.pair: expected a list"),
