@@ -1,6 +1,7 @@
 """Evaluation: the metrics on hand-made cases, the eval set and embeddings against the training
 path, and the command's report on generated shards."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -146,3 +147,6 @@ def test_eval_command_writes_a_report(generated_shards, tmp_path):
     for name in ("report.md", "report.html", "fgovd_by_attribute.png", "examples.png"):
         assert (out / name).stat().st_size > 0
     assert "| chance |" in (out / "report.md").read_text()
+    lineage = report["lineage"]
+    assert lineage["datasets"][0]["sha256"] == hashlib.sha256((generated_shards / "dataset.json").read_bytes()).hexdigest()
+    assert lineage["checkpoints"] == {"untrained": {"path": "openclip:FG-Tiny-16"}} and lineage["code_version"]
