@@ -1,4 +1,5 @@
-"""Grounders on hand-made cases: head-lemma + attribute agreement, conflicts, ties, and `none`."""
+"""Grounders on hand-made cases: head-lemma + attribute agreement, conflicts, ties (and the
+sentence-label tie break), and `none`."""
 
 import pytest
 
@@ -53,6 +54,24 @@ def test_every_annotation_becomes_a_region_and_regions_serve_several_phrases():
     assert grounding.regions == [Region((0.0, 0.0, 5.0, 5.0), 1.0, "annotation", "dog"),
                                  Region(BOX, 1.0, "annotation", "large red circle")]
     assert grounding.phrase_regions == [1, 1, None]
+
+
+def test_a_tie_goes_to_the_annotation_labelled_with_the_phrase_sentence():
+    """Visual Genome: every region phrase is a sentence, and several may share a head noun."""
+    sentences = ["Man wearing a red shirt.", "A man in a hat next to another man.", "A man."]
+    phrases = [Phrase("Man", 0, 0, 3, "noun_chunk"), Phrase("a red shirt", 0, 12, 23, "noun_chunk"),
+               Phrase("A man", 1, 25, 30, "noun_chunk"), Phrase("another man", 1, 49, 60, "noun_chunk"),
+               Phrase("A man", 2, 62, 67, "noun_chunk")]
+    man = Lexeme("man")
+    lexemes = [man, Lexeme("shirt", ("red",)), man, man, man]
+    annotations = [annotation("man wearing a red  shirt", "man"),
+                   annotation("a man in a hat next to another man", "man"),
+                   annotation("tall man", "man", "tall")]
+    request = GroundingRequest(64, 64, phrases, lexemes, annotations, None, sentences)
+    [grounding] = build_grounder(GroundingConfig()).ground([request])
+    # "another man" is not what its sentence's label names (a label's lexeme is its first noun
+    # chunk's); "A man." has no label of its own: both stay ambiguous.
+    assert grounding.phrase_regions == [0, None, 1, None, None] and grounding.ambiguous == 2
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pipeline.grounding.base import Annotation, Grounding, GroundingRequest
 from pipeline.schema import Region
 from pipeline.text import Lexeme
 
-RULE = "head-lemma+attribute-agreement/v1"
+RULE = "head-lemma+attribute-agreement+sentence-label/v2"
 
 
 class AnnotationGrounder:
@@ -22,9 +22,14 @@ class AnnotationGrounder:
 
 
 def ground_request(request: GroundingRequest) -> Grounding:
-    """Every annotation is a region (same order); each phrase links to its unique best match."""
+    """Every annotation is a region (same order); each phrase links to its unique best match,
+    or, among tied best matches, to the one labelled with its sentence (:func:`sentence_labels`)."""
     regions = [Region(a.box, 1.0, "annotation", a.label) for a in request.annotations]
-    links = [best_match(lexeme, request.annotations) if lexeme else [] for lexeme in request.lexemes]
+    named = sentence_labels(request)
+    links = []
+    for i, lexeme in enumerate(request.lexemes):
+        match = best_match(lexeme, request.annotations) if lexeme else []
+        links.append([named[i]] if len(match) > 1 and named.get(i) in match else match)
     return Grounding(regions, [m[0] if len(m) == 1 else None for m in links],
                      ambiguous=sum(len(m) > 1 for m in links))
 
@@ -41,6 +46,30 @@ def best_match(phrase: Lexeme, annotations: list[Annotation]) -> list[int]:
               for i, a in enumerate(annotations) if phrase.head and _fits(phrase, a.lexeme)}
     top = max(shared.values(), default=0)
     return [i for i, n in shared.items() if n == top]
+
+
+def sentence_labels(request: GroundingRequest) -> dict[int, int]:
+    """Phrase index → the one annotation whose label is that phrase's whole sentence, for the
+    first phrase with a lexeme in each sentence: a label's lexeme is its first noun chunk's,
+    so that phrase is the one such a label names (Visual Genome: a region's phrase is a sentence)."""
+    by_text: dict[str, list[int]] = {}
+    for i, a in enumerate(request.annotations):
+        by_text.setdefault(_plain(a.label), []).append(i)
+    named: dict[int, int] = {}
+    seen: set[int] = set()
+    for i, (phrase, lexeme) in enumerate(zip(request.phrases, request.lexemes)):
+        if lexeme is None or phrase.sentence in seen or phrase.sentence >= len(request.sentences):
+            continue
+        seen.add(phrase.sentence)
+        labelled = by_text.get(_plain(request.sentences[phrase.sentence]), [])
+        if len(labelled) == 1:
+            named[i] = labelled[0]
+    return named
+
+
+def _plain(text: str) -> str:
+    """Text compared without case, spacing or final punctuation ("Man in a hat." = "man in a  hat")."""
+    return " ".join(text.lower().split()).rstrip(".!? ")
 
 
 def _fits(phrase: Lexeme, label: Lexeme) -> bool:

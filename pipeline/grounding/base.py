@@ -6,7 +6,7 @@ Batched so that a detector grounder can run one forward pass per batch on a GPU 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from PIL import Image
@@ -30,6 +30,7 @@ class GroundingRequest:
     lexemes: list[Lexeme | None]  # parallel to phrases
     annotations: list[Annotation]
     image: Image.Image | None = None  # decoded only for grounders that need pixels
+    sentences: list[str] = field(default_factory=list)  # the hierarchy's; phrases index into it
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,15 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.prep.records import Drop, InputRecord, caption_problem, unique_ids
+from pipeline.prep.records import (
+    Drop,
+    InputRecord,
+    as_sentence,
+    caption_problem,
+    record_id,
+    unique_ids,
+    xywh_to_xyxy,
+)
 from pipeline.shards import storage
 
 
@@ -48,7 +56,7 @@ def coco_items(captions: dict, instances: dict | None, images_dir: str,
     texts: dict[str, list[str]] = {}
     boxes: dict[str, list[dict]] = {}
     for image in images:
-        rid = _id(image.get("id")) if isinstance(image, dict) else None
+        rid = record_id(image.get("id")) if isinstance(image, dict) else None
         if rid is not None and rid not in texts:
             texts[rid], boxes[rid] = [], []
     loose: list[tuple[str | None, str, str]] = []  # (image id, reason, detail) of annotations not attached
@@ -61,11 +69,12 @@ def coco_items(captions: dict, instances: dict | None, images_dir: str,
         else:
             texts[rid].append(ann["caption"])
     if instances is not None:
-        categories = {_id(c.get("id")): c.get("name") for c in _section(instances, "categories", "instances")
+        categories = {record_id(c.get("id")): c.get("name")
+                      for c in _section(instances, "categories", "instances")
                       if isinstance(c, dict) and isinstance(c.get("name"), str)}
         for ann in _section(instances, "annotations", "instances"):
             rid, what = _target(ann, "instances")
-            category = _id(ann.get("category_id")) if isinstance(ann, dict) else None
+            category = record_id(ann.get("category_id")) if isinstance(ann, dict) else None
             if rid not in boxes:
                 loose.append((rid, "unknown_image", f"{what}: image_id is not in images"))
             elif ann.get("iscrowd"):
@@ -77,7 +86,7 @@ def coco_items(captions: dict, instances: dict | None, images_dir: str,
 
     def records() -> Iterator[InputRecord | Drop]:
         for ordinal, image in enumerate(images):
-            rid = _id(image.get("id")) if isinstance(image, dict) else None
+            rid = record_id(image.get("id")) if isinstance(image, dict) else None
             if rid is None:
                 yield Drop(ordinal, None, "missing_field", "id")
             elif not isinstance(image.get("file_name"), str) or not image["file_name"].strip():
@@ -98,37 +107,15 @@ def coco_items(captions: dict, instances: dict | None, images_dir: str,
 
 def join_captions(captions: list[str]) -> str:
     """Short captions → one long caption, each a sentence of its own."""
-    sentences: list[str] = []
-    for caption in captions:
-        text = " ".join(caption.split())
-        if not text:
-            continue
-        text = text[0].upper() + text[1:]
-        if text[-1] not in ".!?":
-            text += "."
-        if text not in sentences:
-            sentences.append(text)
-    return " ".join(sentences)
-
-
-def xywh_to_xyxy(bbox: Any) -> Any:
-    """COCO's ``[x, y, w, h]`` → ``[x0, y0, x1, y1]``; anything else as given (dropped as malformed)."""
-    if isinstance(bbox, list) and len(bbox) == 4 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
-        x, y, w, h = bbox
-        return [x, y, x + w, y + h]
-    return bbox
-
-
-def _id(value: Any) -> str | None:
-    return str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+    return " ".join(dict.fromkeys(s for s in map(as_sentence, captions) if s))
 
 
 def _target(ann: Any, file: str) -> tuple[str | None, str]:
     """The image id an annotation names, and how to point at the annotation in a drop's detail."""
     if not isinstance(ann, dict):
         return None, f"{file} annotation {json.dumps(ann)[:100]}"
-    return _id(ann.get("image_id")), f"{file} annotation {ann.get('id')!r} (image_id {ann.get('image_id')!r})"
+    image_id = ann.get("image_id")
+    return record_id(image_id), f"{file} annotation {ann.get('id')!r} (image_id {image_id!r})"
 
 
 def _section(data: Any, name: str, file: str) -> list:

@@ -13,6 +13,8 @@ INPUT_KEYS = {
     "index": (("index",), ()),
     "webdataset": (("shards",), ()),
     "coco": (("captions", "images"), ("instances",)),
+    "sharegpt4v": (("captions", "images"), ()),
+    "visual_genome": (("regions", "images"), ()),
 }
 
 
@@ -20,22 +22,31 @@ INPUT_KEYS = {
 class InputConfig:
     """What the input is: one format and its keys (``pipeline/prep/inputs.py``)."""
 
-    format: Literal["index", "webdataset", "coco"] = "index"
+    format: Literal["index", "webdataset", "coco", "sharegpt4v", "visual_genome"] = "index"
     index: str = ""  # index: JSONL or Parquet; image paths inside are relative to it
     shards: str = ""  # webdataset: tar URLs as webdataset writes them ({00000..00099}, ::), or folders of .tar
-    captions: str = ""  # coco: captions_*.json
+    captions: str = ""  # coco: captions_*.json; sharegpt4v: the caption JSON list
     instances: str = ""  # coco, optional: instances_*.json, whose boxes become the annotations
-    images: str = ""  # coco: the folder (or S3 prefix) holding the images' file_name
+    regions: str = ""  # visual_genome: region_descriptions.json
+    images: str = ""  # coco, sharegpt4v, visual_genome: the folder (or S3 prefix) the images are in
     source: str = ""  # dataset name written into every sample; default: the input's folder name
+    # A slice of the input: the inputs whose ordinal is in [skip, skip + limit); limit null: to the end.
+    # The same records and drops as in a run on the whole input. A held-out set: limit=1000, then skip=1000.
+    skip: int = 0
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         required, optional = INPUT_KEYS[self.format]
         for key in required:
             if not getattr(self, key):
                 raise ValueError(f"{key}: required for format {self.format}")
-        for key in ("index", "shards", "captions", "instances", "images"):
+        for key in ("index", "shards", "captions", "instances", "regions", "images"):
             if getattr(self, key) and key not in required + optional:
                 raise ValueError(f"{key}: not read by format {self.format} (set input.format)")
+        if self.skip < 0:
+            raise ValueError(f"skip: must be >= 0, got {self.skip}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: must be >= 1 or null, got {self.limit}")
 
 
 @dataclass(frozen=True)

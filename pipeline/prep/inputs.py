@@ -1,11 +1,14 @@
 """What the input is (``input.format``): where its files are, what identifies them, how to read them.
 
 Formats: ``index`` (our JSONL/Parquet index, ``records.py``), ``webdataset`` (img2dataset-style
-tars, ``tars.py``), ``coco`` (captions + instances JSON, ``coco.py``). Each reads into the same
-ordered stream of records and drops.
+tars, ``tars.py``), ``coco`` (captions + instances JSON, ``coco.py``), ``sharegpt4v`` (a caption
+JSON list, ``sharegpt4v.py``), ``visual_genome`` (region descriptions, ``visual_genome.py``).
+Each reads into the same ordered stream of records and drops; ``input.skip``/``input.limit``
+take a slice of it by ordinal.
 
 A job's identity (``run_id``, what ``existing_output=resume`` checks) covers every input file:
-index and COCO files by size + sha256 (they are the records, and small next to the images);
+index and annotation files (COCO, ShareGPT4V, Visual Genome) by size + sha256 (they are the
+records, and small next to the images);
 tars by size + version, the S3 ETag or the local mtime, because hashing a corpus of tars would
 read all of it once more before any work. Any rewrite of a tar changes its ETag (S3) or mtime
 (a copy that preserves mtimes preserves them from a source that itself changed), and an added,
@@ -19,8 +22,10 @@ from pathlib import Path
 
 from pipeline.prep import tars
 from pipeline.prep.coco import read_coco
-from pipeline.prep.config import InputConfig
+from pipeline.prep.config import INPUT_KEYS, InputConfig
 from pipeline.prep.records import Drop, InputRecord, index_format, read_index
+from pipeline.prep.sharegpt4v import read_sharegpt4v
+from pipeline.prep.visual_genome import read_visual_genome
 from pipeline.shards import storage
 from pipeline.shards.storage import FileStat
 from pipeline.shards.writer import file_digest
@@ -39,20 +44,40 @@ def locate(cfg: InputConfig) -> InputFiles:
         index_format(cfg.index)
     elif not storage.is_dir(cfg.images):
         raise FileNotFoundError(f"input.images: {cfg.images} is not a folder (or an S3 prefix holding objects)")
-    named = [(key, getattr(cfg, key)) for key in (("index",) if cfg.format == "index" else ("captions", "instances"))]
+    required, optional = INPUT_KEYS[cfg.format]
+    named = [(key, getattr(cfg, key)) for key in required + optional if key != "images"]
     for key, url in named:
         if url and not storage.exists(url):
             raise FileNotFoundError(f"input.{key}: {url} does not exist")
     return [(url, FileStat(*file_digest(url))) for _, url in named if url]
 
 
-def read_input(cfg: InputConfig, files: InputFiles, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
-    """Every input, in order (the ordinals), as a valid record or a drop with its reason."""
+def read_input(cfg: InputConfig, files: InputFiles, max_caption_chars: int,
+               max_sentences: int) -> Iterator[InputRecord | Drop]:
+    """Every input of the slice, in order (the ordinals), as a valid record or a drop with its reason."""
     if cfg.format == "index":
-        return read_index(cfg.index, max_caption_chars)
-    if cfg.format == "coco":
-        return read_coco(cfg.captions, cfg.instances, cfg.images, max_caption_chars)
-    return tars.read_tars(files, max_caption_chars)
+        items = read_index(cfg.index, max_caption_chars)
+    elif cfg.format == "coco":
+        items = read_coco(cfg.captions, cfg.instances, cfg.images, max_caption_chars)
+    elif cfg.format == "sharegpt4v":
+        items = read_sharegpt4v(cfg.captions, cfg.images, max_caption_chars)
+    elif cfg.format == "visual_genome":
+        items = read_visual_genome(cfg.regions, cfg.images, max_caption_chars, max_sentences)
+    else:
+        items = tars.read_tars(files, max_caption_chars)
+    return ordinal_slice(items, cfg.skip, cfg.limit)
+
+
+def ordinal_slice(items: Iterator[InputRecord | Drop], skip: int,
+                  limit: int | None) -> Iterator[InputRecord | Drop]:
+    """The inputs whose ordinal is in ``[skip, skip + limit)``; reading stops after the last.
+    Every reader yields ordinals in increasing order, and decides drops (duplicate ids too) over
+    what it has read, so a slice holds exactly what the whole input's run has in that range."""
+    for item in items:
+        if limit is not None and item.ordinal >= skip + limit:
+            return
+        if item.ordinal >= skip:
+            yield item
 
 
 def identity(files: InputFiles) -> list:
@@ -63,15 +88,22 @@ def describe(cfg: InputConfig, files: InputFiles) -> dict:
     """The manifest's ``input`` section (``source`` is added by the job)."""
     if cfg.format == "index":
         return {"format": index_format(cfg.index), "index": cfg.index}
+    window = {"skip": cfg.skip, "limit": cfg.limit} if cfg.skip or cfg.limit is not None else {}
+    if cfg.format == "index":
+        return {"format": index_format(cfg.index), "index": cfg.index, **window}
     if cfg.format == "coco":
-        return {"format": "coco", "captions": cfg.captions, "instances": cfg.instances or None, "images": cfg.images}
-    return {"format": "webdataset", "shards": cfg.shards, "tars": len(files)}
+        return {"format": "coco", "captions": cfg.captions, "instances": cfg.instances or None,
+                "images": cfg.images, **window}
+    if cfg.format == "webdataset":
+        return {"format": "webdataset", "shards": cfg.shards, "tars": len(files), **window}
+    return {"format": cfg.format, **{key: getattr(cfg, key) for key in INPUT_KEYS[cfg.format][0]}, **window}
 
 
 def default_source(cfg: InputConfig, files: InputFiles) -> str:
-    """The dataset's folder name: the index's folder, the (first) tar's folder, the COCO images' parent."""
-    if cfg.format == "index":
-        return Path(storage.parent(cfg.index)).name
+    """The dataset's folder name: the index's folder, the (first) tar's folder, the COCO images' parent,
+    the ShareGPT4V or Visual Genome annotation file's folder."""
     if cfg.format == "webdataset":
         return Path(storage.parent(files[0][0])).name
-    return Path(storage.parent(cfg.images)).name  # COCO: train2017/ sits in the dataset's folder
+    if cfg.format == "coco":
+        return Path(storage.parent(cfg.images)).name  # train2017/ sits in the dataset's folder
+    return Path(storage.parent(files[0][0])).name  # the index or annotation file

@@ -1,4 +1,4 @@
-"""The data-prep job: input (index, tars or COCO) → Ray Data stages → shards → manifest.
+"""The data-prep job: input (``input.format``) → Ray Data stages → shards → manifest.
 
 Shards are fixed chunks of ``samples_per_shard`` consecutive valid input records, so shard
 names, contents and checksums depend only on the input and the config: a rerun writes the
@@ -118,7 +118,7 @@ def ground_num_gpus(cfg: PrepConfig, cluster_gpus: float) -> float:
 def _assign_shards(cfg: PrepConfig, files: inputs.InputFiles) -> tuple[list[dict], list[dict]]:
     rows: list[dict] = []
     drops: list[dict] = []
-    for item in inputs.read_input(cfg.input, files, cfg.max_caption_chars):
+    for item in inputs.read_input(cfg.input, files, cfg.max_caption_chars, cfg.text.max_sentences):
         if isinstance(item, Drop):
             drops.append({"ordinal": item.ordinal, "id": item.id, "reason": item.reason,
                           "detail": item.detail, "shard": None})

@@ -87,11 +87,34 @@ def caption_problem(caption: Any, max_caption_chars: int) -> tuple[str, str] | N
     return None
 
 
+def record_id(value: Any) -> str | None:
+    """An id as the samples carry it: ints as strings; anything else has none."""
+    return str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+def as_sentence(text: str) -> str:
+    """A short text (a COCO caption, a Visual Genome phrase) as a sentence of its own:
+    whitespace collapsed, capitalised, ended with a full stop unless it has final punctuation."""
+    text = " ".join(text.split())
+    if not text:
+        return ""
+    return text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
+
+
+def xywh_to_xyxy(bbox: Any) -> Any:
+    """COCO's ``[x, y, w, h]`` → ``[x0, y0, x1, y1]``; anything else as given (dropped as malformed)."""
+    if isinstance(bbox, list) and len(bbox) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        x, y, w, h = bbox
+        return [x, y, x + w, y + h]
+    return bbox
+
+
 def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> InputRecord | Drop:
     if not isinstance(row, dict):
         return Drop(ordinal, None, "unparseable_record", f"expected an object, got {type(row).__name__}")
     raw_id = row.get("id")
-    rid = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
+    rid = record_id(raw_id)
     for name in REQUIRED_FIELDS:
         if row.get(name) is None and not (name == "caption" and name in row):
             return Drop(ordinal, rid, "missing_field", name)

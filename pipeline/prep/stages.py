@@ -116,7 +116,7 @@ class GroundStage:
                        for a in json.loads(row["annotations"])]
         image = Image.open(io.BytesIO(row["jpg"])).convert("RGB") if self.grounder.needs_image else None
         return GroundingRequest(row["width"], row["height"], hierarchy.phrases, hierarchy.lexemes,
-                                annotations, image)
+                                annotations, image, hierarchy.sentences)
 
 
 PROGRESS_DIR = "_progress"  # per-shard completion records of a running job; removed when it ends

@@ -1,0 +1,100 @@
+"""Visual Genome region descriptions as input: ``region_descriptions.json``, a JSON list of
+``{"id": image_id, "regions": [{"region_id", "x", "y", "width", "height", "phrase"}, ...]}``.
+
+One record per list item, in file order; the file is streamed (``jsonlist.py``). The image is
+``<id>.jpg``, found by listing ``input.images`` and its ``VG_100K/`` and ``VG_100K_2/`` once:
+the two zips unpack into those folders, and some copies merge them into one. An image in none
+of them points at ``input.images/<id>.jpg``, and the image stage drops it as ``image_missing``.
+``image_data.json`` is not read: the listing finds every image, and the boxes are checked
+against the decoded image like any box.
+
+VG has no long caption, so one is built from the regions: each distinct phrase, in region
+order, becomes a sentence of its own (as a COCO caption does), up to ``text.max_sentences``
+of them, because the hierarchy keeps no more sentences than that, and a box whose sentence is
+cut would be a region no phrase can reach. Each sentence's region is its box, ``[x, y, x + w,
+y + h]`` labelled with the phrase, so the ``annotations`` grounder links the sentence's first
+noun chunk to it (the label is the sentence; docs/text_and_grounding.md). A phrase repeated in
+an image (VG has many: several annotators, several windows) is said once and keeps its first
+region. A region whose phrase is not a non-empty string becomes a box without a label, which
+the image stage counts as ``box_label_invalid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline.prep.jsonlist import is_text, read_json_list
+from pipeline.prep.records import (
+    Drop,
+    InputRecord,
+    as_sentence,
+    caption_problem,
+    record_id,
+    unique_ids,
+    xywh_to_xyxy,
+)
+from pipeline.shards import storage
+
+IMAGE_FOLDERS = ("", "VG_100K", "VG_100K_2")  # under input.images; the first holding <id>.jpg wins
+
+
+def read_visual_genome(regions: str, images: str, max_caption_chars: int,
+                       max_sentences: int) -> Iterator[InputRecord | Drop]:
+    """The records of a region descriptions file, streamed; images found under ``images``."""
+    found = image_files(images)
+    items = enumerate(read_json_list(regions, "regions"))
+    yield from unique_ids(item if isinstance(item, Drop) else
+                          vg_record(item, ordinal, found, images, max_caption_chars, max_sentences)
+                          for ordinal, item in items)
+
+
+def image_files(images: str) -> dict[str, str]:
+    """File name → URL of every file in the image folders (one listing per folder)."""
+    found: dict[str, str] = {}
+    for sub in IMAGE_FOLDERS:
+        folder = storage.resolve(images, sub) if sub else images
+        for name in storage.list_names(folder):
+            found.setdefault(name, storage.resolve(folder, name))
+    return found
+
+
+def vg_record(item: Any, ordinal: int, found: dict[str, str], images: str, max_caption_chars: int,
+              max_sentences: int) -> InputRecord | Drop:
+    """One image's entry as a record (caption and boxes from its regions), or a drop."""
+    if not isinstance(item, dict):
+        return Drop(ordinal, None, "unparseable_record", f"expected an object, got {type(item).__name__}")
+    if item.get("id") is None:
+        return Drop(ordinal, None, "missing_field", "id")
+    rid = record_id(item["id"])
+    if rid is None or not rid.strip() or not is_text(rid):
+        return Drop(ordinal, None, "invalid_id", repr(item["id"])[:200])
+    if not isinstance(item.get("regions"), list):
+        return Drop(ordinal, rid, "missing_field", "regions")
+    caption, boxes = regions_caption(item["regions"], max_sentences)
+    if not caption:
+        return Drop(ordinal, rid, "missing_field", "caption (no region has a phrase)")
+    problem = caption_problem(caption, max_caption_chars)
+    if problem:
+        return Drop(ordinal, rid, *problem)
+    name = f"{rid}.jpg"
+    return InputRecord(ordinal, rid, found.get(name) or storage.resolve(images, name), caption, boxes)
+
+
+def regions_caption(regions: list, max_sentences: int) -> tuple[str, list[dict]]:
+    """The caption (a sentence per distinct phrase, at most ``max_sentences``) and the boxes of
+    the regions it says, each labelled with its phrase."""
+    sentences: list[str] = []
+    boxes: list[dict] = []
+    for region in regions:
+        if len(sentences) == max_sentences:
+            break
+        phrase = region.get("phrase") if isinstance(region, dict) else None
+        sentence = as_sentence(phrase) if isinstance(phrase, str) and is_text(phrase) else ""
+        if sentence in sentences:
+            continue
+        if sentence:
+            sentences.append(sentence)
+        xywh = [region.get(k) for k in ("x", "y", "width", "height")] if isinstance(region, dict) else None
+        boxes.append({"box": xywh_to_xyxy(xywh), "label": " ".join(phrase.split()) if sentence else None})
+    return " ".join(sentences), boxes
