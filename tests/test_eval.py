@@ -134,6 +134,12 @@ def test_eval_command_writes_a_report(generated_shards, tmp_path):
     assert result.returncode == 2 and "checkpoints: names must differ" in result.stderr
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "eval", "--data", str(generated_shards), "--out", str(out),
+         "--checkpoint", "openclip:FG-Tiny-16", "--checkpoint", str(tmp_path / "no-such-run")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "no-such-run is neither a run folder" in result.stderr
+    assert not out.exists()  # refused before any work
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "eval", "--data", str(generated_shards), "--out", str(out),
          "--checkpoint", "untrained=openclip:FG-Tiny-16", "max_images=40", "examples=2"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

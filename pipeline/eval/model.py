@@ -34,13 +34,18 @@ def load_model(spec: str, device: torch.device) -> FineGrainedCLIP:
         model = FineGrainedCLIP(ModelConfig(name=name, pretrained=tag or None), with_pooler=False,
                                 with_region_head=False)
     else:
-        path = Path(spec)
-        export = path / "export" if (path / "export").is_dir() else path
-        if not (export / "open_clip_model.pt").exists():
-            raise FileNotFoundError(f"checkpoints: {spec} is neither a run folder with export/ nor an export "
-                                    "(python -m pipeline export RUN OUT makes one from any checkpoint)")
-        model = load_fine_grained(export)
+        model = load_fine_grained(export_folder(spec))
     return model.to(device).eval()
+
+
+def export_folder(spec: str) -> Path:
+    """The export a run-folder or export spec names; fails naming the key when there is none."""
+    path = Path(spec)
+    export = path / "export" if (path / "export").is_dir() else path
+    if not (export / "open_clip_model.pt").exists():
+        raise FileNotFoundError(f"checkpoints: {spec} is neither a run folder with export/ nor an export "
+                                "(python -m pipeline export RUN OUT makes one from any checkpoint)")
+    return export
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pipeline.config import to_dict
 from pipeline.eval import metrics
 from pipeline.eval.config import EvalConfig, checkpoint_name, checkpoint_spec
 from pipeline.eval.data import EvalImage, load_eval_set
-from pipeline.eval.model import OPENCLIP_PREFIX, embed_images, embed_texts, load_model
+from pipeline.eval.model import OPENCLIP_PREFIX, embed_images, embed_texts, export_folder, load_model
 from pipeline.eval.report import ModelResult, write_report
 from pipeline.lineage import make_lineage, read_lineage
 
@@ -23,6 +23,9 @@ def evaluate(cfg: EvalConfig) -> Path:
     """Run every task for every checkpoint; returns the report folder."""
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                           else "cpu")
+    for spec in map(checkpoint_spec, cfg.checkpoints):  # before any work: every checkpoint is there
+        if not spec.startswith(OPENCLIP_PREFIX):
+            export_folder(spec)
     images = load_eval_set(cfg.data, cfg.shards, cfg.max_images)
     labels = [label.lower() for im in images for label in im.labels]
     classes = sorted(set(labels))
