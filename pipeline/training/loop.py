@@ -57,7 +57,7 @@ def train(cfg: TrainConfig) -> RunResult:
         log.info("%d samples in %d manifest(s); %d batches per rank per epoch; steps %d → %d",
                  loader.num_samples, len(cfg.data.manifests), loader.batches_per_epoch, step, cfg.steps)
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main)
+    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main, start_step=step)
     flops = FlopCount(enabled=world.device.type == "cuda")
     last_saved: Path | None = None
     batches = iter(loader)

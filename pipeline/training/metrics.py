@@ -43,10 +43,16 @@ class FlopCount:
 
 
 class MetricsLog:
-    """One JSON object per logged step in ``metrics.jsonl``; appends, so a resumed run continues it."""
+    """One JSON object per logged step in ``metrics.jsonl``. A run that starts at ``start_step``
+    continues the file from there: records of later steps (logged after the checkpoint it resumes
+    from, by a run that then died) are dropped, so every step appears once."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, path: Path, enabled: bool, start_step: int = 0) -> None:
         self.enabled = enabled
+        if enabled and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+            path.write_text("".join(f"{line}\n" for line in kept))
         self._file = path.open("a") if enabled else None
         self._since = time.perf_counter()
         self._samples = self._tokens = 0
