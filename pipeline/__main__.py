@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--checkpoint", action="append", default=[], dest="checkpoints",
                     help="[name=]run folder | export folder | openclip:NAME[:TAG]; repeat to compare")
     ev.add_argument("--out", help="report folder")
-    ev.add_argument("--config", help="YAML (configs/eval/*.yaml)")
+    ev.add_argument("--config", help="YAML file with EvalConfig keys (pipeline/eval/config.py)")
     ev.add_argument("overrides", nargs="*", help="EvalConfig key=value")
     export = sub.add_parser("export", help="consolidate a ZeRO checkpoint into open_clip weights + heads")
     export.add_argument("checkpoint", help="run folder (its latest checkpoint) or run/checkpoints/step-N")

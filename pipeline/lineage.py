@@ -41,8 +41,9 @@ def make_lineage(datasets: Sequence[str], config: dict[str, Any]) -> dict[str, A
 
 
 def environment() -> dict[str, Any]:
+    versions = {name: _version(name) for name in PACKAGES}
     return {"code_version": code_version(), "python": platform.python_version(),
-            "packages": {name: _version(name) for name in PACKAGES if _version(name)}}
+            "packages": {name: v for name, v in versions.items() if v}}
 
 
 def code_version() -> str:
@@ -66,7 +67,10 @@ def read_lineage(path: str | Path) -> dict[str, Any]:
     for candidate in (path / LINEAGE_FILE, path / "export" / LINEAGE_FILE, path / "metrics.json"):
         if candidate.exists():
             data = json.loads(candidate.read_text())
-            return data["lineage"] if candidate.name == "metrics.json" else data
+            if candidate.name != "metrics.json":
+                return data
+            if "lineage" in data:  # a report
+                return data["lineage"]
     raise FileNotFoundError(f"{path}: no {LINEAGE_FILE} (not a run, checkpoint, export or report of ours, "
                             "or one written before lineage was recorded)")
 

@@ -1,4 +1,4 @@
-"""Typed configuration of an evaluation (``configs/eval/*.yaml``; the command line fills in the rest)."""
+"""Typed configuration of an evaluation (a YAML file and/or the command line)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.checkpoints:
             raise ValueError("checkpoints: at least one (a run folder, an export, or openclip:NAME[:TAG])")
-        names = [checkpoint_name(c) for c in self.checkpoints]
+        names = [parse_checkpoint(c)[0] for c in self.checkpoints]
         if len(set(names)) != len(names):
             raise ValueError(f"checkpoints: names must differ, got {names}; write them as name=spec")
         for key in ("max_images", "examples", "seed"):
@@ -55,14 +55,9 @@ class EvalConfig:
             raise ValueError("attributes: a word belongs to more than one group")
 
 
-def checkpoint_name(spec: str) -> str:
-    """The report's name for a checkpoint spec: the part before ``=``, else the spec's last part."""
-    name, sep, _ = spec.partition("=")
+def parse_checkpoint(entry: str) -> tuple[str, str]:
+    """``[name=]spec`` → (the report's name for it, the spec). Without a name: the spec's last part."""
+    name, sep, spec = entry.partition("=")
     if sep and "/" not in name and ":" not in name:
-        return name
-    return spec.rstrip("/").rsplit("/", 1)[-1].removeprefix("openclip:")
-
-
-def checkpoint_spec(spec: str) -> str:
-    name, sep, path = spec.partition("=")
-    return path if sep and "/" not in name and ":" not in name else spec
+        return name, spec
+    return entry.rstrip("/").rsplit("/", 1)[-1].removeprefix("openclip:"), entry

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import to_dict
 from pipeline.eval import metrics
-from pipeline.eval.config import EvalConfig, checkpoint_name, checkpoint_spec
+from pipeline.eval.config import EvalConfig, parse_checkpoint
 from pipeline.eval.data import EvalImage, load_eval_set
 from pipeline.eval.model import OPENCLIP_PREFIX, embed_images, embed_texts, export_folder, load_model
 from pipeline.eval.report import ModelResult, write_report
@@ -23,13 +23,15 @@ def evaluate(cfg: EvalConfig) -> Path:
     """Run every task for every checkpoint; returns the report folder."""
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                           else "cpu")
-    for spec in map(checkpoint_spec, cfg.checkpoints):  # before any work: every checkpoint is there
+    checkpoints = [parse_checkpoint(entry) for entry in cfg.checkpoints]
+    for _, spec in checkpoints:  # before any work: every checkpoint is there
         if not spec.startswith(OPENCLIP_PREFIX):
             export_folder(spec)
     images = load_eval_set(cfg.data, cfg.shards, cfg.max_images)
     labels = [label.lower() for im in images for label in im.labels]
     classes = sorted(set(labels))
-    targets = torch.tensor([classes.index(label) for label in labels], dtype=torch.long)
+    class_of = {c: i for i, c in enumerate(classes)}
+    targets = torch.tensor([class_of[label] for label in labels], dtype=torch.long)
     trials, unparsed = metrics.make_trials(labels, cfg.attributes, cfg.num_negatives, cfg.seed)
     pairs = metrics.attribute_pairs(labels, cfg.attributes)
     label_texts = sorted({*classes, *(n for t in trials for n in t.negatives), *(p[2] for p in pairs)})
@@ -37,10 +39,10 @@ def evaluate(cfg: EvalConfig) -> Path:
              len(images), len(labels), len(classes), len(trials), unparsed, "/".join(cfg.attributes))
 
     results = []
-    for spec in cfg.checkpoints:
+    for name, spec in checkpoints:
         started = time.time()
-        model = load_model(checkpoint_spec(spec), device)
-        result = _evaluate_model(checkpoint_name(spec), checkpoint_spec(spec), model, images, cfg,
+        model = load_model(spec, device)
+        result = _evaluate_model(name, spec, model, images, cfg,
                                  classes, targets, trials, pairs, label_texts)
         log.info("%s: %s (%.0f s)", result.name, result.headline(), time.time() - started)
         results.append(result)
