@@ -39,7 +39,7 @@ def run_demo(workdir: str, overrides: list[str], train_steps: int, records: int 
     runs = []
     for objective in objectives:
         run_dir = work / "runs" / objective.replace("+", "_")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "train/train.py", "--config", TRAIN_CONFIG, "device=cpu", f"output={run_dir}",
                f"objective.name={objective}", f"data.manifests=[{train_set}]", f"steps={train_steps}",
                "checkpoint.resume=false"]
