@@ -4,11 +4,14 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import open_clip
@@ -39,15 +42,32 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     port, dashboard, agent = _free_port(), _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    subprocess.run([BIN / "ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--num-cpus", "2", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                    "--dashboard-agent-listen-port", str(agent),  # not the default 52365 another Ray may hold
-                    "--disable-usage-stats", "--temp-dir", temp_dir],
-                   env=env, check=True, capture_output=True)
+    # --block, in a session of its own: teardown stops this head and its processes, and no other Ray
+    # on the machine (``ray stop`` would stop every one, a user's demo included).
+    head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                             "--port", str(port), "--num-cpus", "2", "--dashboard-host", "127.0.0.1",
+                             "--dashboard-port", str(dashboard),
+                             "--dashboard-agent-listen-port", str(agent),  # not the default 52365 another Ray may hold
+                             "--disable-usage-stats", "--temp-dir", temp_dir],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        for _ in range(120):  # until the head's dashboard (the job API) answers
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # it answers, if only to refuse
+                break
+            except OSError:
+                assert head.poll() is None, "ray start --head exited"
+                time.sleep(1)
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
