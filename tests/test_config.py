@@ -87,3 +87,12 @@ def test_every_training_preset_loads(path):
 def test_every_prep_preset_loads(path):
     cfg = load_config(PrepConfig, path, ["input.index=x.jsonl", "output=out"])
     assert cfg.output == "out"
+
+
+def test_replica_check_needs_replicas():
+    from pipeline.training.config import TrainConfig
+
+    preset = REPO / "configs/train/beta_tiny.yaml"
+    assert load_config(TrainConfig, preset, ["replica_check_every=5"]).replica_check_every == 5
+    with pytest.raises(ConfigError, match="replica_check_every: ZeRO-3 partitions the parameters"):
+        load_config(TrainConfig, preset, ["replica_check_every=5", "zero_stage=3"])

@@ -20,7 +20,7 @@ from pipeline.training.loop import train  # noqa: E402
 
 if __name__ == "__main__":
     result = train(config_from_command_line(TrainConfig, __doc__))
-    if result.export is not None:
-        print(f"finished at step {result.step}; checkpoint {result.checkpoint}; open_clip export {result.export}")
-    else:
-        print(f"stopped at step {result.step}; checkpoint {result.checkpoint}")
+    if result.main:
+        ended = "finished" if result.finished else "stopped"
+        exported = f"; open_clip export {result.export}" if result.export else ""
+        print(f"{ended} at step {result.step}; checkpoint {result.checkpoint}{exported}")

@@ -3,17 +3,20 @@
 Layout of a run folder::
 
     checkpoints/step-00000500/   DeepSpeed tag (model + optimizer + scheduler shards),
-                                 rng-rank<r>.pt (each rank's RNG states), lineage.json
-    checkpoints/latest           DeepSpeed's pointer to the newest complete tag
+                                 rng-rank<r>.pt (each rank's RNG states), progress.json,
+                                 lineage.json
+    checkpoints/latest           the newest complete tag (written last, so never a partial one)
     export/                      open_clip_model.pt, open_clip_config.json, heads.pt,
                                  model_config.json, lineage.json (see :func:`export`)
 
-Resume restores model, optimizer, scheduler and RNGs; the loader position is a function of
-the step (``start_batch = step × grad_accum``), so the same batches follow.
+Resume restores model, optimizer, scheduler and RNGs; the loader continues at the number of
+samples trained on (``start_batch = samples / (batch_size × ranks)``), so the same batches
+follow. On a different number of ranks, ZeRO's partitions are re-cut first (see :func:`resume`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -33,21 +36,37 @@ from pipeline.training.distributed import World, barrier
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "step-"
+PROGRESS_FILE = "progress.json"
 
 
 def tag_of(step: int) -> str:
     return f"{TAG_PREFIX}{step:08d}"
 
 
-def save(engine, run_dir: Path, step: int, world: World, keep_last: int) -> Path:
-    """Every rank writes its shards; rank 0 then drops all but the newest ``keep_last`` tags."""
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a run stands at a checkpoint: enough to resume it on any number of ranks."""
+
+    step: int  # optimizer steps done
+    samples: int  # samples trained on: the sum of the global batches so far
+    world_size: int  # ranks that saved it (how ZeRO partitioned the optimizer state)
+    global_batch: int  # samples per optimizer step when it was saved
+
+
+def save(engine, run_dir: Path, progress: Progress, world: World, keep_last: int) -> Path:
+    """Every rank writes its shards and RNG states; rank 0 then completes the tag (progress,
+    lineage, and last the ``latest`` pointer) and drops all but the newest ``keep_last`` tags."""
     ckpt_dir = run_dir / "checkpoints"
-    tag = tag_of(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step})
+    tag = tag_of(progress.step)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
     torch.save(_rng_state(), ckpt_dir / tag / f"rng-rank{world.rank}.pt")
     barrier()
     if world.is_main:
+        (ckpt_dir / tag / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(progress)))
         shutil.copy(run_dir / LINEAGE_FILE, ckpt_dir / tag / LINEAGE_FILE)
+        pointer = ckpt_dir / "latest.tmp"
+        pointer.write_text(tag)
+        pointer.replace(ckpt_dir / "latest")  # atomic: a crash leaves the previous tag in force
         for old in sorted(ckpt_dir.glob(f"{TAG_PREFIX}*"))[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint %s", ckpt_dir / tag)
@@ -55,18 +74,64 @@ def save(engine, run_dir: Path, step: int, world: World, keep_last: int) -> Path
     return ckpt_dir / tag
 
 
-def resume(engine, run_dir: Path, world: World) -> int:
-    """Load the latest checkpoint if there is one; returns the step to continue from (0: none)."""
+def latest_progress(run_dir: Path) -> Progress | None:
+    """The progress of the run folder's latest checkpoint; None when it has none yet."""
     ckpt_dir = run_dir / "checkpoints"
     if not (ckpt_dir / "latest").exists():
-        return 0
-    path, client_state = engine.load_checkpoint(str(ckpt_dir))
+        return None
+    path = ckpt_dir / latest_tag(ckpt_dir) / PROGRESS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing, so this checkpoint cannot be resumed (an older format?); "
+                                "checkpoint.resume=false starts the run over")
+    return Progress(**json.loads(path.read_text()))
+
+
+def resume(engine, run_dir: Path, progress: Progress, world: World) -> None:
+    """Load the latest checkpoint into ``engine``: model, optimizer and schedule, and RNG states.
+
+    Saved on as many ranks as now, each rank loads its own ZeRO partition and RNG states, and
+    the run continues bit for bit. Saved on a different number of ranks (a job resized, fewer
+    nodes left), the partitions no longer fit: rank 0 first converts the checkpoint into
+    DeepSpeed's universal format (each parameter and its optimizer states whole, in one folder
+    each) and every rank cuts its new partition from that; ``engine`` must have been built with
+    ``load_universal=True``. RNG states are per rank, so they are then not restored.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    tag = tag_of(progress.step)
+    if progress.world_size == world.size:
+        path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        if path is None:
+            raise RuntimeError(f"{ckpt_dir / tag}: DeepSpeed could not load this checkpoint")
+        _set_rng_state(torch.load(ckpt_dir / tag / f"rng-rank{world.rank}.pt", weights_only=False))
+        log.info("resumed from %s (step %d)", ckpt_dir / tag, progress.step)
+        return
+    universal = ckpt_dir / "universal"
+    if world.is_main:
+        log.info("%s was saved on %d ranks, this run has %d: converting it to a universal checkpoint",
+                 ckpt_dir / tag, progress.world_size, world.size)
+        shutil.rmtree(universal, ignore_errors=True)  # a conversion an earlier attempt left behind
+        to_universal(ckpt_dir / tag, universal / tag)
+    barrier()
+    path, _ = engine.load_checkpoint(str(universal), tag=tag)
     if path is None:
-        raise RuntimeError(f"{ckpt_dir}: 'latest' names a checkpoint DeepSpeed could not load")
-    tag_dir = ckpt_dir / latest_tag(ckpt_dir)
-    _set_rng_state(torch.load(tag_dir / f"rng-rank{world.rank}.pt", weights_only=False))
-    log.info("resumed from %s (step %d)", tag_dir, client_state["step"])
-    return int(client_state["step"])
+        raise RuntimeError(f"{universal / tag}: DeepSpeed could not load this universal checkpoint")
+    if engine.zero_optimization_stage() == 3:
+        _repair_zero3_universal_groups(engine.optimizer.optimizer, universal / tag)
+    barrier()
+    if world.is_main:
+        shutil.rmtree(universal)
+    log.info("resumed from %s (step %d), re-partitioned from %d to %d ranks", ckpt_dir / tag, progress.step,
+             progress.world_size, world.size)
+
+
+def to_universal(tag_dir: Path, out: Path) -> Path:
+    """DeepSpeed's ``ds_to_universal`` on one checkpoint tag, in this process (CPU only)."""
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    ds_to_universal(argparse.Namespace(input_folder=str(tag_dir), output_folder=str(out),
+                                       num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                       strict=True, inject_missing_state=True))
+    return out
 
 
 def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, out: Path) -> Path:
@@ -77,9 +142,7 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, out: Path) ->
     ``heads.pt`` holds the β-CLIP pooler / region head when trained, ``model_config.json`` our
     :class:`ModelConfig`: :func:`load_fine_grained` rebuilds the whole training model from them.
     """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    state = _fp32_weights(checkpoint_dir, tag)
     model = _untrained(model_cfg, heads={k.partition(".")[0] for k in state if not k.startswith("clip.")})
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     state = {k: v.reshape(shapes[k]) for k, v in state.items()}  # 0-d parameters trained as [1]
@@ -153,6 +216,36 @@ def _untrained(model_cfg: ModelConfig, heads: set[str]) -> FineGrainedCLIP:
         raise ValueError(f"checkpoint: unexpected modules {sorted(unknown)}")
     return FineGrainedCLIP(dataclasses.replace(model_cfg, pretrained=None), with_pooler="pooler" in heads,
                            with_region_head="region_head" in heads)
+
+
+def _repair_zero3_universal_groups(optimizer: torch.optim.Optimizer, universal_tag: Path) -> None:
+    """Undo two defects of DeepSpeed 0.19's ZeRO-3 universal load, with several param groups.
+
+    It gives every group group 0's hyperparameters (our backbone/heads lr and weight decay
+    collapse into one), and one ``step`` tensor to all groups, so AdamW's in-place ``step += 1``
+    advances it once per group per step (wrong bias correction). The saved groups are restored
+    by position, and each state gets its own ``step``.
+    """
+    saved = torch.load(universal_tag / "zero" / "optimizer_state.pt", weights_only=False)["param_groups"]
+    if len(saved) != len(optimizer.param_groups):
+        raise RuntimeError(f"{universal_tag}: param groups saved {len(saved)}, now {len(optimizer.param_groups)}")
+    for group, saved_group in zip(optimizer.param_groups, saved):
+        group.update({k: v for k, v in saved_group.items() if k != "params"})
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
+def _fp32_weights(checkpoint_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """The whole model's fp32 weights: consolidated from ZeRO's partitions (stages 1-3), or the
+    module state that ZeRO-0 saves unpartitioned (in the training precision)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    model_states = min((checkpoint_dir / tag).glob("*mp_rank_00_model_states.pt"))  # ZeRO-3: one per rank
+    states = torch.load(model_states, map_location="cpu", weights_only=False)
+    if states["ds_config"]["zero_optimization"]["stage"] == 0:
+        return {k: v.float() for k, v in states["module"].items()}
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
 
 
 def _rng_state() -> dict:

@@ -58,6 +58,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs, fp32 on CPUs
     seed: int = 0  # model initialisation; the loader has its own (data.seed)
     log_every: int = 10
+    replica_check_every: int = 0  # steps between checks that all ranks hold identical parameters; 0: off
     stop_after: int | None = None  # end this run after that step, checkpointed (time-boxed jobs)
     peak_tflops: float = 989.0  # per-GPU dense bf16 peak for the MFU estimate (H100 SXM)
 
@@ -67,6 +68,11 @@ class TrainConfig:
         for key in ("steps", "grad_accum", "log_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.replica_check_every < 0:
+            raise ValueError(f"replica_check_every: must be >= 0, got {self.replica_check_every}")
+        if self.replica_check_every and self.zero_stage == 3:
+            raise ValueError("replica_check_every: ZeRO-3 partitions the parameters, so ranks hold no "
+                             "replicas to compare; use it with zero_stage 0-2")
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise ValueError(f"stop_after: must be in 1..steps ({self.steps}), got {self.stop_after}")
         if self.device == "cpu" and self.precision == "bf16":

@@ -7,8 +7,10 @@ scripts derive them from the allocation). No launcher at all means one process.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +70,37 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
     tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return dict(zip(values, (tensor / dist.get_world_size()).tolist()))
+
+
+def parameter_digest(module: torch.nn.Module) -> str:
+    """sha256 of every parameter's name, shape, dtype and bytes: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for name, p in module.named_parameters():
+        data = p.detach().cpu().contiguous()
+        digest.update(f"{name}{tuple(data.shape)}{data.dtype}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_replicas(module: torch.nn.Module, step: int) -> None:
+    """Fail on every rank unless all ranks hold bit-identical parameters (ZeRO stages 0-2).
+
+    Data parallelism is only correct while the replicas agree: a missed or partial gradient
+    all-reduce, a nondeterministic kernel or a faulty node makes them drift apart silently,
+    and the loss curve does not show it. Rank 0 logs the digest and the hosts it covers.
+    """
+    if not dist.is_initialized():
+        return
+    mine = (parameter_digest(module), socket.gethostname())
+    everyone: list[tuple[str, str]] = [mine] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    if len({digest for digest, _ in everyone}) > 1:
+        detail = ", ".join(f"rank {r} on {host}: {digest[:16]}" for r, (digest, host) in enumerate(everyone))
+        raise RuntimeError(f"step {step}: parameters differ across ranks ({detail})")
+    if dist.get_rank() == 0:
+        hosts = sorted({host for _, host in everyone})
+        log.info("step %d: parameters sha256 %s on all %d rank(s) (hosts %s)", step, mine[0][:16],
+                 len(everyone), ",".join(hosts))
 
 
 def barrier() -> None:

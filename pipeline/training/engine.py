@@ -16,7 +16,7 @@ def precision_of(cfg: TrainConfig, world: World) -> str:
     return "bf16" if world.device.type == "cuda" else "fp32"
 
 
-def deepspeed_config(cfg: TrainConfig, world: World) -> dict:
+def deepspeed_config(cfg: TrainConfig, world: World, load_universal: bool = False) -> dict:
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
@@ -26,11 +26,15 @@ def deepspeed_config(cfg: TrainConfig, world: World) -> dict:
         "bf16": {"enabled": precision_of(cfg, world) == "bf16"},
         "zero_allow_untested_optimizer": True,  # torch's AdamW: no DeepSpeed op to compile
         "steps_per_print": 2**31 - 1,  # we log ourselves
+        "checkpoint": {"load_universal": load_universal},
     }
 
 
-def build_engine(cfg: TrainConfig, model: nn.Module, world: World):
-    """``deepspeed.initialize`` with our AdamW groups and schedule (stepped once per optimizer step)."""
+def build_engine(cfg: TrainConfig, model: nn.Module, world: World, load_universal: bool = False):
+    """``deepspeed.initialize`` with our AdamW groups and schedule (stepped once per optimizer step).
+
+    ``load_universal``: the checkpoint to resume was saved on another number of ranks
+    (see ``checkpoint.resume``)."""
     import deepspeed
 
     scalars_as_vectors(model)
@@ -39,7 +43,7 @@ def build_engine(cfg: TrainConfig, model: nn.Module, world: World):
     optimizer = build_optimizer(model, cfg.optim, world.device)
     schedule = build_schedule(optimizer, cfg.optim, cfg.steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=deepspeed_config(cfg, world))
+                                           config=deepspeed_config(cfg, world, load_universal))
     return engine
 
 

@@ -20,7 +20,7 @@ from pipeline.objectives import compute_loss
 from pipeline.training import checkpoint
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Loader, build_loader
-from pipeline.training.distributed import any_rank, init_distributed, mean_over_ranks
+from pipeline.training.distributed import any_rank, check_replicas, init_distributed, mean_over_ranks
 from pipeline.training.engine import build_engine, precision_of
 from pipeline.training.metrics import FlopCount, MetricsLog, text_tokens
 from pipeline.training.preemption import PreemptionFlag, requeue
@@ -34,6 +34,7 @@ class RunResult:
     finished: bool  # reached cfg.steps (else: stopped early, checkpointed)
     checkpoint: Path | None
     export: Path | None
+    main: bool  # rank 0, which reports for the run
 
 
 def train(cfg: TrainConfig) -> RunResult:
@@ -48,11 +49,23 @@ def train(cfg: TrainConfig) -> RunResult:
     torch.manual_seed(cfg.seed)  # every rank builds the same initial model
     model = FineGrainedCLIP(cfg.model, with_pooler=cfg.objective.uses_beta_cal,
                             with_region_head=cfg.objective.uses_regions)
-    engine = build_engine(cfg, model, world)
+    saved = checkpoint.latest_progress(run_dir) if cfg.checkpoint.resume else None
+    resized = saved is not None and saved.world_size != world.size
+    engine = build_engine(cfg, model, world, load_universal=resized)
     dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
-    step = checkpoint.resume(engine, run_dir, world) if cfg.checkpoint.resume else 0
+    global_batch = cfg.data.batch_size * cfg.grad_accum * world.size
+    step, samples = 0, 0
+    if saved is not None:
+        checkpoint.resume(engine, run_dir, saved, world)
+        step, samples = saved.step, saved.samples
+        if world.is_main:
+            _warn_on_resize(saved, world.size, global_batch)
+    if cfg.replica_check_every:
+        check_replicas(engine.module, step)
 
-    loader = build_run_loader(cfg, model, world.rank, world.size, start_batch=step * cfg.grad_accum)
+    # the loader continues at the samples trained on: the same batches follow on the same ranks
+    loader = build_run_loader(cfg, model, world.rank, world.size,
+                              start_batch=samples // (cfg.data.batch_size * world.size))
     if world.is_main:
         log.info("%d samples in %d manifest(s); %d batches per rank per epoch; steps %d → %d",
                  loader.num_samples, len(cfg.data.manifests), loader.batches_per_epoch, step, cfg.steps)
@@ -62,7 +75,7 @@ def train(cfg: TrainConfig) -> RunResult:
     last_saved: Path | None = None
     batches = iter(loader)
     stop_at = cfg.stop_after or cfg.steps
-    progress = tqdm(total=cfg.steps, initial=step, disable=not world.is_main, file=sys.stderr,
+    bar = tqdm(total=cfg.steps, initial=step, disable=not world.is_main, file=sys.stderr,
                     dynamic_ncols=True, mininterval=5)
     while step < stop_at:
         terms_sum: dict[str, float] = {}
@@ -77,22 +90,26 @@ def train(cfg: TrainConfig) -> RunResult:
             for name, value in {"loss": loss.detach(), **terms}.items():
                 terms_sum[name] = terms_sum.get(name, 0.0) + float(value) / cfg.grad_accum
         step += 1
-        progress.update(1)
+        samples += global_batch
+        bar.update(1)
+        if cfg.replica_check_every and step % cfg.replica_check_every == 0:
+            check_replicas(engine.module, step)
         if step % cfg.log_every == 0 or step == stop_at:
             lrs = {g["name"]: g["lr"] for g in engine.optimizer.param_groups}
             losses = mean_over_ranks({**terms_sum, "skipped": sum(loader.skipped.values())}, world.device)
             skipped = round(losses.pop("skipped") * world.size)
             record = metrics.write(step, losses, lrs, world.size, _flops_per_sample(flops, cfg),
                                    cfg.peak_tflops, world.device.type == "cuda", skipped_samples=skipped)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", sps=record["samples_per_s"])
+            bar.set_postfix(loss=f"{record['loss']:.4f}", sps=record["samples_per_s"])
         preempted = any_rank(preemption.requested, world.device)
         if step % cfg.checkpoint.every == 0 or step == stop_at or preempted:
-            last_saved = checkpoint.save(engine, run_dir, step, world, cfg.checkpoint.keep_last)
+            progress = checkpoint.Progress(step, samples, world.size, global_batch)
+            last_saved = checkpoint.save(engine, run_dir, progress, world, cfg.checkpoint.keep_last)
         if preempted:
             if world.is_main:
                 requeue()
             break
-    progress.close()
+    bar.close()
     metrics.close()
 
     finished = step >= cfg.steps
@@ -100,7 +117,7 @@ def train(cfg: TrainConfig) -> RunResult:
     if finished and world.is_main:
         exported = checkpoint.export(run_dir / "checkpoints", checkpoint.tag_of(step), cfg.model,
                                      run_dir / "export")
-    return RunResult(step, finished, last_saved, exported)
+    return RunResult(step, finished, last_saved, exported, world.is_main)
 
 
 def build_run_loader(cfg: TrainConfig, model: FineGrainedCLIP, rank: int, world_size: int,
@@ -112,6 +129,19 @@ def build_run_loader(cfg: TrainConfig, model: FineGrainedCLIP, rank: int, world_
         transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(visual.image_mean,
                                                                                   visual.image_std)]),
         image_size=visual.image_size[0], rank=rank, world_size=world_size, start_batch=start_batch)
+
+
+def _warn_on_resize(saved: checkpoint.Progress, world_size: int, global_batch: int) -> None:
+    """What a resumed run on another number of ranks, or with another global batch, changes."""
+    if saved.world_size != world_size:
+        log.warning("resumed on %d ranks from a checkpoint saved on %d: the rest of the current epoch is "
+                    "split over the new ranks, so within it some samples may come twice and others not at "
+                    "all; from the next epoch on, every sample once per epoch again", world_size,
+                    saved.world_size)
+    if saved.global_batch != global_batch:
+        log.warning("global batch is %d samples per step, the checkpoint's was %d (batch_size × grad_accum × "
+                    "ranks): the learning rate schedule counts steps, so set grad_accum to keep it",
+                    global_batch, saved.global_batch)
 
 
 def _flops_per_sample(flops: FlopCount, cfg: TrainConfig) -> float | None:
