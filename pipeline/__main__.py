@@ -14,11 +14,15 @@ import argparse
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from pipeline.config import ConfigError, load_config
 
+if TYPE_CHECKING:
+    from pipeline.eval import EvalConfig
 
-def main(argv: list[str] | None = None) -> int:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--records", type=int, default=2000, help="generated training images")
     demo.add_argument("--heldout", type=int, default=300, help="generated held-out images (evaluation)")
     demo.add_argument("overrides", nargs="*", help="PrepConfig key=value")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         if args.command == "manifest":
@@ -83,14 +91,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from pipeline.eval import EvalConfig, evaluate
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The :class:`EvalConfig` of an ``eval`` command line (flags and key=value overrides)."""
+    from pipeline.eval import EvalConfig
 
     given = {"data": args.data, "out": args.out}
     overrides = [f"{k}={v}" for k, v in given.items() if v is not None] + list(args.overrides)
     if args.checkpoints:
         overrides.append("checkpoints=" + json.dumps(args.checkpoints))
-    report = evaluate(load_config(EvalConfig, args.config, overrides))
+    return load_config(EvalConfig, args.config, overrides)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pipeline.eval import evaluate
+
+    report = evaluate(eval_config(args))
     print(f"report: {report / 'report.html'}")
     return 0
 

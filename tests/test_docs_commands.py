@@ -1,0 +1,80 @@
+"""Every command the README and docs/ show parses against the code as it is now.
+
+Commands in documentation rot silently: a key renamed, a preset moved, a flag dropped. This
+reads each bash block and checks each command the way its program would read it: preset and
+key=value overrides through the typed configs (so every key must exist and validate), CLI
+flags through the real argument parser, scripts and make targets by existence. A command of a
+kind not known here fails the test, so a new doc command gets checked too. Running them at
+tiny scale is the other tests' job; docs/reproduce.md names which test runs which command.
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from pipeline.__main__ import build_parser, eval_config
+from pipeline.config import config_from_command_line, load_config
+from pipeline.prep import PrepConfig
+from pipeline.training.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+PLACEHOLDER = "[key=value ...]"  # "and any other overrides", in usage lines
+
+
+def doc_commands() -> list[tuple[str, str]]:
+    """(doc name, command line) for every command in every bash block."""
+    found = []
+    for doc in DOCS:
+        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                command = line.split(" #", 1)[0].strip()
+                if command and not command.startswith("#"):
+                    found.append((doc.name, command))
+    return found
+
+
+def check(words: list[str]) -> None:
+    env = {}
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value prefixes
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    program, args = words[0], words[1:]
+    if program == "sudo":
+        return check(args)
+    if program == "make":
+        targets = re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M)
+        assert set(args) <= set(targets), f"make targets {args} not in {targets}"
+    elif program == "export":
+        assert all(re.fullmatch(r"[A-Z_]+=\S+", a) for a in args)
+    elif program == "ray":
+        assert args[:2] == ["job", "submit"] and "--" in args, "only 'ray job submit ... -- CMD' is known"
+        check(args[args.index("--") + 1:])
+    elif program == "python" and args[0] == "data_prep/build_shards.py":
+        config_from_command_line(PrepConfig, "", args[1:])
+    elif program == "python" and args[:2] == ["-m", "pipeline"]:
+        parsed = build_parser().parse_args(args[2:])
+        if parsed.command == "eval":
+            eval_config(parsed)
+    elif program == "sbatch":
+        script = next(a for a in args if a.endswith(".sh"))
+        overrides = args[args.index(script) + 1:]
+        default = re.search(r"\$\{CONFIG:-([^}]+)\}", (REPO / script).read_text()).group(1)
+        load_config(TrainConfig, REPO / env.get("CONFIG", default), overrides)
+    elif program.startswith(("slurm/", "scripts/")):
+        assert (REPO / program).is_file(), f"{program}: no such script"
+    else:
+        raise AssertionError(f"a documented command of an unchecked kind: {' '.join(words)}")
+
+
+@pytest.mark.parametrize("doc, command", doc_commands(), ids=lambda v: v[:60])
+def test_documented_command_parses(doc, command):
+    check(shlex.split(command.replace(PLACEHOLDER, "")))
+
+
+def test_the_guide_is_read():
+    guide = [command for doc, command in doc_commands() if doc == "reproduce.md"]
+    assert any("build_shards.py" in c for c in guide) and any("sbatch" in c for c in guide)
+    assert any("pipeline eval" in c for c in guide)
