@@ -35,7 +35,7 @@ stop() {
 
 start() {
   local cpus=${1:-2}
-  . "$(dirname "$0")/munge-and-packages.sh"
+  . "$(dirname "$0")/common.sh"
   stop
   mkdir -p "$(dirname "$conf")" "$state/ctld"
   ip link add "$bridge" type bridge
@@ -57,24 +57,13 @@ start() {
 ClusterName=$name
 SlurmctldHost=$(hostname -s)($net.1)
 SlurmctldPort=6827
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
 StateSaveLocation=$state/ctld
 SlurmdSpoolDir=$state/%n
 SlurmctldPidFile=$state/slurmctld.pid
 SlurmdPidFile=$state/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/$name-slurmctld.log
 SlurmdLogFile=/var/log/slurm/$name-slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MpiDefault=none
+$(shared_slurm_conf)
 NodeName=node1 NodeAddr=$net.11 CPUs=$cpus RealMemory=2000 State=UNKNOWN
 NodeName=node2 NodeAddr=$net.12 CPUs=$cpus RealMemory=2000 State=UNKNOWN
 PartitionName=main Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP
