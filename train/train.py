@@ -1,7 +1,7 @@
 """Training entry: one process per GPU (or CPU rank), launched by srun, torchrun or by hand.
 
-    sbatch slurm/train_beta.sh                                   # a cluster (see slurm/)
-    torchrun --nproc_per_node 2 train/train.py --config configs/train/beta_tiny.yaml data.manifests=[runs/demo/shards]
+    sbatch slurm/train_beta.sh                     # a cluster (see slurm/)
+    torchrun --nproc_per_node 2 train/train.py --config configs/train/beta_tiny.yaml   # after make demo
     python train/train.py --config configs/train/beta_tiny.yaml output=runs/mine   # one process
 
 Keys override the YAML (dotted, YAML values). A run folder that has checkpoints resumes.

@@ -161,7 +161,8 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, out: Path) ->
     (out / "README.txt").write_text(
         f"{model_cfg.name} trained to {tag}.\n"
         "open_clip model: from pipeline.training.checkpoint import load_exported; load_exported(this)\n"
-        "with its heads:  from pipeline.training.checkpoint import load_fine_grained; load_fine_grained(this)\n")
+        "with its heads:  from pipeline.training.checkpoint import load_fine_grained; "
+        "load_fine_grained(this)\n")
     log.info("exported %s", out)
     return out
 
@@ -227,9 +228,10 @@ def _repair_zero3_universal_groups(optimizer: torch.optim.Optimizer, universal_t
     by position, and each state gets its own ``step``.
     """
     saved = torch.load(universal_tag / "zero" / "optimizer_state.pt", weights_only=False)["param_groups"]
-    if len(saved) != len(optimizer.param_groups):
-        raise RuntimeError(f"{universal_tag}: param groups saved {len(saved)}, now {len(optimizer.param_groups)}")
-    for group, saved_group in zip(optimizer.param_groups, saved):
+    groups = optimizer.param_groups
+    if len(saved) != len(groups):
+        raise RuntimeError(f"{universal_tag}: param groups saved {len(saved)}, now {len(groups)}")
+    for group, saved_group in zip(groups, saved):
         group.update({k: v for k, v in saved_group.items() if k != "params"})
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):
