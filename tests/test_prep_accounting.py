@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pipeline.config import load_config
 from pipeline.prep import PrepConfig
 from pipeline.prep.inputs import locate
-from pipeline.prep.job import _read_windows
+from pipeline.prep.job import _assign_shards
 from pipeline.prep.stages import GroundStage, TextStage, _columns, image_stage, write_shard_group
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
 
@@ -34,16 +34,10 @@ def stages():
     return TextStage(cfg.text), GroundStage(cfg.grounding, "pool")
 
 
-def _run_in_process(index: Path, out: Path, text, ground, window_shards: int):
+def _run_in_process(index: Path, out: Path, text, ground):
     cfg = load_config(PrepConfig, "configs/prep/default.yaml",
-                      [f"input.index={index}", f"output={out}", "samples_per_shard=4",
-                       f"ray.window_shards={window_shards}"])
-    rows, drops = [], []
-    for window_rows, window_drops in _read_windows(cfg, locate(cfg.input)):
-        assert len({r["shard"] for r in window_rows}) <= window_shards
-        rows += window_rows
-        drops += window_drops
-    assert [r["shard"] for r in rows] == [i // 4 for i in range(len(rows))]  # windows cut at shard borders
+                      [f"input.index={index}", f"output={out}", "samples_per_shard=4"])
+    rows, drops = _assign_shards(cfg, locate(cfg.input))
     stats = []
     if rows:
         batch = ground(text(image_stage(_columns(rows), cfg.image)))
@@ -62,13 +56,12 @@ def _run_in_process(index: Path, out: Path, text, ground, window_shards: int):
 def test_inputs_equal_written_plus_dropped(pool, stages, data):
     root, lines = pool
     picks = data.draw(st.lists(st.integers(0, len(lines) - 1), max_size=30), label="lines")
-    window_shards = data.draw(st.integers(1, 3), label="window_shards")
     with tempfile.TemporaryDirectory() as out:
         # image paths in the pool are relative to the pool folder, so the index lives there
         index = root / f"{Path(out).name}.jsonl"
         index.write_bytes(b"".join(lines[i] + b"\n" for i in picks))
         try:
-            stats, drops = _run_in_process(index, Path(out), *stages, window_shards)
+            stats, drops = _run_in_process(index, Path(out), *stages)
         finally:
             index.unlink()
     written = sum(s["samples"] for s in stats)

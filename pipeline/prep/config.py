@@ -80,10 +80,9 @@ class RayConfig:
     ground_num_cpus: float = 0.25
     ground_num_gpus: float | None = None  # per grounding actor; None: 1 for the detector if the cluster has GPUs
     ground_batch_size: int = 64
-    window_shards: int = 256  # shards the driver hands Ray at a time: bounds its memory, not the output
 
     def __post_init__(self) -> None:
-        for name in ("image_batch_size", "text_batch_size", "ground_batch_size", "window_shards"):
+        for name in ("image_batch_size", "text_batch_size", "ground_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("text_actors", "ground_actors"):

@@ -3,10 +3,6 @@
 Shards are fixed chunks of ``samples_per_shard`` consecutive valid input records, so shard
 names, contents and checksums depend only on the input and the config: a rerun writes the
 same bytes. Each shard holds the chunk's records that survive the stages.
-
-The driver reads the input as a stream and hands Ray one window of ``ray.window_shards``
-shards at a time, so it holds one window's records, not the whole input (a million long
-captions are gigabytes). Windows change nothing in the output, only how much is in flight.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -55,26 +50,24 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     text_provenance = CaptionParser(cfg.text).provenance()  # fails fast on a missing spaCy model
     grounder_provenance = build_grounder(cfg.grounding).provenance()
 
+    rows, drops = _assign_shards(cfg, files)
+    log.info("input (%s): %d records, %d dropped on read, %d shards", cfg.input.format,
+             len(rows) + len(drops), len(drops), -(-len(rows) // cfg.samples_per_shard))
     done = _completed_shards(root, run_id) if cfg.existing_output == "resume" else {}
     if done:
         log.info("resuming: %d shards of an earlier run of this job are complete and verified", len(done))
-    shard_rows = [record["stats"] for record in done.values()]
-    drops = [d for record in done.values() for d in record["drops"]]
-
-    read, read_drops = 0, 0
-    for rows, dropped in _read_windows(cfg, files):
-        drops += dropped
-        read, read_drops = read + len(rows) + len(dropped), read_drops + len(dropped)
         rows = [r for r in rows if shard_name(r["shard"]) not in done]
-        if not rows:
-            continue
+    shard_rows = [record["stats"] for record in done.values()]
+    drops += [d for record in done.values() for d in record["drops"]]
+
+    if rows:
         _init_ray(cfg.ray.address)
+        total_rows = len(rows) + sum(s["inputs"] for s in shard_rows)
         for stats, shard_drops in _execute(cfg, rows, root, source, run_id):
             shard_rows.append(stats)
             drops.extend(shard_drops)
-            _log_progress(shard_rows, read, started)
+            _log_progress(shard_rows, total_rows, started)
             _maybe_die(len(shard_rows))
-    log.info("input (%s): %d records, %d dropped on read", cfg.input.format, read, read_drops)
     shard_rows.sort(key=lambda s: s["name"])
     _remove_leftover_temp_files(root)
 
@@ -98,7 +91,7 @@ def run(cfg: PrepConfig) -> mf.Manifest:
 
 def _execute(cfg: PrepConfig, rows: list[dict], root: str, source: str, run_id: str):
     """Build the Ray Data pipeline and stream back one (stats, drops) per finished shard."""
-    num_shards = rows[-1]["shard"] - rows[0]["shard"] + 1
+    num_shards = rows[-1]["shard"] + 1
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(num_shards * 4, len(rows))))
     ds = ds.map_batches(image_stage, fn_kwargs={"cfg": cfg.image}, batch_format="numpy",
                         batch_size=cfg.ray.image_batch_size, num_cpus=cfg.ray.image_num_cpus)
@@ -122,28 +115,19 @@ def ground_num_gpus(cfg: PrepConfig, cluster_gpus: float) -> float:
     return 1.0 if cfg.grounding.name == "detector" and cluster_gpus > 0 else 0.0
 
 
-def _read_windows(cfg: PrepConfig, files: inputs.InputFiles) -> Iterator[tuple[list[dict], list[dict]]]:
-    """The input in windows of ``ray.window_shards`` whole shards: (records with their shard,
-    records dropped on read among them)."""
-    window = cfg.ray.window_shards * cfg.samples_per_shard
+def _assign_shards(cfg: PrepConfig, files: inputs.InputFiles) -> tuple[list[dict], list[dict]]:
     rows: list[dict] = []
     drops: list[dict] = []
-    valid = 0
     for item in inputs.read_input(cfg.input, files, cfg.max_caption_chars, cfg.text.max_sentences):
         if isinstance(item, Drop):
             drops.append({"ordinal": item.ordinal, "id": item.id, "reason": item.reason,
                           "detail": item.detail, "shard": None})
             continue
-        rows.append({"shard": valid // cfg.samples_per_shard, "ordinal": item.ordinal, "id": item.id,
+        rows.append({"shard": len(rows) // cfg.samples_per_shard, "ordinal": item.ordinal, "id": item.id,
                      "image": item.image, "image_offset": item.image_offset, "image_size": item.image_size,
                      "caption": item.caption, "boxes": json.dumps(item.boxes),
                      "error": "", "detail": ""})
-        valid += 1
-        if len(rows) == window:
-            yield rows, drops
-            rows, drops = [], []
-    if rows or drops:
-        yield rows, drops
+    return rows, drops
 
 
 def _totals(shard_rows: list[dict], drops: list[dict]) -> dict:
@@ -246,9 +230,10 @@ def _init_ray(address: str | None) -> None:
         ray.init(include_dashboard=False)
 
 
-def _log_progress(done: list[dict], read: int, started: float) -> None:
-    """The input is a stream, so no total: what is done, and how much has been read."""
+def _log_progress(done: list[dict], total_rows: int, started: float) -> None:
     rows_done = sum(s["inputs"] for s in done)
-    rate = rows_done / max(time.time() - started, 1e-9)
-    log.info("shard %s done: %d records through the stages, %d read (%.0f records/s)",
-             done[-1]["name"], rows_done, read, rate)
+    elapsed = max(time.time() - started, 1e-9)
+    rate = rows_done / elapsed
+    eta = (total_rows - rows_done) / rate if rate else float("nan")
+    log.info("shard %s done: %d/%d records (%.0f records/s, ETA %.0f s)",
+             done[-1]["name"], rows_done, total_rows, rate, eta)
