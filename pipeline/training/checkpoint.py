@@ -134,7 +134,7 @@ def to_universal(tag_dir: Path, out: Path) -> Path:
     return out
 
 
-def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, out: Path) -> Path:
+def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, zero_stage: int, out: Path) -> Path:
     """Consolidate the ZeRO checkpoint ``checkpoint_dir/tag`` into fp32 weights open_clip loads.
 
     ``open_clip_model.pt`` holds the CLIP state dict and ``open_clip_config.json`` its model
@@ -142,7 +142,7 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, out: Path) ->
     ``heads.pt`` holds the β-CLIP pooler / region head when trained, ``model_config.json`` our
     :class:`ModelConfig`: :func:`load_fine_grained` rebuilds the whole training model from them.
     """
-    state = _fp32_weights(checkpoint_dir, tag)
+    state = _fp32_weights(checkpoint_dir, tag, zero_stage)
     model = _untrained(model_cfg, heads={k.partition(".")[0] for k in state if not k.startswith("clip.")})
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     state = {k: v.reshape(shapes[k]) for k, v in state.items()}  # 0-d parameters trained as [1]
@@ -177,7 +177,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     else:
         raise FileNotFoundError(f"{path}: neither a run folder (with checkpoints/) nor a checkpoint in one")
     config = json.loads((run_dir / "config.json").read_text())
-    return export(checkpoint_dir, tag, build(ModelConfig, config["model"]), Path(out))
+    return export(checkpoint_dir, tag, build(ModelConfig, config["model"]), config["zero_stage"], Path(out))
 
 
 def latest_tag(checkpoint_dir: Path) -> str:
@@ -238,14 +238,14 @@ def _repair_zero3_universal_groups(optimizer: torch.optim.Optimizer, universal_t
             state["step"] = state["step"].clone()
 
 
-def _fp32_weights(checkpoint_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+def _fp32_weights(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
     """The whole model's fp32 weights: consolidated from ZeRO's partitions (stages 1-3), or the
     module state that ZeRO-0 saves unpartitioned (in the training precision)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    model_states = min((checkpoint_dir / tag).glob("*mp_rank_00_model_states.pt"))  # ZeRO-3: one per rank
-    states = torch.load(model_states, map_location="cpu", weights_only=False)
-    if states["ds_config"]["zero_optimization"]["stage"] == 0:
+    if zero_stage == 0:
+        states = torch.load(checkpoint_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu",
+                            weights_only=False)
         return {k: v.float() for k, v in states["module"].items()}
     return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
 

@@ -116,7 +116,7 @@ def train(cfg: TrainConfig) -> RunResult:
     exported = None
     if finished and world.is_main:
         exported = checkpoint.export(run_dir / "checkpoints", checkpoint.tag_of(step), cfg.model,
-                                     run_dir / "export")
+                                     cfg.zero_stage, run_dir / "export")
     return RunResult(step, finished, last_saved, exported, world.is_main)
 
 
