@@ -1,12 +1,14 @@
-"""Data-prep stage overhead: Ray Data stages vs bare loops doing the same work, one process.
+"""Data-prep stage overhead: a worker's image and text stages against bare loops doing the same
+library work, in one process on one core.
 
-    python benchmarks/bench_prep.py [--records 2000] [--cpus 1]
+    python benchmarks/bench_prep.py [--records 2000]
 
-Prints phrases/s of the Ray text stage vs a bare ``CaptionParser.parse`` (``nlp.pipe``)
-loop, and images/s of the Ray image stage vs a bare PIL decode → resize → encode loop, as
-ratios (target ≥ 0.8×). Ray gets ``--cpus`` logical CPUs and one actor; the bare loops run
-on one core, so ``--cpus 1`` is the like-for-like comparison. Absolute numbers on shared
-machines mean little; the ratios are measured in the same run on the same inputs.
+Prints images/s of ``ShardWorker.image_stage`` (read, decode, check, cap, JPEG, box mapping)
+against a bare PIL decode → resize → encode loop, and phrases/s of ``ShardWorker.text_stage``
+(captions and box labels through spaCy) against a bare ``CaptionParser.parse`` loop, as ratios
+(targets: image ≥ 0.8×, text ≥ 0.9×). The whole job against a bare loop, Ray included, is
+``bench_prep_e2e.py``. Absolute numbers on shared machines mean little; the ratios are
+measured in the same run on the same inputs.
 """
 
 from __future__ import annotations
@@ -16,84 +18,74 @@ import io
 import json
 import tempfile
 import time
+from pathlib import Path
 
-import ray
 from PIL import Image
 
-from pipeline.prep.config import ImageConfig
-from pipeline.prep.stages import TextStage, image_stage
+from pipeline.config import load_config
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.records import InputRecord
+from pipeline.prep.worker import Item, ShardWorker
 from pipeline.synthetic import SyntheticConfig, write_corpus
-from pipeline.text import CaptionParser, TextConfig
-
-IMAGE_BATCH, TEXT_BATCH = 32, 256
+from pipeline.text.parser import CaptionParser
 
 
-def bare_images(paths: list[str], cfg: ImageConfig) -> float:
+def bare_images(paths: list[str], max_side: int, quality: int) -> float:
     start = time.perf_counter()
     for path in paths:
         img = Image.open(path).convert("RGB")
-        scale = cfg.max_side / max(img.size)
+        scale = max_side / max(img.size)
         if scale < 1:
             img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
-        img.save(io.BytesIO(), format="JPEG", quality=cfg.jpeg_quality)
+        img.save(io.BytesIO(), format="JPEG", quality=quality)
     return len(paths) / (time.perf_counter() - start)
 
 
-def ray_images(rows: list[dict], cfg: ImageConfig) -> float:
-    def run(rows: list[dict]) -> int:
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // IMAGE_BATCH))
-        ds = ds.map_batches(image_stage, fn_kwargs={"cfg": cfg}, batch_format="numpy",
-                            batch_size=IMAGE_BATCH, num_cpus=1)
-        return sum(1 for r in ds.iter_rows() if not r["error"])
-
-    run(rows[:IMAGE_BATCH])  # warm up: the worker process starts and imports once per job, not per image
+def stage_images(worker: ShardWorker, records: list[InputRecord]) -> tuple[float, list[Item]]:
+    items = [Item(r) for r in records]
     start = time.perf_counter()
-    n = run(rows)
-    assert n == len(rows), f"{len(rows) - n} images failed"
-    return n / (time.perf_counter() - start)
+    worker.image_stage(items)
+    rate = len(items) / (time.perf_counter() - start)
+    failed = [item.error for item in items if item.error]
+    assert not failed, f"{len(failed)} images failed: {failed[:3]}"
+    return rate, items
 
 
-def bare_text(captions: list[str], cfg: TextConfig) -> float:
-    parser = CaptionParser(cfg)
-    parser.parse(captions[:32])  # warm up, as the actor's first batch does
+def bare_text(parser: CaptionParser, captions: list[str]) -> float:
     start = time.perf_counter()
     phrases = sum(len(h.phrases) for h in parser.parse(captions))
     return phrases / (time.perf_counter() - start)
 
 
-def ray_text(rows: list[dict], cfg: TextConfig) -> float:
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // TEXT_BATCH))
-    ds = ds.map_batches(TextStage, fn_constructor_args=(cfg,), batch_format="numpy",
-                        batch_size=TEXT_BATCH, concurrency=1, num_cpus=1)
-    start = time.perf_counter()  # includes the actor start and spaCy load: the stage's real cost
-    phrases = sum(len(json.loads(r["text"])["phrases"]) for r in ds.iter_rows())
-    return phrases / (time.perf_counter() - start)
+def stage_text(worker: ShardWorker, items: list[Item]) -> float:
+    start = time.perf_counter()
+    worker.text_stage(items)
+    return sum(len(item.hierarchy.phrases) for item in items) / (time.perf_counter() - start)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=2000)
-    parser.add_argument("--cpus", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         write_corpus(tmp, SyntheticConfig(num_records=args.records, image_size=384))
-        records = [json.loads(line) for line in open(f"{tmp}/records.jsonl")]
-        paths = [f"{tmp}/{r['image']}" for r in records]
-        captions = [r["caption"] for r in records]
-        base = {"error": "", "detail": "", "boxes": "null"}
-        image_rows = [{**base, "image": p} for p in paths]
-        text_rows = [{**base, "caption": c, "annotations": "[]"} for c in captions]
-        image_cfg, text_cfg = ImageConfig(max_side=224), TextConfig()
-
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        rows = [json.loads(line) for line in Path(f"{tmp}/records.jsonl").read_text().splitlines()]
+        records = [InputRecord(i, r["id"], f"{tmp}/{r['image']}", r["caption"], r.get("boxes"))
+                   for i, r in enumerate(rows)]
+        cfg = load_config(PrepConfig, "configs/prep/default.yaml",
+                          [f"input.index={tmp}/records.jsonl", f"output={tmp}/out", "image.max_side=224",
+                           "ray.io_threads=1"])
+        worker = ShardWorker(cfg, f"{tmp}/out", "bench", run_id="")
+        worker.parser.parse([r.caption for r in records[:32]])  # warm up, as a worker's first shard does
+        image_rate, items = stage_images(worker, records)
         results = {
-            "images/s": (ray_images(image_rows, image_cfg), bare_images(paths, image_cfg)),
-            "phrases/s": (ray_text(text_rows, text_cfg), bare_text(captions, text_cfg)),
+            "images/s": (image_rate, bare_images([r.image for r in records], 224, cfg.image.jpeg_quality)),
+            "phrases/s": (stage_text(worker, items), bare_text(worker.parser, [r.caption for r in records])),
         }
-        ray.shutdown()
-    print(f"{args.records} records, Ray with {args.cpus} CPU(s) vs a bare loop on one core")
+    print(f"{args.records} records, one process: a worker's stage vs a bare loop")
     for name, (staged, bare) in results.items():
-        print(f"{name:<10} ray stage {staged:9.1f}   bare loop {bare:9.1f}   ratio {staged / bare:5.2f}x")
+        print(f"{name:<10} stage {staged:9.1f}   bare loop {bare:9.1f}   ratio {staged / bare:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,16 @@
 """Fixtures shared by several test modules: generated shards, a loopback S3, a tiny detector."""
 
 import gzip
-import os
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pytest
 import ray
 import torch
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
+from s3_server import S3Server, s3_server
 
 from pipeline.config import load_config
 from pipeline.prep import PrepConfig, run
-from pipeline.shards import storage
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +23,7 @@ def generated_shards(tmp_path_factory) -> Path:
     write_corpus(str(root / "corpus"), SyntheticConfig(num_records=96, seed=7))
     cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
                       [f"input.index={root}/corpus/records.jsonl", f"output={root}/shards",
-                       "samples_per_shard=24", "ray.text_batch_size=48"])
+                       "samples_per_shard=24"])
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         run(cfg)
@@ -39,46 +32,12 @@ def generated_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-@dataclass(frozen=True)
-class S3Server:
-    env: dict[str, str]  # the standard AWS variables that point clients at it
-    bucket: str
-
-    def upload(self, folder: Path, prefix: str) -> None:
-        client = boto3.client("s3")
-        for path in folder.rglob("*"):
-            if path.is_file():
-                client.upload_file(str(path), self.bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
-
-
 @pytest.fixture(scope="module")
 def s3() -> S3Server:
     """A real S3 server (moto_server) on 127.0.0.1 with one bucket; this process's environment
     points at it (dummy keys) for the module, so Ray workers started meanwhile do too."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([Path(sys.executable).parent / "moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    storage._client.cache_clear()
-    try:
-        for _ in range(100):  # until the server answers
-            try:
-                boto3.client("s3").create_bucket(Bucket="fgclip-test")
-                break
-            except Exception:
-                time.sleep(0.1)
-        yield S3Server(env, "fgclip-test")
-    finally:
-        server.terminate()
-        server.wait()
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        storage._client.cache_clear()
+    with s3_server("127.0.0.1") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -65,8 +65,10 @@ def test_bad_yaml_file(tmp_path):
 
 def test_prep_preset_loads_and_validates():
     cfg = load_config(PrepConfig, "configs/prep/default.yaml", ["input.index=x.jsonl", "output=out"])
-    assert cfg.ray.text_actors == (1, 16)
-    with pytest.raises(ConfigError, match="ray.text_actors"):
+    assert cfg.ray.workers is None and cfg.ray.worker_num_cpus == 1.0
+    with pytest.raises(ConfigError, match="ray.workers"):
+        load_config(PrepConfig, "configs/prep/default.yaml", ["input.index=x.jsonl", "output=out", "ray.workers=0"])
+    with pytest.raises(ConfigError, match="ray.text_actors: unknown key"):
         load_config(PrepConfig, "configs/prep/default.yaml",
                     ["input.index=x.jsonl", "output=out", "ray.text_actors=[3, 1]"])
     with pytest.raises(ConfigError, match="input.index: required"):

@@ -13,7 +13,9 @@ from torchvision.ops import box_iou
 from transformers import CLIPConfig
 
 from pipeline.config import ConfigError, load_config
-from pipeline.grounding import DetectorConfig, GroundingConfig, GroundingRequest, build_grounder
+from pipeline.grounding import build_grounder
+from pipeline.grounding.base import GroundingRequest
+from pipeline.grounding.config import DetectorConfig, GroundingConfig
 from pipeline.grounding.detector import (
     best_boxes,
     ground_detections,
@@ -22,9 +24,9 @@ from pipeline.grounding.detector import (
     query_phrases,
 )
 from pipeline.prep import PrepConfig
-from pipeline.prep.job import ground_num_gpus
+from pipeline.prep.job import pool_size, worker_num_gpus
 from pipeline.schema import Phrase, Region, clean_box
-from pipeline.text import Lexeme
+from pipeline.text.lexeme import Lexeme
 
 
 def sigmoid(x: float, decimals: int = 4) -> float:
@@ -118,15 +120,28 @@ def test_threshold_zero_links_every_usable_box_and_one_links_nothing():
     assert hand_made(threshold=1.0, iou=0.7).regions == []
 
 
-def test_detector_actors_take_a_gpu_when_the_cluster_has_one():
+def test_detector_workers_take_a_gpu_when_the_cluster_has_one():
     def gpus(cluster_gpus, *overrides):
         cfg = load_config(PrepConfig, None, ["input.index=x.jsonl", "output=out", *overrides])
-        return ground_num_gpus(cfg, cluster_gpus)
+        return worker_num_gpus(cfg, cluster_gpus)
 
     assert gpus(8, "grounding.name=detector") == 1.0
     assert gpus(0, "grounding.name=detector") == 0.0
     assert gpus(8) == 0.0  # the annotations grounder has no model to put there
-    assert gpus(8, "grounding.name=detector", "ray.ground_num_gpus=0.5") == 0.5
+    assert gpus(8, "grounding.name=detector", "ray.worker_num_gpus=0.5") == 0.5
+
+
+def test_worker_pool_fills_the_cluster_cpus_or_gpus_whichever_runs_out_first():
+    def size(resources, gpus_per_worker, *overrides):
+        cfg = load_config(PrepConfig, None, ["input.index=x.jsonl", "output=out", *overrides])
+        return pool_size(cfg, resources, gpus_per_worker)
+
+    assert size({"CPU": 96.0, "GPU": 8.0}, 0.0) == 96
+    assert size({"CPU": 96.0, "GPU": 8.0}, 1.0) == 8
+    assert size({"CPU": 96.0, "GPU": 8.0}, 0.25) == 32
+    assert size({"CPU": 96.0}, 0.0, "ray.worker_num_cpus=4") == 24
+    assert size({"CPU": 0.5}, 0.0) == 1  # never none
+    assert size({"CPU": 96.0}, 0.0, "ray.workers=3") == 3
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -139,7 +154,7 @@ def test_detector_settings_live_under_grounding_detector():
         return load_config(PrepConfig, None, ["input.index=x.jsonl", "output=out", *overrides])
 
     preset = load_config(PrepConfig, "configs/prep/detector.yaml", ["input.index=x.jsonl", "output=out"])
-    assert preset.grounding.detector == DetectorConfig() and preset.ray.ground_num_gpus is None
+    assert preset.grounding.detector == DetectorConfig() and preset.ray.worker_num_gpus is None
     cfg = prep("grounding.name=detector", "grounding.detector.nms_iou=0.5")
     assert cfg.grounding.detector.nms_iou == 0.5 and cfg.grounding.detector.max_queries == 32
     with pytest.raises(ConfigError, match=r"^grounding\.detector\.score_threshold: must be in \[0, 1\]"):

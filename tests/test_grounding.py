@@ -3,9 +3,13 @@ sentence-label tie break), and `none`."""
 
 import pytest
 
-from pipeline.grounding import Annotation, GroundingConfig, GroundingRequest, build_grounder
+from pipeline.grounding import build_grounder
+from pipeline.grounding.base import Annotation, GroundingRequest
+from pipeline.grounding.config import GroundingConfig
 from pipeline.schema import Phrase, Region
-from pipeline.text import CaptionParser, Lexeme, TextConfig
+from pipeline.text.config import TextConfig
+from pipeline.text.lexeme import Lexeme
+from pipeline.text.parser import CaptionParser
 
 BOX = (1.0, 2.0, 30.0, 40.0)
 

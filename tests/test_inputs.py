@@ -260,7 +260,7 @@ def local_ray(s3):
 
 def _prep(out, *overrides):
     return run(load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                           [f"output={out}", "samples_per_shard=8", "ray.text_batch_size=32", *overrides]))
+                           [f"output={out}", "samples_per_shard=8", *overrides]))
 
 
 def _regions(meta: dict) -> list[tuple[list[float], str]]:

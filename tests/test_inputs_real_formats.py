@@ -240,7 +240,7 @@ def _records(corpus: Path) -> list[dict]:
 
 def _prep(out, *overrides):
     return run(load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                           [f"output={out}", "samples_per_shard=4", "ray.text_batch_size=16", *overrides]))
+                           [f"output={out}", "samples_per_shard=4", *overrides]))
 
 
 def _metas(m) -> list[dict]:

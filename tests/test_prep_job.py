@@ -10,7 +10,7 @@ import webdataset as wds
 
 from pipeline.config import load_config
 from pipeline.prep import PrepConfig, run
-from pipeline.prep.stages import CHAOS_ENV
+from pipeline.prep.worker import CHAOS_ENV
 from pipeline.shards import check
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
 
@@ -51,7 +51,7 @@ def corpus(tmp_path_factory):
 def _config(corpus_dir, out, *overrides):
     return load_config(PrepConfig, "configs/prep/default.yaml",
                        [f"input.index={corpus_dir}/records.jsonl", f"output={out}", "samples_per_shard=16",
-                        "ray.text_batch_size=32", *overrides])
+                        *overrides])
 
 
 def test_every_input_is_written_or_dropped_with_its_reason(local_ray, corpus, tmp_path):
@@ -110,7 +110,7 @@ def test_detector_grounding_on_ray_actors(local_ray, corpus, tiny_owlv2, tmp_pat
     """grounding.name=detector with a tiny random OWLv2 loaded from a directory: plumbing, not accuracy."""
     corpus_dir, _ = corpus
     m = run(_config(corpus_dir, tmp_path / "ds", "grounding.name=detector", f"grounding.detector.model={tiny_owlv2}",
-                    "grounding.detector.score_threshold=0", "ray.ground_batch_size=16"))
+                    "grounding.detector.score_threshold=0"))
     totals = m.data["totals"]
     assert totals["inputs"] == totals["written"] + totals["dropped"] and totals["written"] > 0
     assert check.verify(m) == [] and check.validate(m) == []

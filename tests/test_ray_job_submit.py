@@ -17,6 +17,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import webdataset as wds
+from ray_jobs import BIN, submit
 from torchvision import transforms
 
 from pipeline.models import TINY_MODEL
@@ -25,7 +26,6 @@ from pipeline.training.data import DataConfig, build_loader
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def _free_port() -> int:
@@ -69,18 +69,6 @@ def ray_head():
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def submit(address: str, env: dict, *entry: str) -> subprocess.CompletedProcess:
-    """``ray job submit`` of an entry; retried while the fresh head's job agent is not up yet
-    (Ray answers "No available agent to submit job, please try again later")."""
-    for _ in range(30):
-        job = subprocess.run([BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
-                              "--", "python", *entry], env=env, capture_output=True, text=True, timeout=600)
-        if "No available agent" not in job.stderr:
-            return job
-        time.sleep(2)
-    return job
 
 
 def test_ray_job_submit_builds_a_verified_dataset(ray_head, tmp_path):

@@ -79,7 +79,7 @@ def test_prep_reads_and_writes_s3(s3, tmp_path):
     out = f"s3://{s3.bucket}/datasets/demo"
     cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
                       [f"input.index=s3://{s3.bucket}/corpus/records.jsonl", f"output={out}",
-                       "samples_per_shard=16", "ray.text_batch_size=32"])
+                       "samples_per_shard=16"])
     ray.init(num_cpus=2, include_dashboard=False)  # workers inherit the AWS variables
     try:
         manifest = run(cfg)

@@ -6,8 +6,11 @@ import logging
 import pytest
 
 from pipeline.schema import Sample
-from pipeline.text import (CaptionParser, Lexeme, ModelUnavailable, TextConfig, TextHierarchy,
-                           build_hierarchy, load_nlp)
+from pipeline.text.config import TextConfig
+from pipeline.text.hierarchy import TextHierarchy, build_hierarchy
+from pipeline.text.lexeme import Lexeme
+from pipeline.text.nlp import ModelUnavailable, load_nlp
+from pipeline.text.parser import CaptionParser
 
 SHAPES = ("A large red circle sits in the upper left, just above a small blue square. "
           "The small blue square is to the left of a medium green triangle.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipeline.grounding.base import Annotation, Grounding, GroundingRequest
 from pipeline.schema import Region
-from pipeline.text import Lexeme
+from pipeline.text.lexeme import Lexeme
 
 RULE = "head-lemma+attribute-agreement+sentence-label/v2"
 

@@ -12,7 +12,7 @@ from typing import Protocol
 from PIL import Image
 
 from pipeline.schema import Phrase, Region
-from pipeline.text import Lexeme
+from pipeline.text.lexeme import Lexeme
 
 
 @dataclass(frozen=True)

@@ -14,44 +14,20 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torchvision.ops import box_iou, nms
 
 from pipeline.config import ConfigError
 from pipeline.grounding.base import Grounding, GroundingRequest
+from pipeline.grounding.config import DetectorConfig
 from pipeline.schema import Region, clean_box
-from pipeline.text import Lexeme
+from pipeline.text.lexeme import Lexeme
 
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("owlv2",)  # model_type values whose outputs the post-processing below understands
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """The ``grounding.detector`` section (read only with ``grounding.name: detector``)."""
-
-    model: str = "google/owlv2-base-patch16-ensemble"  # hub id or local directory (from_pretrained)
-    revision: str | None = None  # hub branch, tag or commit to pin; None: the default branch
-    score_threshold: float = 0.1  # a phrase links only to a box scored at least this (sigmoid)
-    nms_iou: float = 0.7  # boxes of two phrases overlapping more than this become one region
-    max_queries: int = 32  # noun-chunk phrases per image sent as queries, in reading order
-    batch_size: int = 8  # images per forward pass (GPU memory), within one Ray batch
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: float16 on GPU, else float32
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model: required (a Hugging Face hub id or a local directory)")
-        for name in ("score_threshold", "nms_iou"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
-        for name in ("max_queries", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
 class DetectorGrounder:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.grounding import GroundingConfig
-from pipeline.text import TextConfig
+from pipeline.grounding.config import GroundingConfig
+from pipeline.text.config import TextConfig
 
 # What each input format reads: (required keys, optional keys). Keys of another format are refused.
 INPUT_KEYS = {
@@ -66,33 +66,25 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Resources per stage. Actor pools autoscale between min and max actors as the
-    cluster allows; logical CPUs are what Ray schedules by, so a 2-core laptop and a
-    100-node cluster run the same code with different numbers."""
+    """The worker pool (``worker.py``): each worker runs every stage over whole shards. Logical
+    CPUs are what Ray schedules by, so a 2-core laptop and a 100-node cluster run the same code
+    with different numbers of workers. None of these keys changes the output."""
 
     address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else a local Ray
-    image_batch_size: int = 32
-    image_num_cpus: float = 0.5
-    text_actors: tuple[int, int] = (1, 16)  # each loads spaCy once
-    text_num_cpus: float = 1.0
-    text_batch_size: int = 256
-    ground_actors: tuple[int, int] = (1, 4)
-    ground_num_cpus: float = 0.25
-    ground_num_gpus: float | None = None  # per grounding actor; None: 1 for the detector if the cluster has GPUs
-    ground_batch_size: int = 64
+    workers: int | None = None  # None: as many as the cluster's CPUs (and GPUs, for a GPU grounder) hold
+    worker_num_cpus: float = 1.0
+    worker_num_gpus: float | None = None  # None: 1 for the detector when the cluster has GPUs, else 0
+    io_threads: int = 8  # image reads in flight per worker (hides S3 latency)
 
     def __post_init__(self) -> None:
-        for name in ("image_batch_size", "text_batch_size", "ground_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("text_actors", "ground_actors"):
-            lo, hi = getattr(self, name) if len(getattr(self, name)) == 2 else (0, -1)
-            if not 1 <= lo <= hi:
-                raise ValueError(f"{name}: expected [min, max] with 1 <= min <= max, "
-                                 f"got {list(getattr(self, name))}")
-        for name in ("image_num_cpus", "text_num_cpus", "ground_num_cpus", "ground_num_gpus"):
-            if (getattr(self, name) or 0) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers: must be >= 1 or null, got {self.workers}")
+        if self.worker_num_cpus <= 0:
+            raise ValueError(f"worker_num_cpus: must be > 0, got {self.worker_num_cpus}")
+        if (self.worker_num_gpus or 0) < 0:
+            raise ValueError(f"worker_num_gpus: must be >= 0, got {self.worker_num_gpus}")
+        if self.io_threads < 1:
+            raise ValueError(f"io_threads: must be >= 1, got {self.io_threads}")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.prep import tars
 from pipeline.prep.coco import read_coco
 from pipeline.prep.config import INPUT_KEYS, InputConfig
-from pipeline.prep.records import Drop, InputRecord, index_format, read_index
+from pipeline.prep.records import Drop, InputRecord, count_index_rows, index_format, read_index
 from pipeline.prep.sharegpt4v import read_sharegpt4v
 from pipeline.prep.visual_genome import read_visual_genome
 from pipeline.shards import storage
@@ -52,9 +52,10 @@ def locate(cfg: InputConfig) -> InputFiles:
     return [(url, FileStat(*file_digest(url))) for _, url in named if url]
 
 
-def read_input(cfg: InputConfig, files: InputFiles, max_caption_chars: int,
-               max_sentences: int) -> Iterator[InputRecord | Drop]:
-    """Every input of the slice, in order (the ordinals), as a valid record or a drop with its reason."""
+def read_input(cfg: InputConfig, files: InputFiles, max_caption_chars: int, max_sentences: int,
+               list_tars: tars.Lister = tars.list_locally) -> Iterator[InputRecord | Drop]:
+    """Every input of the slice, in order (the ordinals), as a valid record or a drop with its reason.
+    ``list_tars`` lists the tars of a ``webdataset`` input (the job lists them as Ray tasks)."""
     if cfg.format == "index":
         items = read_index(cfg.index, max_caption_chars)
     elif cfg.format == "coco":
@@ -64,7 +65,7 @@ def read_input(cfg: InputConfig, files: InputFiles, max_caption_chars: int,
     elif cfg.format == "visual_genome":
         items = read_visual_genome(cfg.regions, cfg.images, max_caption_chars, max_sentences)
     else:
-        items = tars.read_tars(files, max_caption_chars)
+        items = tars.read_tars(files, max_caption_chars, list_tars)
     return ordinal_slice(items, cfg.skip, cfg.limit)
 
 
@@ -80,14 +81,22 @@ def ordinal_slice(items: Iterator[InputRecord | Drop], skip: int,
             yield item
 
 
+def count(cfg: InputConfig, files: InputFiles) -> int | None:
+    """How many inputs the slice holds, when that is cheap to know before reading them: an
+    index's lines (JSONL, counted without parsing) or rows (Parquet metadata); None otherwise."""
+    if cfg.format != "index":
+        return None
+    total = count_index_rows(cfg.index)
+    end = total if cfg.limit is None else min(total, cfg.skip + cfg.limit)
+    return max(0, end - cfg.skip)
+
+
 def identity(files: InputFiles) -> list:
     return [[url, stat.size, stat.version] if stat else [url, None, None] for url, stat in files]
 
 
 def describe(cfg: InputConfig, files: InputFiles) -> dict:
     """The manifest's ``input`` section (``source`` is added by the job)."""
-    if cfg.format == "index":
-        return {"format": index_format(cfg.index), "index": cfg.index}
     window = {"skip": cfg.skip, "limit": cfg.limit} if cfg.skip or cfg.limit is not None else {}
     if cfg.format == "index":
         return {"format": index_format(cfg.index), "index": cfg.index, **window}

@@ -1,8 +1,12 @@
-"""The data-prep job: input (``input.format``) → Ray Data stages → shards → manifest.
+"""The data-prep job: input (``input.format``) → a pool of shard workers → shards → manifest.
 
-Shards are fixed chunks of ``samples_per_shard`` consecutive valid input records, so shard
-names, contents and checksums depend only on the input and the config: a rerun writes the
-same bytes. Each shard holds the chunk's records that survive the stages.
+The driver streams the input and cuts it into shards: fixed chunks of ``samples_per_shard``
+consecutive valid input records, so shard names, contents and checksums depend only on the
+input and the config, and a rerun writes the same bytes. Each chunk goes to a worker
+(``worker.py``) as soon as one is free, and the worker writes it as one tar of the records that
+survive the stages. Shards therefore land in a steady stream from the start of the run, and
+the driver holds the records of the shards in flight, not the input (docs/data_prep.md says
+what it holds, per shard and per record).
 """
 
 from __future__ import annotations
@@ -12,29 +16,30 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import ray
 
 from pipeline import __version__
 from pipeline.config import to_dict
-from pipeline.grounding import build_grounder
 from pipeline.lineage import code_version
-from pipeline.prep import inputs
+from pipeline.prep import inputs, tars
 from pipeline.prep.config import PrepConfig
-from pipeline.prep.records import Drop
-from pipeline.prep.stages import PROGRESS_DIR, GroundStage, TextStage, image_stage, write_shard_group
+from pipeline.prep.records import Drop, InputRecord
+from pipeline.prep.worker import PROGRESS_DIR, ShardResult, ShardTask, ShardWorker
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import manifest as mf
 from pipeline.shards import storage
 from pipeline.shards.writer import file_digest, shard_name
-from pipeline.text import CaptionParser
 
 log = logging.getLogger(__name__)
 
-CHAOS_DRIVER_ENV = "PIPELINE_CHAOS_KILL_DRIVER_AFTER"
+TASKS_PER_WORKER = 2  # shards queued at a worker: the next one is there when it finishes one
+WORKER_RESTARTS = 3  # a worker that dies (node lost, killed) is restarted and its shard retried
 
 
 def run(cfg: PrepConfig) -> mf.Manifest:
@@ -47,27 +52,27 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     if cfg.existing_output == "resume" and storage.exists(f"{root}/{mf.MANIFEST_FILE}"):
         return _finished_earlier(root, run_id)
     _prepare_output(root, cfg.existing_output)
-    text_provenance = CaptionParser(cfg.text).provenance()  # fails fast on a missing spaCy model
-    grounder_provenance = build_grounder(cfg.grounding).provenance()
-
-    rows, drops = _assign_shards(cfg, files)
-    log.info("input (%s): %d records, %d dropped on read, %d shards", cfg.input.format,
-             len(rows) + len(drops), len(drops), -(-len(rows) // cfg.samples_per_shard))
     done = _completed_shards(root, run_id) if cfg.existing_output == "resume" else {}
     if done:
         log.info("resuming: %d shards of an earlier run of this job are complete and verified", len(done))
-        rows = [r for r in rows if shard_name(r["shard"]) not in done]
-    shard_rows = [record["stats"] for record in done.values()]
-    drops += [d for record in done.values() for d in record["drops"]]
 
-    if rows:
-        _init_ray(cfg.ray.address)
-        total_rows = len(rows) + sum(s["inputs"] for s in shard_rows)
-        for stats, shard_drops in _execute(cfg, rows, root, source, run_id):
-            shard_rows.append(stats)
-            drops.extend(shard_drops)
-            _log_progress(shard_rows, total_rows, started)
-            _maybe_die(len(shard_rows))
+    _init_ray(cfg.ray.address)
+    pool = WorkerPool(cfg, root, source, run_id)
+    provenance = pool.provenance()  # fails fast: a missing spaCy model, a detector that does not load
+    planner = ShardPlanner(cfg.samples_per_shard, skip=set(done))
+    items = inputs.read_input(cfg.input, files, cfg.max_caption_chars, cfg.text.max_sentences,
+                              list_tars=_list_tars_on_ray)
+    resumed = sum(record["stats"]["inputs"] for record in done.values())
+    progress = Progress(inputs.count(cfg.input, files), resumed)
+    shard_rows = [record["stats"] for record in done.values()]
+    drops = [d for record in done.values() for d in record["drops"]]
+    for result in pool.map(planner.tasks(items)):
+        shard_rows.append(result.stats)
+        drops.extend(result.drops)
+        progress.shard_done(result.stats, planner)
+    drops += planner.read_drops
+    log.info("input (%s): %d records, %d dropped on read, %d shards", cfg.input.format,
+             planner.records_read, len(planner.read_drops), planner.shards)
     shard_rows.sort(key=lambda s: s["name"])
     _remove_leftover_temp_files(root)
 
@@ -76,7 +81,7 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "input": {**inputs.describe(cfg.input, files), "source": source},
-        "text": text_provenance, "grounder": grounder_provenance, "config": to_dict(cfg),
+        **provenance, "config": to_dict(cfg),
         "totals": _totals(shard_rows, drops),
         "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shard_rows],
         "shard_stats": shard_rows,
@@ -85,49 +90,130 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     flat = [{k: v for k, v in s.items() if not k.endswith("_by_reason")} for s in shard_rows]
     mf.write_manifest(root, manifest, flat, drops)
     _clear_progress(root)
-    log.info("wrote %s in %.1f s", root, time.time() - started)
+    log.info("wrote %s in %.1f s; driver peak RSS %d MB; object store: %s", root, time.time() - started,
+             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, _object_store_stats())
     return mf.load_manifest(root)
 
 
-def _execute(cfg: PrepConfig, rows: list[dict], root: str, source: str, run_id: str):
-    """Build the Ray Data pipeline and stream back one (stats, drops) per finished shard."""
-    num_shards = rows[-1]["shard"] + 1
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(num_shards * 4, len(rows))))
-    ds = ds.map_batches(image_stage, fn_kwargs={"cfg": cfg.image}, batch_format="numpy",
-                        batch_size=cfg.ray.image_batch_size, num_cpus=cfg.ray.image_num_cpus)
-    ds = ds.map_batches(TextStage, fn_constructor_args=(cfg.text,), batch_format="numpy",
-                        batch_size=cfg.ray.text_batch_size, concurrency=cfg.ray.text_actors,
-                        num_cpus=cfg.ray.text_num_cpus)
-    ds = ds.map_batches(GroundStage, fn_constructor_args=(cfg.grounding, source), batch_format="numpy",
-                        batch_size=cfg.ray.ground_batch_size, concurrency=cfg.ray.ground_actors,
-                        num_cpus=cfg.ray.ground_num_cpus,
-                        num_gpus=ground_num_gpus(cfg, ray.cluster_resources().get("GPU", 0)))
-    ds = ds.groupby("shard").map_groups(write_shard_group, fn_kwargs={"root": root, "source": source, "run_id": run_id},
-                                        batch_format="numpy")
-    for row in ds.iter_rows():
-        yield json.loads(row["stats"]), json.loads(row["drops"])
+class ShardPlanner:
+    """Cuts the input stream into :class:`ShardTask` s as it is read, holding one chunk. Drops on
+    read are kept for ``dropped.parquet``; shards in ``skip`` (done by a killed run) are read,
+    since their records count for the ordinals and the duplicate ids, but not handed out."""
+
+    def __init__(self, samples_per_shard: int, skip: set[str]):
+        self.samples_per_shard, self.skip = samples_per_shard, skip
+        self.read_drops: list[dict] = []
+        self.records_read = 0  # inputs read so far, valid or not
+        self.shards = 0  # shards cut so far
+        self.exhausted = False  # the whole input is read: records_read is the total
+
+    def tasks(self, items: Iterable[InputRecord | Drop]) -> Iterator[ShardTask]:
+        chunk: list[InputRecord] = []
+        for item in items:
+            self.records_read += 1
+            if isinstance(item, Drop):
+                self.read_drops.append({"ordinal": item.ordinal, "id": item.id, "reason": item.reason,
+                                        "detail": item.detail, "shard": None})
+                continue
+            chunk.append(item)
+            if len(chunk) == self.samples_per_shard:
+                yield from self._cut(chunk)
+                chunk = []
+        self.exhausted = True
+        if chunk:
+            yield from self._cut(chunk)
+
+    def _cut(self, chunk: list[InputRecord]) -> Iterator[ShardTask]:
+        index, self.shards = self.shards, self.shards + 1
+        if shard_name(index) not in self.skip:
+            yield ShardTask(index, chunk)
 
 
-def ground_num_gpus(cfg: PrepConfig, cluster_gpus: float) -> float:
-    """GPUs per grounding actor: as configured, else one for the detector when the cluster has any."""
-    if cfg.ray.ground_num_gpus is not None:
-        return cfg.ray.ground_num_gpus
+class WorkerPool:
+    """:class:`ShardWorker` actors, each with at most ``TASKS_PER_WORKER`` shards queued, so the
+    driver reads the input only as fast as the workers take it."""
+
+    def __init__(self, cfg: PrepConfig, root: str, source: str, run_id: str):
+        resources = ray.cluster_resources()
+        gpus = worker_num_gpus(cfg, resources.get("GPU", 0))
+        size = pool_size(cfg, resources, gpus)
+        actor = ray.remote(ShardWorker).options(
+            num_cpus=cfg.ray.worker_num_cpus, num_gpus=gpus,
+            max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS)
+        self.workers = [actor.remote(cfg, root, source, run_id) for _ in range(size)]
+        log.info("%d workers (%g CPU, %g GPU each)", size, cfg.ray.worker_num_cpus, gpus)
+
+    def provenance(self) -> dict:
+        try:
+            return ray.get(self.workers[0].provenance.remote())
+        except ray.exceptions.RayActorError as e:
+            raise RuntimeError(f"data-prep workers cannot start: {_cause(e)}") from None
+
+    def map(self, tasks: Iterator[ShardTask]) -> Iterator[ShardResult]:
+        """Each task's result, in the order they finish."""
+        free = deque(self.workers * TASKS_PER_WORKER)
+        running: dict[ray.ObjectRef, object] = {}
+        while True:
+            while free and (task := next(tasks, None)) is not None:
+                worker = free.popleft()
+                running[worker.process.remote(task)] = worker
+            if not running:
+                return
+            [ready], _ = ray.wait(list(running))
+            free.append(running.pop(ready))
+            yield ray.get(ready)
+
+
+def worker_num_gpus(cfg: PrepConfig, cluster_gpus: float) -> float:
+    """GPUs per worker: as configured, else one for the detector when the cluster has any."""
+    if cfg.ray.worker_num_gpus is not None:
+        return cfg.ray.worker_num_gpus
     return 1.0 if cfg.grounding.name == "detector" and cluster_gpus > 0 else 0.0
 
 
-def _assign_shards(cfg: PrepConfig, files: inputs.InputFiles) -> tuple[list[dict], list[dict]]:
-    rows: list[dict] = []
-    drops: list[dict] = []
-    for item in inputs.read_input(cfg.input, files, cfg.max_caption_chars, cfg.text.max_sentences):
-        if isinstance(item, Drop):
-            drops.append({"ordinal": item.ordinal, "id": item.id, "reason": item.reason,
-                          "detail": item.detail, "shard": None})
-            continue
-        rows.append({"shard": len(rows) // cfg.samples_per_shard, "ordinal": item.ordinal, "id": item.id,
-                     "image": item.image, "image_offset": item.image_offset, "image_size": item.image_size,
-                     "caption": item.caption, "boxes": json.dumps(item.boxes),
-                     "error": "", "detail": ""})
-    return rows, drops
+def pool_size(cfg: PrepConfig, resources: dict[str, float], gpus_per_worker: float) -> int:
+    """``ray.workers``, else as many workers as the cluster's CPUs (and GPUs) hold."""
+    if cfg.ray.workers:
+        return cfg.ray.workers
+    size = int(resources.get("CPU", 1) // cfg.ray.worker_num_cpus)
+    if gpus_per_worker:
+        size = min(size, int(resources.get("GPU", 0) // gpus_per_worker))
+    return max(1, size)
+
+
+def _list_tars_on_ray(tar_files: list[tars.Tar]) -> Iterator[tars.TarListing]:
+    """Tar listings (I/O: headers, captions) as Ray tasks anywhere in the cluster, in order,
+    ``tars.LISTING_THREADS`` at a time; they take no CPU slot from the workers."""
+    list_tar = ray.remote(num_cpus=0)(tars.list_tar)
+    window: deque[ray.ObjectRef] = deque()
+    for tar in tar_files:
+        window.append(list_tar.remote(tar))
+        if len(window) >= tars.LISTING_THREADS:
+            yield ray.get(window.popleft())
+    while window:
+        yield ray.get(window.popleft())
+
+
+class Progress:
+    """The job's progress line: records done (in finished shards, or dropped on read) of the
+    total, the rate since the workers started, and the time left at that rate."""
+
+    def __init__(self, total: int | None, resumed: int):
+        self.total, self.resumed, self.done = total, resumed, 0
+        self.started = time.time()
+
+    def shard_done(self, stats: dict, planner: ShardPlanner) -> None:
+        self.done += stats["inputs"]
+        done = self.done + len(planner.read_drops)
+        total = self.total if self.total is not None else planner.records_read if planner.exhausted else None
+        rate = done / max(time.time() - self.started, 1e-9)
+        if total is None:
+            count = f"{done} records (the total is known once the input is read)"
+        else:
+            total -= self.resumed
+            eta = (total - done) / max(rate, 1e-9)
+            count = f"{done}/{total} records ({done / max(total, 1):.0%}), ETA {eta:.0f} s"
+        log.info("%s written on %s: %s, %.0f records/s", stats["name"], stats.get("node", "?"), count, rate)
 
 
 def _totals(shard_rows: list[dict], drops: list[dict]) -> dict:
@@ -203,20 +289,26 @@ def _clear_progress(root: str) -> None:
     storage.remove_empty_dir(f"{root}/{PROGRESS_DIR}")
 
 
-def _maybe_die(shards_done: int) -> None:
-    """Fault injection (``PIPELINE_CHAOS_KILL_DRIVER_AFTER=n``): the driver dies abruptly once n
-    shards are done, as a killed driver or a lost head node would."""
-    limit = os.environ.get(CHAOS_DRIVER_ENV)
-    if limit and shards_done >= int(limit):
-        log.warning("chaos: killing the driver after %d shards", shards_done)
-        os._exit(1)
-
-
 def _remove_leftover_temp_files(root: str) -> None:
     """A worker killed mid-write leaves its temporary file; the retry wrote a fresh one."""
     for name in storage.list_names(root):
         if storage.is_temp_name(name):
             storage.remove(f"{root}/{name}")
+
+
+def _cause(e: Exception) -> str:
+    """The last line of a Ray error: the exception a worker's constructor raised."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(e).__name__
+
+
+def _object_store_stats() -> str:
+    """Ray's ``ray memory --stats-only`` totals: a job that spills objects to disk needs retuning."""
+    from ray._private.internal_api import memory_summary  # Ray's CLI reads it this way too
+
+    summary = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    lines = [line.strip() for line in summary.splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith("---"))
 
 
 def _init_ray(address: str | None) -> None:
@@ -228,12 +320,3 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address)
     else:
         ray.init(include_dashboard=False)
-
-
-def _log_progress(done: list[dict], total_rows: int, started: float) -> None:
-    rows_done = sum(s["inputs"] for s in done)
-    elapsed = max(time.time() - started, 1e-9)
-    rate = rows_done / elapsed
-    eta = (total_rows - rows_done) / rate if rate else float("nan")
-    log.info("shard %s done: %d/%d records (%.0f records/s, ETA %.0f s)",
-             done[-1]["name"], rows_done, total_rows, rate, eta)

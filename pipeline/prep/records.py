@@ -128,6 +128,14 @@ def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> I
     return InputRecord(ordinal, rid, storage.resolve(base_dir, row["image"]), row["caption"], row.get("boxes"))
 
 
+def count_index_rows(url: str) -> int:
+    """The index's rows, as ``read_index`` numbers them (non-blank lines), without parsing them."""
+    with storage.open_read(url) as f:
+        if index_format(url) == "parquet":
+            return pq.ParquetFile(f).metadata.num_rows
+        return sum(1 for line in f if line.strip())
+
+
 def _rows(url: str) -> Iterator[dict | Drop]:
     fmt = index_format(url)
     with storage.open_read(url) as f:

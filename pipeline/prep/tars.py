@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import braceexpand
-from webdataset.tariterators import base_plus_ext
 
 from pipeline.prep.records import Drop, InputRecord, caption_problem, unique_ids
 from pipeline.shards import storage
@@ -57,6 +57,10 @@ BLOCK = tarfile.BLOCKSIZE
 # tarfile's messages for a file that ends inside a chain of headers (a pax header, then the
 # member's own): wrapped in a ReadError, they have lost their exception type.
 _CUT_SHORT = ("empty header", "truncated header", "unexpected end of data")
+
+# webdataset's key rule (tariterators.base_plus_ext): the key is the name up to the first dot of its
+# last path component; webdataset itself is not imported on the driver (it imports torch).
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 Tar = tuple[str, FileStat | None]  # URL, and its size and version (None: not there)
 
@@ -80,6 +84,9 @@ class TarListing:
     url: str
     samples: list[Sample]
     problem: tuple[str, str] | None  # (reason, detail): why the rest of the tar was not read
+
+
+Lister = Callable[[list[Tar]], Iterable[TarListing]]  # tars → their listings, in order
 
 
 def expand(spec: str) -> list[str]:
@@ -106,10 +113,15 @@ def locate(spec: str) -> list[Tar]:
     return tars
 
 
-def read_tars(tars: list[Tar], max_caption_chars: int) -> Iterator[InputRecord | Drop]:
-    """Every sample of every tar, in order, as a record or a drop; ordinals run across the tars."""
+def list_locally(tars: list[Tar]) -> Iterator[TarListing]:
+    """The tars' listings, in order, ``LISTING_THREADS`` at a time in this process."""
     with ThreadPoolExecutor(LISTING_THREADS) as pool:
-        yield from unique_ids(_items(pool.map(list_tar, tars), max_caption_chars))
+        yield from pool.map(list_tar, tars)
+
+
+def read_tars(tars: list[Tar], max_caption_chars: int, list_tars: Lister = list_locally) -> Iterator[InputRecord | Drop]:
+    """Every sample of every tar, in order, as a record or a drop; ordinals run across the tars."""
+    yield from unique_ids(_items(list_tars(tars), max_caption_chars))
 
 
 def _items(listings: Iterable[TarListing], max_caption_chars: int) -> Iterator[InputRecord | Drop]:
@@ -190,10 +202,10 @@ def _samples(url: str, tar: tarfile.TarFile, size: int) -> tuple[list[Sample], t
     samples: list[Sample] = []
     try:
         for info in tar:
-            key, ext = base_plus_ext(info.name)
-            if not info.isfile() or key is None:  # folders, links, files of no sample
+            match = _KEY_EXT.match(info.name)
+            if not info.isfile() or match is None:  # folders, links, files of no sample
                 continue
-            ext = ext.lower()
+            key, ext = match.group(1), match.group(2).lower()
             if not samples or samples[-1].key != key or ext in samples[-1].members:
                 samples.append(Sample(key))
             if info.offset_data + info.size > size:

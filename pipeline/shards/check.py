@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 
 from PIL import Image
-from webdataset.handlers import reraise_exception
 
 from pipeline.schema import Sample, SchemaError, sample_key
 from pipeline.shards import storage
@@ -94,5 +93,9 @@ def validate(m: Manifest) -> list[str]:
 
 def _samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample, streamed the way WebDataset groups tar members."""
-    for sample in read_samples(url, handler=reraise_exception):
+    for sample in read_samples(url, handler=_reraise):
         yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
+
+
+def _reraise(e: Exception) -> bool:
+    raise e

@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import webdataset as wds
-
 from pipeline.shards import storage
 
 
@@ -58,7 +56,10 @@ def read_samples(url: str, handler: Callable[[Exception], bool]) -> Iterator[dic
 
     WebDataset's own tar expansion and key grouping over our storage (local or S3). ``handler``
     gets any error opening or reading the shard and returns whether to go on (WebDataset's rule).
+    webdataset is imported here: it imports torch, which the data-prep driver has no use for.
     """
+    import webdataset as wds
+
     try:
         stream = storage.open_stream(url)
     except Exception as e:  # noqa: BLE001 - the handler decides, as for errors while reading

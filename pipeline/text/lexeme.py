@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from spacy.tokens import Doc, Token
+if TYPE_CHECKING:
+    from spacy.tokens import Doc, Token
 
 # Attributes of the thing itself. Counts ("two circles") are not: they say how many boxes
 # a phrase covers, not what any one of them looks like.

@@ -1,0 +1,50 @@
+"""Typed configuration of the grounding stage (``grounding:`` in ``configs/prep/*.yaml``).
+
+Kept apart from the grounders so that reading a config (the data-prep driver does) imports
+neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+GROUNDERS = ("annotations", "detector", "none")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The ``grounding.detector`` section (read only with ``grounding.name: detector``)."""
+
+    model: str = "google/owlv2-base-patch16-ensemble"  # hub id or local directory (from_pretrained)
+    revision: str | None = None  # hub branch, tag or commit to pin; None: the default branch
+    score_threshold: float = 0.1  # a phrase links only to a box scored at least this (sigmoid)
+    nms_iou: float = 0.7  # boxes of two phrases overlapping more than this become one region
+    max_queries: int = 32  # noun-chunk phrases per image sent as queries, in reading order
+    batch_size: int = 8  # images per forward pass (GPU memory), within a worker's grounding call
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: float16 on GPU, else float32
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model: required (a Hugging Face hub id or a local directory)")
+        for name in ("score_threshold", "nms_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        for name in ("max_queries", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    name: Literal["annotations", "detector", "none"] = "annotations"
+    detector: DetectorConfig | None = None  # only with name=detector, which fills in the defaults
+
+    def __post_init__(self) -> None:
+        if self.name not in GROUNDERS:
+            raise ValueError(f"name: {self.name!r} is not one of {', '.join(GROUNDERS)}")
+        if self.name == "detector" and self.detector is None:
+            object.__setattr__(self, "detector", DetectorConfig())
+        if self.name != "detector" and self.detector is not None:
+            raise ValueError(f"detector: set, but name is {self.name!r}; the section is read only by "
+                             "name=detector")

@@ -1,0 +1,234 @@
+"""The data-prep worker: one shard's records → image, text and grounding stages → the shard tar.
+
+The unit of work is an output shard (img2dataset's design). The driver hands a worker a
+:class:`ShardTask`, the shard's index and its input records in input order; the worker runs
+every stage over them in its own process and writes the tar, so a shard's images never cross
+the object store and each shard lands as soon as it is done. A worker is a Ray actor
+(``job.py``): spaCy and the grounder load once per worker, not once per shard.
+
+What flows between the stages is one :class:`Item` per record; each stage fills in its
+fields, or sets ``error`` (a drop reason) and the later stages pass the item by:
+
+============  ============================================  ==============================
+stage         adds                                           drops (``error``)
+============  ============================================  ==============================
+image         ``stored`` (capped RGB JPEG, size, scale),     ``image_*`` (missing, empty,
+              ``annotations`` (input boxes on the stored     corrupt, too large, not
+              image, cleaned), ``box_drops`` (by reason)     decodable, unreadable)
+text          ``hierarchy`` (sentences, phrases, lexemes),
+              a ``lexeme`` on every annotation
+grounding     ``sample`` (the schema-v1 JSON: phrases →
+              regions), ``ambiguous``
+writer        (the tar; per-shard stats; drops with shard)
+============  ============================================  ==============================
+
+Every record of the task ends as a sample in the tar or a drop with its reason, so a
+shard's stats account for all of its inputs: ``inputs == samples + dropped``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from PIL import Image
+
+from pipeline.grounding.base import Annotation, GroundingRequest
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.images import ImageRejected, StoredImage, encode, map_boxes
+from pipeline.prep.records import InputRecord
+from pipeline.schema import Phrase, Sample, sample_key
+from pipeline.shards import storage
+from pipeline.shards.writer import shard_name, write_shard
+
+if TYPE_CHECKING:
+    from pipeline.text.hierarchy import TextHierarchy
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+PROGRESS_DIR = "_progress"  # per-shard completion records of a running job; removed when it ends
+GROUND_CHUNK = 64  # records whose decoded images a grounder that needs pixels holds at once
+# Fault injection for tests and failure rehearsals: "<shard index>:<marker file>" makes
+# the worker writing that shard die halfway through the tar, once (the marker records it).
+CHAOS_ENV = "PIPELINE_CHAOS_KILL_WRITER"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int  # the shard's number: its name, and its place in the dataset
+    records: list[InputRecord]  # the valid input records it holds, in input order
+
+
+@dataclass
+class Item:
+    """One record on its way through the stages (the table in the module docstring)."""
+
+    record: InputRecord
+    error: str = ""  # the drop reason; set once, by the stage that rejects the record
+    detail: str = ""
+    stored: StoredImage | None = None
+    annotations: list[dict] = field(default_factory=list)
+    box_drops: dict[str, int] = field(default_factory=dict)
+    hierarchy: TextHierarchy | None = None
+    sample: dict | None = None
+    ambiguous: int = 0
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    stats: dict  # the shard's row of shards.parquet / the manifest's shard_stats
+    drops: list[dict]  # its rows of dropped.parquet
+
+
+def progress_url(root: str, shard: str) -> str:
+    return f"{root}/{PROGRESS_DIR}/{shard}.json"
+
+
+class ShardWorker:
+    """Holds the fixed costs (spaCy, the grounder) and turns :class:`ShardTask` s into shards."""
+
+    def __init__(self, cfg: PrepConfig, root: str, source: str, run_id: str):
+        from pipeline.grounding import build_grounder  # spaCy, torch: the worker's, not the driver's
+        from pipeline.text.parser import CaptionParser
+
+        self.cfg, self.root, self.source, self.run_id = cfg, root, source, run_id
+        self.parser = CaptionParser(cfg.text)
+        self.grounder = build_grounder(cfg.grounding)
+        self.node = socket.gethostname()
+
+    def provenance(self) -> dict:
+        """What the manifest records to reproduce the text and grounding stages."""
+        return {"text": self.parser.provenance(), "grounder": self.grounder.provenance()}
+
+    def process(self, task: ShardTask) -> ShardResult:
+        items = [Item(record) for record in task.records]
+        self.image_stage(items)
+        ok = [item for item in items if not item.error]
+        self.text_stage(ok)
+        self.grounding_stage(ok)
+        return self.write(task.index, items)
+
+    def image_stage(self, items: list[Item]) -> None:
+        """Fetch (``ray.io_threads`` reads ahead: S3 latency) and re-encode each image."""
+        fetches = prefetch(_image_bytes, [item.record for item in items], self.cfg.ray.io_threads)
+        for item, fetch in zip(items, fetches):
+            try:
+                stored = encode(fetch.result(), self.cfg.image)
+            except FileNotFoundError:
+                item.error, item.detail = "image_missing", item.record.image
+                continue
+            except ImageRejected as e:
+                item.error, item.detail = e.reason, e.detail
+                continue
+            except Exception as e:  # noqa: BLE001 - one record's data never stops a job: OSError, S3 errors
+                item.error, item.detail = "image_unreadable", f"{type(e).__name__}: {e}"[:200]
+                continue
+            item.stored = stored
+            item.annotations, item.box_drops = map_boxes(item.record.boxes, stored)
+
+    def text_stage(self, items: list[Item]) -> None:
+        """Captions and annotation labels, each in one batched spaCy pass over the shard."""
+        for item, hierarchy in zip(items, self.parser.parse([item.record.caption for item in items])):
+            item.hierarchy = hierarchy
+        labels = [a for item in items for a in item.annotations]
+        for annotation, lexeme in zip(labels, self.parser.lexemes([a["label"] for a in labels])):
+            annotation["lexeme"] = lexeme
+
+    def grounding_stage(self, items: list[Item]) -> None:
+        for start in range(0, len(items), GROUND_CHUNK):
+            chunk = items[start:start + GROUND_CHUNK]
+            for item, grounding in zip(chunk, self.grounder.ground([self._request(item) for item in chunk])):
+                h = item.hierarchy
+                phrases = [Phrase(p.text, p.sentence, p.start, p.end, p.kind, region)
+                           for p, region in zip(h.phrases, grounding.phrase_regions)]
+                sample = Sample(id=item.record.id, source=self.source, width=item.stored.width,
+                                height=item.stored.height, caption=item.record.caption, sentences=h.sentences,
+                                phrases=phrases, regions=grounding.regions)
+                item.sample, item.ambiguous = sample.to_json(), grounding.ambiguous
+
+    def _request(self, item: Item) -> GroundingRequest:
+        annotations = [Annotation(tuple(a["box"]), a["label"], a["lexeme"]) for a in item.annotations]
+        stored, h = item.stored, item.hierarchy
+        image = Image.open(io.BytesIO(stored.jpg)).convert("RGB") if self.grounder.needs_image else None
+        return GroundingRequest(stored.width, stored.height, h.phrases, h.lexemes, annotations, image,
+                                h.sentences)
+
+    def write(self, index: int, items: list[Item]) -> ShardResult:
+        """The tar (good items, in input order), then its completion record: what a resumed run
+        needs to account for the shard without redoing it."""
+        name = shard_name(index)
+        good = [item for item in items if not item.error]
+        samples = ((sample_key(self.source, item.record.id), item.stored.jpg, item.sample) for item in good)
+        shard = write_shard(f"{self.root}/{name}", _maybe_die_halfway(samples, index, len(good)))
+        drops = [{"ordinal": item.record.ordinal, "id": item.record.id, "reason": item.error,
+                  "detail": item.detail, "shard": name} for item in items if item.error]
+        stats = shard_stats(name, shard.samples, shard.bytes, shard.sha256, items, good)
+        stats["node"] = self.node
+        storage.write_atomic(progress_url(self.root, name), json.dumps(
+            {"run_id": self.run_id, "stats": stats, "drops": drops}, ensure_ascii=False).encode())
+        return ShardResult(stats, drops)
+
+
+def shard_stats(name: str, samples: int, size: int, sha256: str, items: list[Item], good: list[Item]) -> dict:
+    box_drops: Counter = Counter()
+    for item in good:
+        box_drops.update(item.box_drops)
+    phrases = [p for item in good for p in item.sample["phrases"]]
+    repaired = [item.stored.repaired for item in good if item.stored.repaired]
+    return {
+        "name": name, "samples": samples, "bytes": size, "sha256": sha256,
+        "inputs": len(items), "dropped": len(items) - len(good),
+        "repaired": len(repaired),
+        "boxes_dropped": sum(box_drops.values()),
+        "phrases": len(phrases),
+        "regions": sum(len(item.sample["regions"]) for item in good),
+        "linked_phrases": sum(p["region"] is not None for p in phrases),
+        "ambiguous_phrases": sum(item.ambiguous for item in good),
+        "repaired_by_reason": dict(Counter(repaired)),
+        "boxes_dropped_by_reason": dict(box_drops),
+    }
+
+
+def prefetch(fn: Callable[[T], R], args: Iterable[T], depth: int) -> Iterator[Future]:
+    """``fn`` over ``args`` on ``depth`` threads, at most ``depth`` results ahead of the consumer,
+    in order; each as a future, so that the consumer sees each call's own exception."""
+    with ThreadPoolExecutor(depth) as pool:
+        ahead: deque[Future] = deque()
+        for arg in args:
+            ahead.append(pool.submit(fn, arg))
+            if len(ahead) > depth:
+                yield ahead.popleft()
+        while ahead:
+            yield ahead.popleft()
+
+
+def _image_bytes(record: InputRecord) -> bytes:
+    """The bytes an image reference (``records.InputRecord``) points at: a file, or a range of one."""
+    if record.image_size < 0:
+        return storage.read_bytes(record.image)
+    return storage.read_range(record.image, record.image_offset, record.image_size)
+
+
+def _maybe_die_halfway(samples: Iterator, index: int, count: int) -> Iterator:
+    spec = os.environ.get(CHAOS_ENV, "")
+    target, _, marker = spec.partition(":")
+    if not spec or int(target) != index or os.path.exists(marker):
+        yield from samples
+        return
+    for i, sample in enumerate(samples):
+        if i == count // 2:
+            open(marker, "w").close()
+            log.warning("chaos: killing the writer of shard %d halfway", index)
+            os._exit(1)
+        yield sample

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# A two-node Ray cluster on one machine, to rehearse data prep across nodes (root, no systemd).
+#
+# Each node is a network namespace with its own interface, address and hostname (node1 =
+# 10.78.0.11, the head; node2 = 10.78.0.12), bridged to the host's 10.78.0.1, so tasks, actors
+# and objects move between nodes over a network, as on a cluster. Anything the nodes must reach
+# (an S3 server) listens on 10.78.0.1; the head's job API is http://10.78.0.11:8265.
+# Token authentication, as Ray's default: both nodes use RAY_AUTH_TOKEN from the environment
+# (required); submit with RAY_AUTH_MODE=token and the same RAY_AUTH_TOKEN.
+# Usage: scripts/two-node-ray.sh start [CPUS_PER_NODE] | stop
+# `start` restarts it from scratch; `stop` removes every trace. `ray` is the one on PATH.
+set -euo pipefail
+state=/var/lib/ray-twonode
+net=10.78.0
+bridge=fg-raytwo
+
+stop() {
+  for i in 1 2; do
+    ns=fg-ray$i
+    if ip netns list | grep -qw "$ns"; then
+      for _ in $(seq 50); do  # until the node's processes are gone: they hold the namespace
+        pids=$(ip netns pids "$ns")
+        [ -z "$pids" ] && break
+        kill -9 $pids 2>/dev/null || true
+        sleep 0.2
+      done
+      ip netns del "$ns"
+    fi
+    ip link del "fg-raytwo$i" 2>/dev/null || true
+  done
+  ip link del "$bridge" 2>/dev/null || true
+  rm -rf "$state"
+}
+
+# node I ARGS...: run `ray start ARGS --block` as node I, in the background, logging to $state.
+node() {
+  local i=$1
+  shift
+  setsid nsenter --net="/run/netns/fg-ray$i" unshare --mount --uts sh -c \
+    "mount --bind $state/hosts /etc/hosts && hostname node$i && exec ray start --block \
+     --node-ip-address $net.1$i --disable-usage-stats $*" > "$state/node$i.log" 2>&1 &
+}
+
+start() {
+  local cpus=${1:-1}
+  : "${RAY_AUTH_TOKEN:?set RAY_AUTH_TOKEN to the token the cluster will use}"
+  # Its own temp dir: sessions, logs, and the address file that makes a plain ray.init() on this
+  # machine join a cluster (/tmp/ray/ray_current_cluster) stay with this cluster.
+  export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0 RAY_TMPDIR=$state/tmp
+  command -v ray > /dev/null || { echo "ray is not on PATH" >&2; exit 1; }
+  stop
+  mkdir -p "$state/tmp"
+  printf '127.0.0.1 localhost\n%s.1 %s\n%s.11 node1\n%s.12 node2\n' \
+    "$net" "$(hostname -s)" "$net" "$net" > "$state/hosts"
+  ip link add "$bridge" type bridge
+  ip addr add "$net.1/24" dev "$bridge"
+  ip link set "$bridge" up
+  for i in 1 2; do
+    ns=fg-ray$i
+    ip netns add "$ns"
+    ip link add "fg-raytwo$i" type veth peer name eth0 netns "$ns"
+    ip link set "fg-raytwo$i" master "$bridge" up
+    ip -n "$ns" addr add "$net.1$i/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" route add default via "$net.1"
+  done
+  node 1 --head --port 6379 --num-cpus "$cpus" --dashboard-host 0.0.0.0 --dashboard-port 8265
+  for _ in $(seq 60); do
+    ip netns exec fg-ray1 ray status --address "$net.11:6379" > /dev/null 2>&1 && break
+    sleep 1
+  done
+  node 2 --address "$net.11:6379" --num-cpus "$cpus"
+  for _ in $(seq 60); do
+    if [ "$(ip netns exec fg-ray1 ray status --address "$net.11:6379" 2>/dev/null | grep -c ' node_')" = 2 ]; then
+      ip netns exec fg-ray1 ray status --address "$net.11:6379"
+      exit 0
+    fi
+    sleep 1
+  done
+  echo "two-node ray did not come up; see $state/node*.log and $state/tmp" >&2
+  exit 1
+}
+
+case ${1:-} in
+  start) shift; start "$@" ;;
+  stop) stop ;;
+  *) echo "usage: $0 start [CPUS_PER_NODE] | stop" >&2; exit 2 ;;
+esac
