@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, UserError, load_config
 
 if TYPE_CHECKING:
     from pipeline.eval import EvalConfig
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

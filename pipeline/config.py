@@ -13,6 +13,7 @@ import logging
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,8 +22,35 @@ import yaml
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A mistake the user can fix: a bad config, a missing input, an output in the way, a file
+    that is not what its key says. Entry points print the message as one line and exit with
+    status 2; any other exception is a bug in our code and keeps its traceback."""
+
+
+class InputNotFound(UserError, FileNotFoundError):
+    """An input the config names is not there."""
+
+
+class OutputInTheWay(UserError, FileExistsError):
+    """The output folder holds something this job must not mix with or replace."""
+
+
+class BadInput(UserError, ValueError):
+    """A file or folder that cannot be what its key says (its message names the key)."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names the offending key."""
+
+
+def exit_on_user_error(job: Callable[[], T]) -> T:
+    """Run an entry point's work; a :class:`UserError` becomes one line on stderr and exit 2."""
+    try:
+        return job()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
@@ -42,7 +70,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0]
+            raise ConfigError(f"{key.strip()}: {raw!r} is not a YAML value ({problem}); quote it: "
+                              f"{key.strip()}='\"{raw}\"'") from e
+        _set_dotted(data, key.strip(), value)
     return build(cls, data)
 
 

@@ -98,3 +98,8 @@ def test_replica_check_needs_replicas():
     assert load_config(TrainConfig, preset, ["replica_check_every=5"]).replica_check_every == 5
     with pytest.raises(ConfigError, match="replica_check_every: ZeRO-3 partitions the parameters"):
         load_config(TrainConfig, preset, ["replica_check_every=5", "zero_stage=3"])
+
+
+def test_an_override_that_is_not_yaml_names_its_key():
+    with pytest.raises(ConfigError, match=r"^name: '\[unclosed' is not a YAML value"):
+        load_config(PrepConfig, None, ["input.index=x.jsonl", "output=out", "name=[unclosed"])

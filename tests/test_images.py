@@ -81,10 +81,34 @@ def test_boxes_are_scaled_clipped_and_counted():
         {"box": [0, 0, 10, 10]},
         "garbage",
     ]
-    kept, dropped = map_boxes(boxes, stored)
+    kept, dropped = map_boxes(boxes, stored, CFG)
     assert kept == [{"box": [5.0, 2.5, 30.0, 15.0], "label": "cat"},
                     {"box": [0.0, 0.0, 20.0, 10.0], "label": "dog"}]
     assert dropped == {"box_not_finite": 1, "box_inverted": 1, "box_outside": 1, "box_degenerate": 1,
                        "box_malformed": 1, "box_label_invalid": 2}
-    assert map_boxes(None, stored) == ([], {})
-    assert map_boxes({"box": 1}, stored) == ([], {"boxes_not_a_list": 1})
+    assert map_boxes(None, stored, CFG) == ([], {})
+    assert map_boxes({"box": 1}, stored, CFG) == ([], {"boxes_not_a_list": 1})
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PPM", "ICO", "TGA"])
+def test_formats_outside_the_allow_list_are_not_decoded(fmt):
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(out, format=fmt)
+    with pytest.raises(ImageRejected) as e:
+        encode(out.getvalue(), CFG)
+    assert e.value.reason == "image_not_decodable" and "JPEG, PNG" in e.value.detail
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_allowed_formats_are_decoded(fmt):
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(out, format=fmt)
+    assert encode(out.getvalue(), CFG).width == 32
+
+
+def test_boxes_beyond_the_limits_are_counted_not_kept():
+    stored = StoredImage(b"", 100, 100, (1.0, 1.0), "")
+    cfg = ImageConfig(max_side=64, max_boxes=3, max_label_chars=10)
+    boxes = [{"box": [0, 0, 10, 10], "label": "dot"}] * 100_000 + [{"box": [0, 0, 10, 10], "label": "x" * 11}]
+    kept, dropped = map_boxes(boxes, stored, cfg)
+    assert len(kept) == 3 and dropped == {"box_over_limit": 99_997, "box_label_too_long": 1}

@@ -31,6 +31,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline.config import BadInput
 from pipeline.prep.records import (
     Drop,
     InputRecord,
@@ -120,7 +121,7 @@ def _target(ann: Any, file: str) -> tuple[str | None, str]:
 
 def _section(data: Any, name: str, file: str) -> list:
     if not isinstance(data, dict) or not isinstance(data.get(name), list):
-        raise ValueError(f"input.{file}: no '{name}' list; is this a COCO {file} file?")  # noqa: TRY004 - bad input
+        raise BadInput(f"input.{file}: no '{name}' list; is this a COCO {file} file?")
     return data[name]
 
 
@@ -128,4 +129,4 @@ def _load(url: str, key: str) -> Any:
     try:
         return json.loads(storage.read_bytes(url))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"input.{key}: {url} is not JSON: {e}") from e
+        raise BadInput(f"input.{key}: {url} is not JSON: {e}") from e

@@ -54,6 +54,9 @@ class ImageConfig:
     max_side: int = 512  # longest side of the stored JPEG
     jpeg_quality: int = 90
     max_pixels: int = 40_000_000  # larger images are decompression-bomb suspects and dropped
+    max_bytes: int = 50_000_000  # larger image files are dropped unread (image_too_large)
+    max_boxes: int = 500  # input boxes kept per image, the first ones; the rest are counted, not kept
+    max_label_chars: int = 200  # longer box labels drop their box
 
     def __post_init__(self) -> None:
         if self.max_side < 16:
@@ -62,6 +65,9 @@ class ImageConfig:
             raise ValueError(f"jpeg_quality: {self.jpeg_quality} is not in 1..100")
         if self.max_pixels < self.max_side:
             raise ValueError(f"max_pixels: {self.max_pixels} is below image.max_side")
+        for name in ("max_bytes", "max_boxes", "max_label_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

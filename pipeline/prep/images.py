@@ -21,6 +21,8 @@ from pipeline.schema import clean_box
 Image.MAX_IMAGE_PIXELS = None  # we enforce ImageConfig.max_pixels ourselves, before decoding
 
 _BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+# The formats decoded; Pillow would try every plugin it has, EPS among them (Ghostscript).
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class ImageRejected(Exception):
@@ -43,9 +45,9 @@ def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
     if not data:  # PIL cannot tell an empty file from garbage; we can
         raise ImageRejected("image_empty", "0 bytes")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as e:
-        raise ImageRejected("image_not_decodable", "no image format recognised") from e  # PIL's text names an address
+        raise ImageRejected("image_not_decodable", f"not one of {', '.join(FORMATS)}") from e  # PIL's text names an address
     except Exception as e:  # PIL raises many types on garbage headers
         raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}"[:200]) from e
     width, height = img.size
@@ -89,8 +91,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def map_boxes(boxes: Any, stored: StoredImage) -> tuple[list[dict], dict[str, int]]:
-    """Input boxes (original pixels) → clean boxes on the stored image, and drop counts by reason."""
+def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[dict], dict[str, int]]:
+    """Input boxes (original pixels) → clean boxes on the stored image, and drop counts by reason.
+    At most ``cfg.max_boxes`` are kept, the first ones; the rest count as ``box_over_limit``."""
     if boxes is None:
         return [], {}
     if not isinstance(boxes, list):
@@ -101,6 +104,10 @@ def map_boxes(boxes: Any, stored: StoredImage) -> tuple[list[dict], dict[str, in
     for item in boxes:
         if not isinstance(item, dict) or not isinstance(item.get("label"), str) or not item["label"].strip():
             reason = "box_label_invalid"
+        elif len(item["label"]) > cfg.max_label_chars:
+            reason = "box_label_too_long"
+        elif len(kept) == cfg.max_boxes:
+            reason = "box_over_limit"
         else:
             box = item.get("box")
             if isinstance(box, list) and len(box) == 4 and all(

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.config import InputNotFound
 from pipeline.prep import tars
 from pipeline.prep.coco import read_coco
 from pipeline.prep.config import INPUT_KEYS, InputConfig
@@ -38,17 +39,17 @@ def locate(cfg: InputConfig) -> InputFiles:
     if cfg.format == "webdataset":
         files = tars.locate(cfg.shards)
         if not any(stat for _, stat in files):
-            raise FileNotFoundError(f"input.shards: no tar found at {cfg.shards}")
+            raise InputNotFound(f"input.shards: no tar found at {cfg.shards}")
         return files
     if cfg.format == "index":
         index_format(cfg.index)
     elif not storage.is_dir(cfg.images):
-        raise FileNotFoundError(f"input.images: {cfg.images} is not a folder (or an S3 prefix holding objects)")
+        raise InputNotFound(f"input.images: {cfg.images} is not a folder (or an S3 prefix holding objects)")
     required, optional = INPUT_KEYS[cfg.format]
     named = [(key, getattr(cfg, key)) for key in required + optional if key != "images"]
     for key, url in named:
         if url and not storage.exists(url):
-            raise FileNotFoundError(f"input.{key}: {url} does not exist")
+            raise InputNotFound(f"input.{key}: {url} does not exist")
     return [(url, FileStat(*file_digest(url))) for _, url in named if url]
 
 
@@ -89,6 +90,11 @@ def count(cfg: InputConfig, files: InputFiles) -> int | None:
     total = count_index_rows(cfg.index)
     end = total if cfg.limit is None else min(total, cfg.skip + cfg.limit)
     return max(0, end - cfg.skip)
+
+
+def urls(cfg: InputConfig, files: InputFiles) -> list[str]:
+    """Everything the input reads from: its files, and the images folder of formats that have one."""
+    return [url for url, _ in files] + ([cfg.images] if cfg.images else [])
 
 
 def identity(files: InputFiles) -> list:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import time
 from collections import Counter, deque
@@ -25,7 +26,7 @@ from pathlib import Path
 import ray
 
 from pipeline import __version__
-from pipeline.config import to_dict
+from pipeline.config import BadInput, OutputInTheWay, UserError, to_dict
 from pipeline.lineage import code_version
 from pipeline.prep import inputs, tars
 from pipeline.prep.config import PrepConfig
@@ -38,6 +39,7 @@ from pipeline.shards.writer import file_digest, shard_name
 
 log = logging.getLogger(__name__)
 
+OUR_TABLES = (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE)
 TASKS_PER_WORKER = 2  # shards queued at a worker: the next one is there when it finishes one
 WORKER_RESTARTS = 3  # a worker that dies (node lost, killed) is restarted and its shard retried
 
@@ -47,7 +49,9 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     started = time.time()
     files = inputs.locate(cfg.input)
     source = cfg.input.source or inputs.default_source(cfg.input, files)
-    root, name = cfg.output.rstrip("/"), cfg.name or Path(cfg.output.rstrip("/")).name
+    root = cfg.output.rstrip("/") or "/"  # "/" is refused below, not read as ""
+    name = cfg.name or Path(root).name
+    _refuse_output_over_input(root, inputs.urls(cfg.input, files))
     run_id = _run_id(cfg, files)
     if cfg.existing_output == "resume" and storage.exists(f"{root}/{mf.MANIFEST_FILE}"):
         return _finished_earlier(root, run_id)
@@ -147,7 +151,7 @@ class WorkerPool:
         try:
             return ray.get(self.workers[0].provenance.remote())
         except ray.exceptions.RayActorError as e:
-            raise RuntimeError(f"data-prep workers cannot start: {_cause(e)}") from None
+            raise UserError(f"data-prep workers cannot start: {_cause(e)}") from None
 
     def map(self, tasks: Iterator[ShardTask]) -> Iterator[ShardResult]:
         """Each task's result, in the order they finish."""
@@ -234,17 +238,56 @@ def _totals(shard_rows: list[dict], drops: list[dict]) -> dict:
 
 
 def _prepare_output(root: str, existing: str) -> None:
+    """With ``overwrite``, remove what an earlier run of ours wrote in ``root`` (the files its
+    manifest and completion records name), nothing else."""
     names = storage.list_names(root)
     if names and existing == "fail":
-        raise FileExistsError(f"output: {root} is not empty; set existing_output=overwrite to replace it, "
+        raise OutputInTheWay(f"output: {root} is not empty; set existing_output=overwrite to replace it, "
                               "or resume to finish a killed run of this job")
-    if existing == "overwrite":  # remove what an earlier run wrote, nothing else
-        for name in names:
-            if name.endswith(".tar") or name in (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE) \
-                    or storage.is_temp_name(name):
-                storage.remove(f"{root}/{name}")
+    if existing == "overwrite":
+        for name in sorted(_written_by_us(root, names)):
+            storage.remove(f"{root}/{name}")
         _clear_progress(root)
     storage.make_dirs(root)
+
+
+def _written_by_us(root: str, names: list[str]) -> set[str]:
+    """The files in ``root`` an earlier run of this pipeline wrote: its manifest, tables and the
+    shards they name, shards with a completion record, and writers' temporary files of those."""
+    ours = set(OUR_TABLES)
+    if mf.MANIFEST_FILE in names:
+        ours |= {shard.name for shard in mf.load_manifest(root).shards}  # refuses a manifest not ours
+    ours |= {record["stats"]["name"] for record in _progress_records(root)}
+    return {name for name in names if name in ours or _is_our_temp(name)}
+
+
+def _refuse_output_over_input(root: str, input_urls: list[str]) -> None:
+    """An output folder that is the filesystem's root or holds the input is refused: a rerun
+    with ``overwrite`` or ``resume`` works in that folder."""
+    if not storage.is_s3(root) and storage.local_path(root).resolve() == Path("/").resolve():
+        raise BadInput(f"output: {root} is the filesystem's root; name a folder for the dataset")
+    for url in input_urls:
+        if _is_within(url, root):
+            raise BadInput(f"output: {root} holds the input {url}; write the dataset to another folder")
+
+
+def _is_within(url: str, folder: str) -> bool:
+    if storage.is_s3(url) != storage.is_s3(folder):
+        return False
+    if storage.is_s3(url):
+        return url.rstrip("/").startswith(folder.rstrip("/") + "/") or url.rstrip("/") == folder.rstrip("/")
+    path, base = storage.local_path(url).resolve(), storage.local_path(folder).resolve()
+    return path == base or base in path.parents
+
+
+def _is_shard_name(name: str | None) -> bool:
+    return name is not None and re.fullmatch(r"shard-\d{6}\.tar", name) is not None
+
+
+def _is_our_temp(name: str) -> bool:
+    """A temporary file one of our writers left, killed while writing a shard or a table."""
+    target = storage.temp_target(name)
+    return _is_shard_name(target) or target in OUR_TABLES
 
 
 def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
@@ -259,10 +302,9 @@ def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
 def _completed_shards(root: str, run_id: str) -> dict[str, dict]:
     """Completion records of an earlier run of this job whose shard is intact (size + sha256)."""
     done = {}
-    for record_name in storage.list_names(f"{root}/{PROGRESS_DIR}"):
-        record = json.loads(storage.read_bytes(f"{root}/{PROGRESS_DIR}/{record_name}"))
+    for record in _progress_records(root):
         if record["run_id"] != run_id:
-            raise FileExistsError(f"output: {root} holds shards of a different job (input or config changed); "
+            raise OutputInTheWay(f"output: {root} holds shards of a different job (input or config changed); "
                                   "set existing_output=overwrite to replace them")
         stats = record["stats"]
         url = f"{root}/{stats['name']}"
@@ -273,10 +315,25 @@ def _completed_shards(root: str, run_id: str) -> dict[str, dict]:
     return done
 
 
+def _progress_records(root: str) -> Iterator[dict]:
+    """The completion records in ``root``; one that is not ours in shape (unreadable, a shard name
+    that is not a plain file name) is ignored with a warning: its shard is written again."""
+    for record_name in storage.list_names(f"{root}/{PROGRESS_DIR}"):
+        url = f"{root}/{PROGRESS_DIR}/{record_name}"
+        try:
+            record = json.loads(storage.read_bytes(url))
+            if _is_shard_name(record["stats"]["name"]) and isinstance(record["run_id"], str):
+                yield record
+                continue
+        except (ValueError, KeyError, TypeError):
+            pass
+        log.warning("%s is not a completion record of this pipeline: ignored", url)
+
+
 def _finished_earlier(root: str, run_id: str) -> mf.Manifest:
     manifest = mf.load_manifest(root)
     if manifest.data.get("run_id") != run_id:
-        raise FileExistsError(f"output: {root} holds a finished dataset of a different job; "
+        raise OutputInTheWay(f"output: {root} holds a finished dataset of a different job; "
                               "set existing_output=overwrite to replace it")
     log.info("%s: this job already finished; nothing to do", root)
     _clear_progress(root)
@@ -292,7 +349,7 @@ def _clear_progress(root: str) -> None:
 def _remove_leftover_temp_files(root: str) -> None:
     """A worker killed mid-write leaves its temporary file; the retry wrote a fresh one."""
     for name in storage.list_names(root):
-        if storage.is_temp_name(name):
+        if _is_our_temp(name):
             storage.remove(f"{root}/{name}")
 
 

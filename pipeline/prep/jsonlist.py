@@ -5,7 +5,7 @@ turn into several gigabytes of Python objects before the first record.
 Items are decoded one at a time with ``json.JSONDecoder.raw_decode`` over a buffer refilled
 from the stream, so memory holds one read chunk plus the current item. Bytes that are not
 UTF-8 are kept as lone surrogates (``surrogateescape``) so that one bad byte spoils one item,
-not the file: a reader finds them with :func:`is_text` and drops that item.
+not the file: a reader finds them with ``records.is_text`` and drops that item.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from pipeline.config import BadInput
 from pipeline.prep.records import Drop
 from pipeline.shards import storage
 
@@ -45,7 +46,7 @@ def read_json_list(url: str, key: str) -> Iterator[Any | Drop]:
         except BrokenList as e:
             yield Drop(ordinal, None, e.reason, f"{e.detail}; the items before it are kept")
         except ValueError as e:
-            raise ValueError(f"input.{key}: {url}: {e}") from e
+            raise BadInput(f"input.{key}: {url}: {e}") from e
 
 
 def parse_json_list(chunks: Iterable[bytes]) -> Iterator[Any]:
@@ -115,12 +116,3 @@ def _may_go_on(item: Any, buf: str, end: int) -> bool:
     delimiter of its own."""
     is_number = isinstance(item, (int, float)) and not isinstance(item, bool)
     return is_number and all(c in _NUMBER for c in buf[end:])
-
-
-def is_text(value: Any) -> bool:
-    """A string that is valid Unicode (no lone surrogate from a byte that was not UTF-8)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

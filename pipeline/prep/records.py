@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from pipeline.config import BadInput
 from pipeline.shards import storage
 
 REQUIRED_FIELDS = ("id", "image", "caption")
@@ -54,7 +55,7 @@ def index_format(url: str) -> str:
     for suffix, fmt in ((".jsonl", "jsonl"), (".json", "jsonl"), (".parquet", "parquet")):
         if url.endswith(suffix):
             return fmt
-    raise ValueError(f"input.index: {url} is neither .jsonl nor .parquet")
+    raise BadInput(f"input.index: {url} is neither .jsonl nor .parquet")
 
 
 def read_index(url: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
@@ -76,10 +77,22 @@ def unique_ids(items: Iterable[InputRecord | Drop]) -> Iterator[InputRecord | Dr
         yield item
 
 
+def is_text(value: Any) -> bool:
+    """A string that is valid Unicode: no lone surrogate, from a byte that was not UTF-8 or a
+    ``"\\ud800"`` escape in valid JSON, which no UTF-8 file (a tar, dropped.parquet) can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def caption_problem(caption: Any, max_caption_chars: int) -> tuple[str, str] | None:
     """(reason, detail) when a caption cannot be used, whatever format it came in."""
     if not isinstance(caption, str):
         return "caption_not_string", type(caption).__name__
+    if not is_text(caption):
+        return "invalid_utf8", "caption"
     if not caption.strip():
         return "caption_empty", ""
     if len(caption) > max_caption_chars:
@@ -120,8 +133,12 @@ def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> I
             return Drop(ordinal, rid, "missing_field", name)
     if rid is None or not rid.strip():
         return Drop(ordinal, None, "invalid_id", repr(raw_id)[:200])
+    if not is_text(rid):
+        return Drop(ordinal, None, "invalid_utf8", f"id {rid!a}"[:200])
     if not isinstance(row["image"], str) or not row["image"].strip():
         return Drop(ordinal, rid, "invalid_image_ref", repr(row["image"])[:200])
+    if not is_text(row["image"]):
+        return Drop(ordinal, rid, "invalid_utf8", "image")
     problem = caption_problem(row["caption"], max_caption_chars)
     if problem:
         return Drop(ordinal, rid, *problem)

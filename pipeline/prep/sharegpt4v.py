@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.prep.jsonlist import is_text, read_json_list
-from pipeline.prep.records import Drop, InputRecord, caption_problem, unique_ids
+from pipeline.prep.jsonlist import read_json_list
+from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, unique_ids
 from pipeline.shards import storage
 
 
@@ -44,8 +44,6 @@ def sharegpt4v_record(item: Any, ordinal: int, images: str, max_caption_chars: i
     if caption is None:
         return Drop(ordinal, image, "missing_field", "caption (no gpt turn with a value in conversations)")
     problem = caption_problem(caption, max_caption_chars)
-    if problem is None and not is_text(caption):
-        problem = "invalid_utf8", "caption"
     if problem:
         return Drop(ordinal, image, *problem)
     return InputRecord(ordinal, image, storage.resolve(images, image), caption, None)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import braceexpand
 
-from pipeline.prep.records import Drop, InputRecord, caption_problem, unique_ids
+from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, unique_ids
 from pipeline.shards import storage
 from pipeline.shards.storage import FileStat
 
@@ -138,6 +138,8 @@ def _items(listings: Iterable[TarListing], max_caption_chars: int) -> Iterator[I
 def sample_item(tar: str, sample: Sample, ordinal: int, max_caption_chars: int) -> InputRecord | Drop:
     """One sample's members → a record whose image is a byte range of ``tar``, or a drop."""
     key, members = sample.key, sample.members
+    if not is_text(key):
+        return Drop(ordinal, None, "invalid_utf8", f"{tar}: member name {key!a}"[:200])
     if sample.problem:
         return Drop(ordinal, key, *sample.problem)
     meta = {}

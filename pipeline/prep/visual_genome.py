@@ -24,12 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.prep.jsonlist import is_text, read_json_list
+from pipeline.prep.jsonlist import read_json_list
 from pipeline.prep.records import (
     Drop,
     InputRecord,
     as_sentence,
     caption_problem,
+    is_text,
     record_id,
     unique_ids,
     xywh_to_xyxy,

@@ -15,9 +15,9 @@ stage         adds                                           drops (``error``)
 image         ``stored`` (capped RGB JPEG, size, scale),     ``image_*`` (missing, empty,
               ``annotations`` (input boxes on the stored     corrupt, too large, not
               image, cleaned), ``box_drops`` (by reason)     decodable, unreadable)
-text          ``hierarchy`` (sentences, phrases, lexemes),
-              a ``lexeme`` on every annotation
-grounding     ``sample`` (the schema-v1 JSON: phrases →
+text          ``hierarchy`` (sentences, phrases, lexemes),   ``caption_unparseable``,
+              a ``lexeme`` on every annotation               ``box_label_unparseable``
+grounding     ``sample`` (the schema-v1 JSON: phrases →      ``grounding_failed``
               regions), ``ambiguous``
 writer        (the tar; per-shard stats; drops with shard)
 ============  ============================================  ==============================
@@ -114,48 +114,69 @@ class ShardWorker:
     def process(self, task: ShardTask) -> ShardResult:
         items = [Item(record) for record in task.records]
         self.image_stage(items)
-        ok = [item for item in items if not item.error]
-        self.text_stage(ok)
-        self.grounding_stage(ok)
+        self.text_stage([item for item in items if not item.error])
+        self.grounding_stage([item for item in items if not item.error])
         return self.write(task.index, items)
 
     def image_stage(self, items: list[Item]) -> None:
         """Fetch (``ray.io_threads`` reads ahead: S3 latency) and re-encode each image."""
-        fetches = prefetch(_image_bytes, [item.record for item in items], self.cfg.ray.io_threads)
+        max_bytes = self.cfg.image.max_bytes
+        fetches = prefetch(lambda record: _image_bytes(record, max_bytes), [item.record for item in items],
+                           self.cfg.ray.io_threads)
         for item, fetch in zip(items, fetches):
             try:
                 stored = encode(fetch.result(), self.cfg.image)
             except FileNotFoundError:
                 item.error, item.detail = "image_missing", item.record.image
                 continue
+            except storage.TooLarge:
+                item.error, item.detail = "image_too_large", f"file over image.max_bytes = {max_bytes}"
+                continue
             except ImageRejected as e:
                 item.error, item.detail = e.reason, e.detail
                 continue
             except Exception as e:  # noqa: BLE001 - one record's data never stops a job: OSError, S3 errors
-                item.error, item.detail = "image_unreadable", f"{type(e).__name__}: {e}"[:200]
+                item.error, item.detail = "image_unreadable", _describe(e)
                 continue
             item.stored = stored
-            item.annotations, item.box_drops = map_boxes(item.record.boxes, stored)
+            item.annotations, item.box_drops = map_boxes(item.record.boxes, stored, self.cfg.image)
 
     def text_stage(self, items: list[Item]) -> None:
         """Captions and annotation labels, each in one batched spaCy pass over the shard."""
-        for item, hierarchy in zip(items, self.parser.parse([item.record.caption for item in items])):
+        hierarchies = each_or_alone(self.parser.parse, [item.record.caption for item in items])
+        for item, hierarchy in zip(items, hierarchies):
+            if isinstance(hierarchy, Exception):
+                item.error, item.detail = "caption_unparseable", _describe(hierarchy)
             item.hierarchy = hierarchy
-        labels = [a for item in items for a in item.annotations]
-        for annotation, lexeme in zip(labels, self.parser.lexemes([a["label"] for a in labels])):
+        labelled = [(item, a) for item in items if not item.error for a in item.annotations]
+        for (item, annotation), lexeme in zip(labelled, each_or_alone(
+                self.parser.lexemes, [a["label"] for _, a in labelled])):
+            if isinstance(lexeme, Exception):
+                item.error, item.detail = "box_label_unparseable", _describe(lexeme)
             annotation["lexeme"] = lexeme
 
     def grounding_stage(self, items: list[Item]) -> None:
+        items = [item for item in items if not item.error]
         for start in range(0, len(items), GROUND_CHUNK):
             chunk = items[start:start + GROUND_CHUNK]
-            for item, grounding in zip(chunk, self.grounder.ground([self._request(item) for item in chunk])):
-                h = item.hierarchy
-                phrases = [Phrase(p.text, p.sentence, p.start, p.end, p.kind, region)
-                           for p, region in zip(h.phrases, grounding.phrase_regions)]
-                sample = Sample(id=item.record.id, source=self.source, width=item.stored.width,
-                                height=item.stored.height, caption=item.record.caption, sentences=h.sentences,
-                                phrases=phrases, regions=grounding.regions)
-                item.sample, item.ambiguous = sample.to_json(), grounding.ambiguous
+            for item, sample in zip(chunk, each_or_alone(self._samples, chunk)):
+                if isinstance(sample, Exception):
+                    item.error, item.detail = "grounding_failed", _describe(sample)
+                else:
+                    item.sample, item.ambiguous = sample
+
+    def _samples(self, items: list[Item]) -> list[tuple[dict, int]]:
+        """The schema samples of grounded items, with their ambiguous-phrase counts."""
+        samples = []
+        for item, grounding in zip(items, self.grounder.ground([self._request(item) for item in items])):
+            h = item.hierarchy
+            phrases = [Phrase(p.text, p.sentence, p.start, p.end, p.kind, region)
+                       for p, region in zip(h.phrases, grounding.phrase_regions)]
+            sample = Sample(id=item.record.id, source=self.source, width=item.stored.width,
+                            height=item.stored.height, caption=item.record.caption, sentences=h.sentences,
+                            phrases=phrases, regions=grounding.regions)
+            samples.append((sample.to_json(), grounding.ambiguous))
+        return samples
 
     def _request(self, item: Item) -> GroundingRequest:
         annotations = [Annotation(tuple(a["box"]), a["label"], a["lexeme"]) for a in item.annotations]
@@ -200,6 +221,25 @@ def shard_stats(name: str, samples: int, size: int, sha256: str, items: list[Ite
     }
 
 
+def each_or_alone(fn: Callable[[list[T]], list[R]], args: list[T]) -> list[R | Exception]:
+    """``fn`` over the whole batch; if that raises, over each argument alone, so that one
+    record's data fails that record (its exception in its place), never its shard or the job."""
+    try:
+        return fn(args)
+    except Exception:  # noqa: BLE001 - which record it was is found below
+        results: list[R | Exception] = []
+    for arg in args:
+        try:
+            results.append(fn([arg])[0])
+        except Exception as e:  # noqa: BLE001
+            results.append(e)
+    return results
+
+
+def _describe(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"[:200]
+
+
 def prefetch(fn: Callable[[T], R], args: Iterable[T], depth: int) -> Iterator[Future]:
     """``fn`` over ``args`` on ``depth`` threads, at most ``depth`` results ahead of the consumer,
     in order; each as a future, so that the consumer sees each call's own exception."""
@@ -213,10 +253,13 @@ def prefetch(fn: Callable[[T], R], args: Iterable[T], depth: int) -> Iterator[Fu
             yield ahead.popleft()
 
 
-def _image_bytes(record: InputRecord) -> bytes:
-    """The bytes an image reference (``records.InputRecord``) points at: a file, or a range of one."""
+def _image_bytes(record: InputRecord, max_bytes: int) -> bytes:
+    """The bytes an image reference (``records.InputRecord``) points at: a file, or a range of
+    one; never more than ``max_bytes`` (:class:`storage.TooLarge`)."""
     if record.image_size < 0:
-        return storage.read_bytes(record.image)
+        return storage.read_bytes(record.image, limit=max_bytes)
+    if record.image_size > max_bytes:
+        raise storage.TooLarge(f"{record.image_size} bytes")
     return storage.read_range(record.image, record.image_offset, record.image_size)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import UserError
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import storage
 
@@ -26,13 +27,21 @@ SHARDS_SCHEMA = pa.schema([("name", pa.string()), ("samples", pa.int64()), ("byt
                            ("sha256", pa.string()), ("inputs", pa.int64()), ("dropped", pa.int64()),
                            ("repaired", pa.int64()), ("boxes_dropped", pa.int64()), ("phrases", pa.int64()),
                            ("regions", pa.int64()), ("linked_phrases", pa.int64()),
-                           ("ambiguous_phrases", pa.int64())])
+                           ("ambiguous_phrases", pa.int64()), ("node", pa.string())])
 DROPPED_SCHEMA = pa.schema([("ordinal", pa.int64()), ("id", pa.string()), ("reason", pa.string()),
                             ("detail", pa.string()), ("shard", pa.string())])
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A folder that is not a readable, complete dataset."""
+
+
+def is_plain_name(name: object) -> bool:
+    """A file name with no folder in it: what a manifest may name. ``../x.tar`` or ``/etc/x``
+    in someone else's manifest must not make a reader open (or a rerun delete) a file outside
+    the dataset's folder."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name)
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,10 @@ def load_manifest(path: str) -> Manifest:
         raise ManifestError(f"{url}: not valid JSON: {e}") from e
     if data.get("schema") != SCHEMA_VERSION:
         raise ManifestError(f"{url}: schema {data.get('schema')!r}, this code reads {SCHEMA_VERSION}")
+    bad = next((s for s in data.get("shards", []) if not isinstance(s, dict) or not is_plain_name(s.get("name"))),
+               None)
+    if bad is not None:
+        raise ManifestError(f"{url}: shard entry {str(bad)[:100]!r} does not name a file in the dataset's folder")
     return Manifest(root, data)
 
 

@@ -19,6 +19,8 @@ import functools
 import io
 import os
 import posixpath
+import re
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
+_TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")  # open_write's temporary files
 S3_ATTEMPTS = 8  # per request, with exponential backoff and jitter
 
 
@@ -64,12 +67,36 @@ def parent(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[0] if is_s3(url) else str(local_path(url).parent)
 
 
-def read_bytes(url: str) -> bytes:
+class TooLarge(OSError):
+    """A file over the size limit of a bounded read (``read_bytes(url, limit)``)."""
+
+
+def read_bytes(url: str, limit: int | None = None) -> bytes:
+    """A whole file. With ``limit``, files from others: a local path must be a regular file (a
+    FIFO would block, ``/dev/zero`` never end), and more than ``limit`` bytes raise
+    :class:`TooLarge` having read at most ``limit + 1`` (one ranged GET on S3)."""
     if not is_s3(url):
-        return local_path(url).read_bytes()
-    bucket, key = _split(url)
-    with _missing_as_file_not_found(url):
-        return _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+        if limit is None:
+            return local_path(url).read_bytes()
+        if not stat.S_ISREG(os.stat(local_path(url)).st_mode):
+            raise OSError(f"{url} is not a regular file")
+        with open(local_path(url), "rb") as f:
+            data = f.read(limit + 1)
+    else:
+        from botocore.exceptions import ClientError
+
+        bucket, key = _split(url)
+        ranged = {} if limit is None else {"Range": f"bytes=0-{limit}"}
+        try:
+            with _missing_as_file_not_found(url):
+                data = _s3().get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "InvalidRange":  # an empty object
+                raise
+            data = b""
+    if limit is not None and len(data) > limit:
+        raise TooLarge(f"{url}: more than {limit} bytes")
+    return data
 
 
 def read_range(url: str, offset: int, size: int) -> bytes:
@@ -166,9 +193,11 @@ def make_dirs(url: str) -> None:
         local_path(url).mkdir(parents=True, exist_ok=True)
 
 
-def is_temp_name(name: str) -> bool:
-    """A local writer's temporary file (left behind only by a writer that was killed)."""
-    return name.startswith(".") and name.endswith(".tmp")
+def temp_target(name: str) -> str | None:
+    """The file a local writer's temporary file (left behind only by a writer that was killed)
+    was going to become; None for any other name."""
+    match = _TEMP_NAME.fullmatch(name)
+    return match.group(1) if match else None
 
 
 @contextlib.contextmanager
@@ -183,7 +212,8 @@ def open_write(url: str) -> Iterator[BinaryIO]:
         return
     path = local_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: retries never share one
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: retries never share one;
+    # _TEMP_NAME reads it back
     try:
         with open(tmp, "wb") as f:
             yield f
