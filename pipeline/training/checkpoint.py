@@ -17,18 +17,21 @@ follow. On a different number of ranks, ZeRO's partitions are re-cut first (see 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import pickle
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import torch
 
-from pipeline.config import build, to_dict
+from pipeline.config import UserError, build, to_dict
 from pipeline.lineage import LINEAGE_FILE
 from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.training.distributed import World, barrier
@@ -102,7 +105,8 @@ def resume(engine, run_dir: Path, progress: Progress, world: World) -> None:
         path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         if path is None:
             raise RuntimeError(f"{ckpt_dir / tag}: DeepSpeed could not load this checkpoint")
-        _set_rng_state(torch.load(ckpt_dir / tag / f"rng-rank{world.rank}.pt", weights_only=False))
+        with tensors_only():
+            _set_rng_state(torch.load(ckpt_dir / tag / f"rng-rank{world.rank}.pt"))
         log.info("resumed from %s (step %d)", ckpt_dir / tag, progress.step)
         return
     universal = ckpt_dir / "universal"
@@ -227,7 +231,8 @@ def _repair_zero3_universal_groups(optimizer: torch.optim.Optimizer, universal_t
     advances it once per group per step (wrong bias correction). The saved groups are restored
     by position, and each state gets its own ``step``.
     """
-    saved = torch.load(universal_tag / "zero" / "optimizer_state.pt", weights_only=False)["param_groups"]
+    with tensors_only():
+        saved = torch.load(universal_tag / "zero" / "optimizer_state.pt")["param_groups"]
     groups = optimizer.param_groups
     if len(saved) != len(groups):
         raise RuntimeError(f"{universal_tag}: param groups saved {len(saved)}, now {len(groups)}")
@@ -240,14 +245,47 @@ def _repair_zero3_universal_groups(optimizer: torch.optim.Optimizer, universal_t
 
 def _fp32_weights(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
     """The whole model's fp32 weights: consolidated from ZeRO's partitions (stages 1-3), or the
-    module state that ZeRO-0 saves unpartitioned (in the training precision)."""
+    module state that ZeRO-0 saves unpartitioned (in the training precision). The checkpoint
+    may be someone else's: it is read as data (:func:`tensors_only`)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    if zero_stage == 0:
-        states = torch.load(checkpoint_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu",
-                            weights_only=False)
-        return {k: v.float() for k, v in states["module"].items()}
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    try:
+        with tensors_only():
+            if zero_stage == 0:
+                states = torch.load(checkpoint_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu")
+                return {k: v.float() for k, v in states["module"].items()}
+            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{checkpoint_dir / tag}: holds objects other than tensors and DeepSpeed's "
+                        f"metadata, refused unread ({str(e).splitlines()[-1][:200]})") from None
+
+
+@contextlib.contextmanager
+def tensors_only() -> Iterator[None]:
+    """Every ``torch.load`` inside, DeepSpeed's included, loads with ``weights_only=True``.
+
+    DeepSpeed's ``zero_to_fp32`` calls ``torch.load(..., weights_only=False)``, which runs any
+    code a checkpoint's pickle carries. Its optimizer-state files hold, besides tensors and plain
+    values, three DeepSpeed types; those alone are allowed (``safe_globals``), as is the NumPy
+    array of our RNG files. Anything else in a pickle is refused: ``UnpicklingError``.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    from numpy._core.multiarray import _reconstruct
+
+    allowed = [LossScaler, ZeroStageEnum, fragment_address, _reconstruct, np.ndarray, np.dtype]
+    load = torch.load
+
+    def load_tensors(*args, **kwargs):
+        return load(*args, **{**kwargs, "weights_only": True})
+
+    torch.load = load_tensors
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    finally:
+        torch.load = load
 
 
 def _rng_state() -> dict:
