@@ -78,10 +78,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode → 8-bit RGB. High bit-depth is rescaled (PIL's convert would clip it)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
-        return Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode.startswith("I;16"):  # 65535 → 255 exactly, in 16-bit integers: no float copy
+        return Image.fromarray((np.asarray(img) // 257).astype(np.uint8)).convert("RGB")
+    if img.mode in ("I", "F"):  # one float32 copy, scaled in place
+        a = np.asarray(img, dtype=np.float32).copy()
+        a *= 255.0 / max(float(a.max()), 1.0)
+        return Image.fromarray(np.clip(a, 0, 255, out=a).astype(np.uint8)).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
