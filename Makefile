@@ -12,6 +12,8 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_prep.py
+	$(PY) benchmarks/bench_prep_e2e.py
+	$(PY) benchmarks/soak_prep.py
 	$(PY) benchmarks/bench_objectives.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_storage.py

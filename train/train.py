@@ -14,12 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from pipeline.config import config_from_command_line  # noqa: E402
+from pipeline.config import config_from_command_line, exit_on_user_error  # noqa: E402
 from pipeline.training.config import TrainConfig  # noqa: E402
 from pipeline.training.loop import train  # noqa: E402
 
 if __name__ == "__main__":
-    result = train(config_from_command_line(TrainConfig, __doc__))
+    cfg = config_from_command_line(TrainConfig, __doc__)
+    result = exit_on_user_error(lambda: train(cfg))
     if result.main:
         ended = "finished" if result.finished else "stopped"
         exported = f"; open_clip export {result.export}" if result.export else ""

@@ -31,7 +31,7 @@ import numpy as np
 import open_clip
 import torch
 
-from pipeline.config import UserError, build, to_dict
+from pipeline.config import InputNotFound, UserError, build, to_dict
 from pipeline.lineage import LINEAGE_FILE
 from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.training.distributed import World, barrier
@@ -84,7 +84,7 @@ def latest_progress(run_dir: Path) -> Progress | None:
         return None
     path = ckpt_dir / latest_tag(ckpt_dir) / PROGRESS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path}: missing, so this checkpoint cannot be resumed (an older format?); "
+        raise InputNotFound(f"{path}: missing, so this checkpoint cannot be resumed (an older format?); "
                                 "checkpoint.resume=false starts the run over")
     return Progress(**json.loads(path.read_text()))
 
@@ -179,7 +179,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     elif path.parent.name == "checkpoints" and path.is_dir():
         run_dir, checkpoint_dir, tag = path.parent.parent, path.parent, path.name
     else:
-        raise FileNotFoundError(f"{path}: neither a run folder (with checkpoints/) nor a checkpoint in one")
+        raise InputNotFound(f"{path}: neither a run folder (with checkpoints/) nor a checkpoint in one")
     config = json.loads((run_dir / "config.json").read_text())
     return export(checkpoint_dir, tag, build(ModelConfig, config["model"]), config["zero_stage"], Path(out))
 
@@ -188,7 +188,7 @@ def latest_tag(checkpoint_dir: Path) -> str:
     """The tag DeepSpeed's ``latest`` pointer names: the newest complete checkpoint."""
     pointer = checkpoint_dir / "latest"
     if not pointer.exists():
-        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint (no 'latest' file)")
+        raise InputNotFound(f"{checkpoint_dir}: no checkpoint (no 'latest' file)")
     return pointer.read_text().strip()
 
 
