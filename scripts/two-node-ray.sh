@@ -14,21 +14,10 @@ state=/var/lib/ray-twonode
 net=10.78.0
 bridge=fg-raytwo
 
+. "$(dirname "$0")/netns-nodes.sh"
+
 stop() {
-  for i in 1 2; do
-    ns=fg-ray$i
-    if ip netns list | grep -qw "$ns"; then
-      for _ in $(seq 50); do  # until the node's processes are gone: they hold the namespace
-        pids=$(ip netns pids "$ns")
-        [ -z "$pids" ] && break
-        kill -9 $pids 2>/dev/null || true
-        sleep 0.2
-      done
-      ip netns del "$ns"
-    fi
-    ip link del "fg-raytwo$i" 2>/dev/null || true
-  done
-  ip link del "$bridge" 2>/dev/null || true
+  nodes_down "$bridge" fg-ray
   rm -rf "$state"
 }
 
@@ -52,19 +41,7 @@ start() {
   mkdir -p "$state/tmp"
   printf '127.0.0.1 localhost\n%s.1 %s\n%s.11 node1\n%s.12 node2\n' \
     "$net" "$(hostname -s)" "$net" "$net" > "$state/hosts"
-  ip link add "$bridge" type bridge
-  ip addr add "$net.1/24" dev "$bridge"
-  ip link set "$bridge" up
-  for i in 1 2; do
-    ns=fg-ray$i
-    ip netns add "$ns"
-    ip link add "fg-raytwo$i" type veth peer name eth0 netns "$ns"
-    ip link set "fg-raytwo$i" master "$bridge" up
-    ip -n "$ns" addr add "$net.1$i/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" link set lo up
-    ip -n "$ns" route add default via "$net.1"
-  done
+  nodes_up "$bridge" "$net" fg-ray
   node 1 --head --port 6379 --num-cpus "$cpus" --dashboard-host 0.0.0.0 --dashboard-port 8265
   for _ in $(seq 60); do
     ip netns exec fg-ray1 ray status --address "$net.11:6379" > /dev/null 2>&1 && break

@@ -103,3 +103,11 @@ def test_an_output_that_would_hold_the_input_is_refused(tmp_path, output):
     with pytest.raises(ValueError, match="output: .*(filesystem's root|holds the input)"):
         run(cfg)
     assert index.exists()
+
+
+def test_unreadable_s3_images_are_drops(s3, tmp_path):
+    rows = [json.dumps({"id": "nobucket", "image": "s3://no-such-bucket-here/x.jpg", "caption": "Gone."}),
+            json.dumps({"id": "nokey", "image": f"s3://{s3.bucket}/missing.jpg", "caption": "Gone."})]
+    fates = prepare(tmp_path, rows)
+    assert fates["nobucket"][0] == "image_unreadable" and "NoSuchBucket" in fates["nobucket"][1]
+    assert fates["nokey"] == ("image_missing", f"s3://{s3.bucket}/missing.jpg")

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.prep.records import Drop, InputRecord, read_index
+from pipeline.shards import storage
 
 
 def _write_jsonl(path, lines):
@@ -48,3 +49,11 @@ def test_parquet_index(tmp_path):
 def test_unknown_index_format(tmp_path):
     with pytest.raises(ValueError, match="neither .jsonl nor .parquet"):
         list(read_index(str(tmp_path / "x.csv"), 100))
+
+
+def test_image_references_resolve_against_the_index_folder_unless_absolute():
+    assert storage.resolve("/data/corpus", "images/a.jpg") == "/data/corpus/images/a.jpg"
+    assert storage.resolve("/data/corpus", "/elsewhere/a.jpg") == "/elsewhere/a.jpg"
+    assert storage.resolve("/data/corpus", "file:///elsewhere/a.jpg") == "/elsewhere/a.jpg"
+    assert storage.resolve("s3://bucket/corpus", "images/a.jpg") == "s3://bucket/corpus/images/a.jpg"
+    assert storage.resolve("/data/corpus", "s3://bucket/a.jpg") == "s3://bucket/a.jpg"

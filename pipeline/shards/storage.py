@@ -57,8 +57,12 @@ def local_path(url: str) -> Path:
 
 
 def resolve(base_dir: str, ref: str) -> str:
-    """A reference from an index (relative to the index's folder, absolute, or a URL) as a URL."""
-    if urlparse(ref).scheme not in ("", "file") or os.path.isabs(ref):
+    """A reference from an index (relative to the index's folder, absolute, or a URL) as a URL.
+    ``file:///abs/x.jpg`` is the local path ``/abs/x.jpg``, never a name inside the index's folder."""
+    scheme = urlparse(ref).scheme
+    if scheme == "file":
+        return str(local_path(ref))
+    if scheme or os.path.isabs(ref):
         return ref
     return posixpath.join(base_dir, ref) if is_s3(base_dir) else os.path.join(base_dir, ref)
 

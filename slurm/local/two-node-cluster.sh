@@ -16,20 +16,15 @@ state=/var/spool/slurm-$name
 net=10.77.0
 bridge=fg-$name
 
+. "$(dirname "$0")/../../scripts/netns-nodes.sh"
+
 stop() {
-  for i in 1 2; do
-    ns=fg-node$i
-    if ip netns list | grep -qw "$ns"; then
-      ip netns pids "$ns" | xargs -r kill -9 2>/dev/null || true
-      ip netns del "$ns"
-    fi
-  done
+  nodes_down "$bridge" fg-node
   if [ -f "$state/slurmctld.pid" ]; then
     pid=$(cat "$state/slurmctld.pid")
     kill "$pid" 2>/dev/null || true
     while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
   fi
-  ip link del "$bridge" 2>/dev/null || true
   rm -rf "$state"
 }
 
@@ -38,17 +33,8 @@ start() {
   . "$(dirname "$0")/common.sh"
   stop
   mkdir -p "$(dirname "$conf")" "$state/ctld"
-  ip link add "$bridge" type bridge
-  ip addr add "$net.1/24" dev "$bridge"
-  ip link set "$bridge" up
+  nodes_up "$bridge" "$net" fg-node
   for i in 1 2; do
-    ns=fg-node$i
-    ip netns add "$ns"
-    ip link add "fg-$name$i" type veth peer name eth0 netns "$ns"
-    ip link set "fg-$name$i" master "$bridge" up
-    ip -n "$ns" addr add "$net.1$i/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" link set lo up
     mkdir -p "$state/node$i"
     printf '127.0.0.1 localhost\n%s.1 %s\n%s.11 node1\n%s.12 node2\n' \
       "$net" "$(hostname -s)" "$net" "$net" > "$state/node$i/hosts"
