@@ -118,7 +118,7 @@ def test_sharegpt4v_ids_are_image_paths_and_a_slice_is_the_whole_run_cut(tmp_pat
         cfg = load_config(PrepConfig, None, ["input.format=sharegpt4v", "output=o", *window,
                                              f"input.captions={tmp_path}/captions.json",
                                              f"input.images={tmp_path}/images"])
-        return list(inputs.read_input(cfg.input, inputs.locate(cfg.input), 1000, 16))
+        return list(inputs.read_input(cfg.input, inputs.locate(cfg.input), 1000, 16, 500))
 
     whole = read()
     assert [(i.ordinal, i.id, type(i).__name__) for i in whole] == [

@@ -52,7 +52,7 @@ def test_inputs_equal_written_plus_dropped(pool, worker, data):
     cfg = _config(index, out)
     planner = ShardPlanner(cfg.samples_per_shard, skip=set())
     results = [worker.process(task) for task in
-               planner.tasks(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16))]
+               planner.tasks(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))]
     stats, drops = [r.stats for r in results], planner.read_drops + [d for r in results for d in r.drops]
     written = sum(s["samples"] for s in stats)
     assert written + len(drops) == len(picks)

@@ -14,7 +14,7 @@ from pipeline.config import load_config
 from pipeline.prep import PrepConfig, run
 from pipeline.prep.inputs import locate, read_input
 from pipeline.prep.job import ShardPlanner, _prepare_output
-from pipeline.prep.worker import ShardWorker, each_or_alone
+from pipeline.prep.worker import ShardTask, ShardWorker, each_or_alone
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards.manifest import ManifestError, load_manifest
 
@@ -31,7 +31,7 @@ def prepare(folder: Path, rows: list) -> dict[str, tuple[str, str]]:
     worker = ShardWorker(cfg, cfg.output, "hostile", run_id="")
     planner = ShardPlanner(cfg.samples_per_shard, skip=set())
     results = [worker.process(task) for task in
-               planner.tasks(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16))]
+               planner.tasks(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))]
     drops = planner.read_drops + [d for r in results for d in r.drops]
     assert sum(r.stats["samples"] for r in results) + len(drops) == len(lines)
     fates = {d["id"] if d["id"] is not None else f"#{d['ordinal']}": (d["reason"], d["detail"]) for d in drops}
@@ -58,6 +58,20 @@ def test_reads_that_never_end_are_refused(tmp_path):
     assert fates["fifo"][0] == fates["zero"][0] == "image_unreadable"
     assert "not a regular file" in fates["fifo"][1] and "not a regular file" in fates["zero"][1]
     assert fates["big"] == ("image_too_large", "file over image.max_bytes = 5000")
+
+
+def test_boxes_beyond_max_boxes_are_cut_where_they_are_read_and_counted(tmp_path):
+    box = {"box": [1, 1, 30, 30], "label": "red square"}
+    (tmp_path / "index.jsonl").write_text(json.dumps({"id": "many", "image": "red.png", "caption": "Red.",
+                                                      "boxes": [box] * 100_000}) + "\n")
+    cfg = load_config(PrepConfig, "configs/prep/default.yaml",
+                      [f"input.index={tmp_path}/index.jsonl", f"output={tmp_path}/out", "image.max_boxes=3"])
+    [record] = read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, cfg.image.max_boxes)
+    assert len(record.boxes) == 3 and record.boxes_cut == 99_997
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
+    result = ShardWorker(cfg, cfg.output, "hostile", run_id="").process(ShardTask(0, [record]))
+    assert result.stats["boxes_dropped_by_reason"] == {"box_over_limit": 99_997}
+    assert result.stats["regions"] == 3  # every kept box is a region of the sample
 
 
 def test_one_failing_record_fails_alone():

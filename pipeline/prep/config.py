@@ -55,7 +55,7 @@ class ImageConfig:
     jpeg_quality: int = 90
     max_pixels: int = 40_000_000  # larger images are decompression-bomb suspects and dropped
     max_bytes: int = 50_000_000  # larger image files are dropped unread (image_too_large)
-    max_boxes: int = 500  # input boxes kept per image, the first ones; the rest are counted, not kept
+    max_boxes: int = 500  # input boxes read per record, the first ones; the rest are counted, not kept
     max_label_chars: int = 200  # longer box labels drop their box
 
     def __post_init__(self) -> None:

@@ -95,7 +95,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[dict], dict[str, int]]:
     """Input boxes (original pixels) → clean boxes on the stored image, and drop counts by reason.
-    At most ``cfg.max_boxes`` are kept, the first ones; the rest count as ``box_over_limit``."""
+    (The reader has already cut a record's boxes to ``cfg.max_boxes``: ``inputs.cap_boxes``.)"""
     if boxes is None:
         return [], {}
     if not isinstance(boxes, list):
@@ -108,8 +108,6 @@ def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[d
             reason = "box_label_invalid"
         elif len(item["label"]) > cfg.max_label_chars:
             reason = "box_label_too_long"
-        elif len(kept) == cfg.max_boxes:
-            reason = "box_over_limit"
         else:
             box = item.get("box")
             if isinstance(box, list) and len(box) == 4 and all(

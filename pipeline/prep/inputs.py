@@ -17,6 +17,7 @@ removed or renamed tar changes the list.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,8 +55,9 @@ def locate(cfg: InputConfig) -> InputFiles:
 
 
 def read_input(cfg: InputConfig, files: InputFiles, max_caption_chars: int, max_sentences: int,
-               list_tars: tars.Lister = tars.list_locally) -> Iterator[InputRecord | Drop]:
-    """Every input of the slice, in order (the ordinals), as a valid record or a drop with its reason.
+               max_boxes: int, list_tars: tars.Lister = tars.list_locally) -> Iterator[InputRecord | Drop]:
+    """Every input of the slice, in order (the ordinals), as a valid record or a drop with its reason;
+    a record's boxes after the first ``max_boxes`` are cut here, where they are read, and counted.
     ``list_tars`` lists the tars of a ``webdataset`` input (the job lists them as Ray tasks)."""
     if cfg.format == "index":
         items = read_index(cfg.index, max_caption_chars)
@@ -67,7 +69,15 @@ def read_input(cfg: InputConfig, files: InputFiles, max_caption_chars: int, max_
         items = read_visual_genome(cfg.regions, cfg.images, max_caption_chars, max_sentences)
     else:
         items = tars.read_tars(files, max_caption_chars, list_tars)
-    return ordinal_slice(items, cfg.skip, cfg.limit)
+    return (cap_boxes(item, max_boxes) for item in ordinal_slice(items, cfg.skip, cfg.limit))
+
+
+def cap_boxes(item: InputRecord | Drop, max_boxes: int) -> InputRecord | Drop:
+    """The record with at most ``max_boxes`` boxes: 10⁵ boxes on one record must not travel
+    to a worker (or sit in the driver's shard in flight)."""
+    if isinstance(item, Drop) or not isinstance(item.boxes, list) or len(item.boxes) <= max_boxes:
+        return item
+    return dataclasses.replace(item, boxes=item.boxes[:max_boxes], boxes_cut=len(item.boxes) - max_boxes)
 
 
 def ordinal_slice(items: Iterator[InputRecord | Drop], skip: int,

@@ -65,7 +65,7 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     provenance = pool.provenance()  # fails fast: a missing spaCy model, a detector that does not load
     planner = ShardPlanner(cfg.samples_per_shard, skip=set(done))
     items = inputs.read_input(cfg.input, files, cfg.max_caption_chars, cfg.text.max_sentences,
-                              list_tars=_list_tars_on_ray)
+                              cfg.image.max_boxes, list_tars=_list_tars_on_ray)
     resumed = sum(record["stats"]["inputs"] for record in done.values())
     progress = Progress(inputs.count(cfg.input, files), resumed)
     shard_rows = [record["stats"] for record in done.values()]

@@ -39,6 +39,7 @@ class InputRecord:
     boxes: Any  # as given (validated per box later, against the decoded image size)
     image_offset: int = 0
     image_size: int = -1
+    boxes_cut: int = 0  # input boxes after the first image.max_boxes: counted, never carried
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,8 @@ class ShardWorker:
                 continue
             item.stored = stored
             item.annotations, item.box_drops = map_boxes(item.record.boxes, stored, self.cfg.image)
+            if item.record.boxes_cut:
+                item.box_drops["box_over_limit"] = item.record.boxes_cut
 
     def text_stage(self, items: list[Item]) -> None:
         """Captions and annotation labels, each in one batched spaCy pass over the shard."""
