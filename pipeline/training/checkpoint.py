@@ -266,15 +266,17 @@ def tensors_only() -> Iterator[None]:
 
     DeepSpeed's ``zero_to_fp32`` calls ``torch.load(..., weights_only=False)``, which runs any
     code a checkpoint's pickle carries. Its optimizer-state files hold, besides tensors and plain
-    values, three DeepSpeed types; those alone are allowed (``safe_globals``), as is the NumPy
-    array of our RNG files. Anything else in a pickle is refused: ``UnpicklingError``.
+    values, three DeepSpeed types; those alone are allowed (``safe_globals``), with the NumPy
+    array types that RNG files of earlier versions hold. Anything else in a pickle is refused:
+    ``UnpicklingError``.
     """
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
     from numpy._core.multiarray import _reconstruct
 
-    allowed = [LossScaler, ZeroStageEnum, fragment_address, _reconstruct, np.ndarray, np.dtype]
+    allowed = [LossScaler, ZeroStageEnum, fragment_address, _reconstruct, np.ndarray, np.dtype,
+               np.dtypes.UInt32DType]
     load = torch.load
 
     def load_tensors(*args, **kwargs):
@@ -289,7 +291,11 @@ def tensors_only() -> Iterator[None]:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain values: it loads with ``weights_only=True``."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+                   "gauss": gauss}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -297,7 +303,11 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        saved = ("MT19937", saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                 saved["gauss"])
+    np.random.set_state(saved)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
