@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import resource
 import time
 from collections import Counter, deque
@@ -35,7 +34,7 @@ from pipeline.prep.worker import PROGRESS_DIR, ShardResult, ShardTask, ShardWork
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import manifest as mf
 from pipeline.shards import storage
-from pipeline.shards.writer import file_digest, shard_name
+from pipeline.shards.writer import file_digest, is_shard_name, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -276,18 +275,13 @@ def _is_within(url: str, folder: str) -> bool:
         return False
     if storage.is_s3(url):
         return url.rstrip("/").startswith(folder.rstrip("/") + "/") or url.rstrip("/") == folder.rstrip("/")
-    path, base = storage.local_path(url).resolve(), storage.local_path(folder).resolve()
-    return path == base or base in path.parents
-
-
-def _is_shard_name(name: str | None) -> bool:
-    return name is not None and re.fullmatch(r"shard-\d{6}\.tar", name) is not None
+    return storage.local_path(url).resolve().is_relative_to(storage.local_path(folder).resolve())
 
 
 def _is_our_temp(name: str) -> bool:
     """A temporary file one of our writers left, killed while writing a shard or a table."""
     target = storage.temp_target(name)
-    return _is_shard_name(target) or target in OUR_TABLES
+    return is_shard_name(target) or target in OUR_TABLES
 
 
 def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
@@ -322,7 +316,7 @@ def _progress_records(root: str) -> Iterator[dict]:
         url = f"{root}/{PROGRESS_DIR}/{record_name}"
         try:
             record = json.loads(storage.read_bytes(url))
-            if _is_shard_name(record["stats"]["name"]) and isinstance(record["run_id"], str):
+            if is_shard_name(record["stats"]["name"]) and isinstance(record["run_id"], str):
                 yield record
                 continue
         except (ValueError, KeyError, TypeError):

@@ -87,17 +87,7 @@ def read_bytes(url: str, limit: int | None = None) -> bytes:
         with open(local_path(url), "rb") as f:
             data = f.read(limit + 1)
     else:
-        from botocore.exceptions import ClientError
-
-        bucket, key = _split(url)
-        ranged = {} if limit is None else {"Range": f"bytes=0-{limit}"}
-        try:
-            with _missing_as_file_not_found(url):
-                data = _s3().get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") != "InvalidRange":  # an empty object
-                raise
-            data = b""
+        data = _s3_get(url, None if limit is None else f"bytes=0-{limit}")
     if limit is not None and len(data) > limit:
         raise TooLarge(f"{url}: more than {limit} bytes")
     return data
@@ -113,19 +103,26 @@ def read_range(url: str, offset: int, size: int) -> bytes:
             f.seek(offset)
             data = f.read(size)
     else:
-        from botocore.exceptions import ClientError
-
-        bucket, key = _split(url)
-        try:
-            with _missing_as_file_not_found(url):
-                data = _s3().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"].read()
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") != "InvalidRange":  # the range starts past the end
-                raise
-            data = b""
+        data = _s3_get(url, f"bytes={offset}-{offset + size - 1}")
     if len(data) != size:
         raise OSError(f"{url}: {len(data)} of {size} bytes at offset {offset}; the file ends too soon")
     return data
+
+
+def _s3_get(url: str, byte_range: str | None) -> bytes:
+    """One GET of an object, or of ``byte_range`` of it; a range that starts past the end (an
+    empty object, a file cut short) reads as no bytes, for the caller to judge."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = _split(url)
+    ranged = {} if byte_range is None else {"Range": byte_range}
+    try:
+        with _missing_as_file_not_found(url):
+            return _s3().get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") != "InvalidRange":
+            raise
+        return b""
 
 
 def open_read(url: str) -> BinaryIO:
@@ -216,8 +213,7 @@ def open_write(url: str) -> Iterator[BinaryIO]:
         return
     path = local_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: retries never share one;
-    # _TEMP_NAME reads it back
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique per retry; see _TEMP_NAME
     try:
         with open(tmp, "wb") as f:
             yield f

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ class ShardFile:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
+
+
+def is_shard_name(name: str | None) -> bool:
+    """Whether ``name`` is one :func:`shard_name` gives."""
+    return name is not None and re.fullmatch(r"shard-\d{6}\.tar", name) is not None
 
 
 def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict]]) -> ShardFile:
