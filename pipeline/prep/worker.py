@@ -149,13 +149,15 @@ class ShardWorker:
         for item, hierarchy in zip(items, hierarchies):
             if isinstance(hierarchy, Exception):
                 item.error, item.detail = "caption_unparseable", _describe(hierarchy)
-            item.hierarchy = hierarchy
+            else:
+                item.hierarchy = hierarchy
         labelled = [(item, a) for item in items if not item.error for a in item.annotations]
         for (item, annotation), lexeme in zip(labelled, each_or_alone(
                 self.parser.lexemes, [a["label"] for _, a in labelled])):
             if isinstance(lexeme, Exception):
                 item.error, item.detail = "box_label_unparseable", _describe(lexeme)
-            annotation["lexeme"] = lexeme
+            else:
+                annotation["lexeme"] = lexeme
 
     def grounding_stage(self, items: list[Item]) -> None:
         items = [item for item in items if not item.error]
