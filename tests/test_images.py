@@ -81,6 +81,38 @@ def test_rejections_have_reasons(data, reason):
     assert e.value.reason == reason
 
 
+def _noise_jpeg(size, mode="RGB") -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_a_jpeg_cut_short_with_an_end_marker_is_corrupt_not_grey(mode):
+    """libjpeg fills the missing rows with grey and only warns; Pillow stores the result."""
+    whole = _noise_jpeg((160, 120), mode)
+    assert encode(whole, CFG).width == 64
+    with pytest.raises(ImageRejected) as e:
+        encode(whole[: len(whole) // 2] + b"\xff\xd9", CFG)
+    assert e.value.reason == "image_corrupt" and "premature end" in e.value.detail
+
+
+def test_a_jpeg_header_that_claims_more_than_its_data_holds_is_corrupt():
+    out = io.BytesIO()
+    Image.new("RGB", (6000, 6000), (128, 0, 0)).save(out, format="JPEG", quality=10)
+    liar = out.getvalue()[:631] + b"\xff\xd9"  # a 6000x6000 header and 631 bytes in all
+    with pytest.raises(ImageRejected) as e:
+        encode(liar, ImageConfig(max_side=64))
+    assert e.value.reason == "image_corrupt"
+
+
+def test_large_jpegs_are_scaled_while_decoding_and_keep_their_content():
+    stored = encode(_jpeg((1200, 600), color=(10, 200, 10)), CFG)
+    assert (stored.width, stored.height) == (64, 32)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(stored.jpg))).astype(int) - (10, 200, 10)).max() < 8
+
+
 def test_boxes_are_scaled_clipped_and_counted():
     stored = StoredImage(b"", 50, 25, (0.5, 0.25), "")
     boxes = [

@@ -3,6 +3,10 @@
 Rejections raise :class:`ImageRejected` with a reason code (the record is dropped).
 Unusual but valid modes (CMYK, palette, alpha, 16-bit, float) are repaired to RGB and the
 repair is reported, never silent.
+
+JPEGs are decoded by libjpeg-turbo through simplejpeg with its warnings as errors: Pillow
+decodes a JPEG cut short, or one whose header claims more pixels than its data holds, into grey
+filler without a word, and such images would be stored as if real.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.prep.config import ImageConfig
@@ -55,23 +60,35 @@ def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
         raise ImageRejected("image_empty", f"{width}x{height}")
     if width * height > cfg.max_pixels:
         raise ImageRejected("image_too_large", f"{width}x{height} > {cfg.max_pixels} pixels")
-    if max(width, height) > cfg.max_side and img.format == "JPEG":
-        img.draft("RGB", _target_size(width, height, cfg.max_side))  # DCT-domain downscale: cheap
+    target = _target_size(width, height, cfg.max_side)
+    mode = img.mode
     try:
+        if img.format == "JPEG":
+            img = _decode_jpeg(data, img, target)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
     except Exception as e:
         raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}"[:200]) from e
-    mode = img.mode
     rgb = to_rgb(img)
-    target = _target_size(width, height, cfg.max_side)
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.BICUBIC)
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=cfg.jpeg_quality)
     return StoredImage(out.getvalue(), target[0], target[1], (target[0] / width, target[1] / height),
                        "" if mode in ("RGB", "L") else f"mode:{mode}")
+
+
+def _decode_jpeg(data: bytes, header: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """The JPEG decoded strictly (a libjpeg warning raises ValueError), scaled in the DCT domain
+    to the smallest size that still covers ``target``: a large photo never decodes at full size."""
+    if header.mode == "CMYK":  # libjpeg-turbo has no CMYK → RGB; Pillow knows Adobe's inverted CMYK
+        simplejpeg.decode_jpeg(data, colorspace="CMYK", min_factor=8, strict=True)  # the check alone
+        header.draft("RGB", target)
+        return header
+    pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if header.mode == "L" else "RGB",
+                                    min_width=target[0], min_height=target[1], strict=True)
+    return Image.fromarray(pixels[..., 0] if header.mode == "L" else pixels)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
