@@ -3,12 +3,16 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench install
+.PHONY: demo test lint bench install
 demo: $(VENV)/.installed
 	$(PY) -m pipeline demo --workdir runs/demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_prep.py

@@ -27,14 +27,17 @@ SHAPES = ["ball", "cube", "cone", "ring", "star", "box", "cup", "disc"]
 RELATIONS = ["left of", "above", "inside", "next to", "below"]
 
 
-def make_batch(batch_size: int, image_size: int, sentences: int = 5, phrases: int = 12, regions: int = 8,
-               seed: int = 0) -> Batch:
+def make_batch(
+    batch_size: int, image_size: int, sentences: int = 5, phrases: int = 12, regions: int = 8, seed: int = 0
+) -> Batch:
     rng = random.Random(seed)
     texts, boxes = [], []
     for _ in range(batch_size):
         objects = [f"a {rng.choice(COLOURS)} {rng.choice(SHAPES)}" for _ in range(phrases)]
-        lines = [f"{rng.choice(objects)} is {rng.choice(RELATIONS)} {rng.choice(objects)} in this picture."
-                 for _ in range(sentences)]
+        lines = [
+            f"{rng.choice(objects)} is {rng.choice(RELATIONS)} {rng.choice(objects)} in this picture."
+            for _ in range(sentences)
+        ]
         texts.append([" ".join(lines)] + lines + objects)
         image_boxes = []
         for slot in range(1 + sentences, 1 + sentences + regions):
@@ -43,11 +46,20 @@ def make_batch(batch_size: int, image_size: int, sentences: int = 5, phrases: in
             image_boxes.append(((x0, y0, x0 + size, y0 + size), slot))
         boxes.append(image_boxes)
     images = torch.randn(batch_size, 3, image_size, image_size)
-    return Batch.from_lists(images, texts, boxes, open_clip.get_tokenizer("ViT-B-16"), num_slots=36, num_regions=10)
+    return Batch.from_lists(
+        images, texts, boxes, open_clip.get_tokenizer("ViT-B-16"), num_slots=36, num_regions=10
+    )
 
 
-def time_step(model: FineGrainedCLIP, batch: Batch, cfg: ObjectiveConfig, device: str, bf16: bool,
-              warmup: int, repeats: int) -> float:
+def time_step(
+    model: FineGrainedCLIP,
+    batch: Batch,
+    cfg: ObjectiveConfig,
+    device: str,
+    bf16: bool,
+    warmup: int,
+    repeats: int,
+) -> float:
     """Median seconds of forward + loss + backward."""
     times = []
     for i in range(warmup + repeats):
@@ -81,9 +93,12 @@ def main() -> None:
     model_cfg = ModelConfig(name=args.model, pretrained=None)
     image_size = open_clip.get_model_config(args.model)["vision_cfg"]["image_size"]
     batch = make_batch(args.batch_size, image_size).to(args.device)
-    print(f"{args.model}, batch {args.batch_size}, {image_size} px, {args.device}{' bf16' if args.bf16 else ''}, "
-          f"{int(batch.token_mask.sum())} text slots, {int(batch.region_mask.sum())} regions; "
-          f"median of {args.repeats} after {args.warmup} warmup")
+    print(
+        f"{args.model}, batch {args.batch_size}, {image_size} px, "
+        f"{args.device}{' bf16' if args.bf16 else ''}, "
+        f"{int(batch.token_mask.sum())} text slots, {int(batch.region_mask.sum())} regions; "
+        f"median of {args.repeats} after {args.warmup} warmup"
+    )
     baseline = None
     for name in ("clip", "beta", "harmo", "beta+harmo"):
         cfg = ObjectiveConfig(name=name)

@@ -64,18 +64,28 @@ def stage_text(worker: ShardWorker, items: list[Item]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=2000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         write_corpus(tmp, SyntheticConfig(num_records=args.records, image_size=384))
         rows = [json.loads(line) for line in Path(f"{tmp}/records.jsonl").read_text().splitlines()]
-        records = [InputRecord(i, r["id"], f"{tmp}/{r['image']}", r["caption"], r.get("boxes"))
-                   for i, r in enumerate(rows)]
-        cfg = load_config(PrepConfig, "configs/prep/default.yaml",
-                          [f"input.index={tmp}/records.jsonl", f"output={tmp}/out", "image.max_side=224",
-                           "ray.io_threads=1"])
+        records = [
+            InputRecord(i, r["id"], f"{tmp}/{r['image']}", r["caption"], r.get("boxes"))
+            for i, r in enumerate(rows)
+        ]
+        cfg = load_config(
+            PrepConfig,
+            "configs/prep/default.yaml",
+            [
+                f"input.index={tmp}/records.jsonl",
+                f"output={tmp}/out",
+                "image.max_side=224",
+                "ray.io_threads=1",
+            ],
+        )
         worker = ShardWorker(cfg, f"{tmp}/out", "bench", run_id="")
         worker.parser.parse([r.caption for r in records[:32]])  # warm up, as a worker's first shard does
         image_rate, items = stage_images(worker, records)

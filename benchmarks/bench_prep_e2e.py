@@ -83,8 +83,14 @@ def _load(name: str):
 
 def job(index: Path, out: Path) -> dict:
     """The user's command; wall time, first shard's landing time, driver peak RSS, spilled MiB."""
-    cmd = [sys.executable, "data_prep/build_shards.py", "--config", "configs/prep/default.yaml",
-           f"input.index={index}", f"output={out}"]
+    cmd = [
+        sys.executable,
+        "data_prep/build_shards.py",
+        "--config",
+        "configs/prep/default.yaml",
+        f"input.index={index}",
+        f"output={out}",
+    ]
     start = time.perf_counter()
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first, peak_kb = None, 0
@@ -98,8 +104,12 @@ def job(index: Path, out: Path) -> dict:
     if process.returncode:
         raise SystemExit(f"the job failed:\n{log[-3000:]}")
     spilled = re.search(r"Spilled (\d+) MiB", log)
-    return {"wall": wall, "first": first if first is not None else wall, "rss_mb": peak_kb / 1024,
-            "spilled_mib": int(spilled.group(1)) if spilled else 0}
+    return {
+        "wall": wall,
+        "first": first if first is not None else wall,
+        "rss_mb": peak_kb / 1024,
+        "spilled_mib": int(spilled.group(1)) if spilled else 0,
+    }
 
 
 def _vm_hwm_kb(pid: int) -> int:
@@ -112,8 +122,9 @@ def _vm_hwm_kb(pid: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, nargs="+", default=[6000, 24000])
     parser.add_argument("--images", type=int, default=300)
     args = parser.parse_args()
@@ -124,11 +135,15 @@ def main() -> None:
             bare_s = bare(index, Path(tmp) / f"bare-{records}.tar")
             result = job(index, Path(tmp) / f"job-{records}")
             rows.append((records, bare_s, result))
-    print(f"{'records':>8} {'bare s':>8} {'job s':>8} {'job/bare speed':>15} {'first shard':>12} "
-          f"{'driver RSS':>11} {'spilled':>8}")
+    print(
+        f"{'records':>8} {'bare s':>8} {'job s':>8} {'job/bare speed':>15} {'first shard':>12} "
+        f"{'driver RSS':>11} {'spilled':>8}"
+    )
     for records, bare_s, r in rows:
-        print(f"{records:>8} {bare_s:>8.1f} {r['wall']:>8.1f} {bare_s / r['wall']:>14.2f}x "
-              f"{r['first'] / r['wall']:>11.0%} {r['rss_mb']:>8.0f} MB {r['spilled_mib']:>5} MiB")
+        print(
+            f"{records:>8} {bare_s:>8.1f} {r['wall']:>8.1f} {bare_s / r['wall']:>14.2f}x "
+            f"{r['first'] / r['wall']:>11.0%} {r['rss_mb']:>8.0f} MB {r['spilled_mib']:>5} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -21,12 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.shards import storage  # noqa: E402
-from pipeline.shards.writer import shard_name, write_shard  # noqa: E402
+from botocore.exceptions import EndpointConnectionError
+
+from pipeline.shards import storage
+from pipeline.shards.writer import shard_name, write_shard
 
 
 def samples(n: int) -> list[tuple[str, bytes, dict]]:
-    return [(f"{i:020d}", os.urandom(30_000), {"id": str(i), "caption": "a red circle " * 20}) for i in range(n)]
+    return [
+        (f"{i:020d}", os.urandom(30_000), {"id": str(i), "caption": "a red circle " * 20}) for i in range(n)
+    ]
 
 
 def write_rate(root: str, shards: int, batch: list) -> float:
@@ -37,7 +41,9 @@ def write_rate(root: str, shards: int, batch: list) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--samples", type=int, default=500)
     args = parser.parse_args()
@@ -45,16 +51,23 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([Path(sys.executable).parent / "moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     try:
         for _ in range(100):
             try:
                 storage._s3().create_bucket(Bucket="bench")
                 break
-            except Exception:
+            except EndpointConnectionError:  # not listening yet
                 time.sleep(0.1)
         with tempfile.TemporaryDirectory() as tmp:
             disk = write_rate(tmp, args.shards, batch)

@@ -29,15 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.models import FineGrainedCLIP  # noqa: E402
-from pipeline.objectives import compute_loss  # noqa: E402
-from pipeline.prep import PrepConfig, run  # noqa: E402
-from pipeline.synthetic import SyntheticConfig, write_corpus  # noqa: E402
-from pipeline.training.config import TrainConfig  # noqa: E402
-from pipeline.training.distributed import init_distributed  # noqa: E402
-from pipeline.training.engine import build_engine  # noqa: E402
-from pipeline.training.loop import build_run_loader  # noqa: E402
+from pipeline.config import load_config
+from pipeline.models import FineGrainedCLIP
+from pipeline.objectives import compute_loss
+from pipeline.prep import PrepConfig, run
+from pipeline.synthetic import SyntheticConfig, write_corpus
+from pipeline.training.config import TrainConfig
+from pipeline.training.distributed import init_distributed
+from pipeline.training.engine import build_engine
+from pipeline.training.loop import build_run_loader
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32
@@ -45,16 +45,26 @@ BATCH = 32
 
 def prepare(records: int, workdir: str) -> str:
     write_corpus(f"{workdir}/corpus", SyntheticConfig(num_records=records))
-    cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                      [f"input.index={workdir}/corpus/records.jsonl", f"output={workdir}/shards",
-                       "samples_per_shard=100"])
+    cfg = load_config(
+        PrepConfig,
+        REPO / "configs/prep/default.yaml",
+        [f"input.index={workdir}/corpus/records.jsonl", f"output={workdir}/shards", "samples_per_shard=100"],
+    )
     return run(cfg).root
 
 
 def config(dataset: str, *overrides: str) -> TrainConfig:
-    return load_config(TrainConfig, REPO / "configs/train/beta_tiny.yaml",
-                       [f"data.manifests=[{dataset}]", f"data.batch_size={BATCH}", "output=unused",
-                        "device=cpu", *overrides])
+    return load_config(
+        TrainConfig,
+        REPO / "configs/train/beta_tiny.yaml",
+        [
+            f"data.manifests=[{dataset}]",
+            f"data.batch_size={BATCH}",
+            "output=unused",
+            "device=cpu",
+            *overrides,
+        ],
+    )
 
 
 def loader_rate(cfg: TrainConfig, batches: int) -> tuple[float, list]:
@@ -93,15 +103,19 @@ def parameter_bytes(dataset: str) -> None:
         cfg = config(dataset, f"zero_stage={stage}")
         model = FineGrainedCLIP(cfg.model, cfg.objective.uses_beta_cal, cfg.objective.uses_regions)
         engine = build_engine(cfg, model, world)
-        held[stage] = sum(p.data.numel() * p.data.element_size()
-                          + (p.ds_tensor.numel() * p.ds_tensor.element_size() if hasattr(p, "ds_tensor") else 0)
-                          for p in engine.module.parameters())
+        held[stage] = sum(
+            p.data.numel() * p.data.element_size()
+            + (p.ds_tensor.numel() * p.ds_tensor.element_size() if hasattr(p, "ds_tensor") else 0)
+            for p in engine.module.parameters()
+        )
     if world.is_main:
         print(json.dumps(held))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", help="an existing dataset folder (default: generate and prep one)")
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--batches", type=int, default=40)
@@ -119,16 +133,33 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         child = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-             __file__, "--memory-child", "--data", dataset],
-            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_port",
+                str(port),
+                __file__,
+                "--memory-child",
+                "--data",
+                dataset,
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            check=True,
+        )
         held = {int(k): v for k, v in json.loads(child.stdout.strip().splitlines()[-1]).items()}
     print(f"tiny config, batch {BATCH}, CPU; loader with 2 workers, step = ZeRO-2 β-CLIP on one rank")
     print(f"loader   {loader:8.1f} samples/s")
     print(f"step     {step:8.1f} samples/s")
     print(f"ratio    {loader / step:8.2f}x  (target >= 3x)")
-    print(f"per-rank parameter bytes at 2 ranks: ZeRO-0 {held[0] / 2**20:.1f} MiB, "
-          f"ZeRO-3 {held[3] / 2**20:.1f} MiB, ratio {held[3] / held[0]:.2f}x")
+    print(
+        f"per-rank parameter bytes at 2 ranks: ZeRO-0 {held[0] / 2**20:.1f} MiB, "
+        f"ZeRO-3 {held[3] / 2**20:.1f} MiB, ratio {held[3] / held[0]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -42,17 +42,28 @@ def hostile_rows(folder: Path, copies: int) -> list[str]:
     Image.new("RGB", (64, 48), (200, 30, 30)).save(folder / "red.png")
     many = [{"box": [1, 1, 30, 30], "label": "red square"}] * 100_000
     kinds = {
-        "caption_surrogate": lambda i: f'{{"id": "cs{i}", "image": "red.png", "caption": "A red \\ud800 square."}}',
+        "caption_surrogate": lambda i: (
+            f'{{"id": "cs{i}", "image": "red.png", "caption": "A red \\ud800 square."}}'
+        ),
         "id_surrogate": lambda i: f'{{"id": "\\udc80{i}", "image": "red.png", "caption": "A red square."}}',
-        "image_surrogate": lambda i: f'{{"id": "is{i}", "image": "re\\ud800d.png", "caption": "A red square."}}',
+        "image_surrogate": lambda i: (
+            f'{{"id": "is{i}", "image": "re\\ud800d.png", "caption": "A red square."}}'
+        ),
         "fifo": lambda i: json.dumps({"id": f"fifo{i}", "image": "fifo.jpg", "caption": "A pipe."}),
         "dev_zero": lambda i: json.dumps({"id": f"zero{i}", "image": "/dev/zero", "caption": "Zeros."}),
         "over_max_bytes": lambda i: json.dumps({"id": f"huge{i}", "image": "huge.jpg", "caption": "Big."}),
         "eps": lambda i: json.dumps({"id": f"eps{i}", "image": "image.eps", "caption": "A green square."}),
-        "many_boxes": lambda i: json.dumps({"id": f"boxes{i}", "image": "red.png", "caption": "A red square.",
-                                            "boxes": many}),
-        "long_label": lambda i: json.dumps({"id": f"label{i}", "image": "red.png", "caption": "A red square.",
-                                            "boxes": [{"box": [1, 1, 30, 30], "label": "red " * 2500}]}),
+        "many_boxes": lambda i: json.dumps(
+            {"id": f"boxes{i}", "image": "red.png", "caption": "A red square.", "boxes": many}
+        ),
+        "long_label": lambda i: json.dumps(
+            {
+                "id": f"label{i}",
+                "image": "red.png",
+                "caption": "A red square.",
+                "boxes": [{"box": [1, 1, 30, 30], "label": "red " * 2500}],
+            }
+        ),
     }
     return [make(i) for i in range(copies) for make in kinds.values()]
 
@@ -72,8 +83,9 @@ def peak_rss_mb(pattern: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--good", type=int, default=8000)
     parser.add_argument("--broken", type=int, default=2000)
     parser.add_argument("--hostile", type=int, default=40, help="records of each hostile kind")
@@ -85,8 +97,15 @@ def main() -> None:
         with index.open("a") as f:
             f.write("\n".join(hostile_rows(corpus, args.hostile)) + "\n")
         lines = sum(1 for line in index.read_bytes().split(b"\n") if line.strip())
-        cmd = [sys.executable, "data_prep/build_shards.py", "--config", "configs/prep/default.yaml",
-               f"input.index={index}", f"output={out}", f"image.max_bytes={MAX_BYTES}"]
+        cmd = [
+            sys.executable,
+            "data_prep/build_shards.py",
+            "--config",
+            "configs/prep/default.yaml",
+            f"input.index={index}",
+            f"output={out}",
+            f"image.max_bytes={MAX_BYTES}",
+        ]
         start = time.perf_counter()
         job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         driver = worker = 0.0
@@ -102,10 +121,14 @@ def main() -> None:
         drops = pq.read_table(out / "dropped.parquet").to_pylist()
     assert totals["inputs"] == totals["written"] + totals["dropped"] == lines, (totals, lines)
     assert len(drops) == totals["dropped"] and all(d["reason"] for d in drops)
-    print(f"{lines} records ({args.good} good, {args.broken} broken over {len(BROKEN_KINDS)} kinds, "
-          f"{args.hostile} of each of 9 hostile kinds) in {wall:.0f} s: job exit 0")
-    print(f"inputs {totals['inputs']} = written {totals['written']} + dropped {totals['dropped']}; "
-          f"every drop has a reason")
+    print(
+        f"{lines} records ({args.good} good, {args.broken} broken over {len(BROKEN_KINDS)} kinds, "
+        f"{args.hostile} of each of 9 hostile kinds) in {wall:.0f} s: job exit 0"
+    )
+    print(
+        f"inputs {totals['inputs']} = written {totals['written']} + dropped {totals['dropped']}; "
+        f"every drop has a reason"
+    )
     for reason, n in sorted(Counter(d["reason"] for d in drops).items()):
         print(f"  {reason:<24} {n}")
     print(f"boxes dropped: {totals['boxes_dropped_by_reason']}")

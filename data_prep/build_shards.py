@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from pipeline.config import config_from_command_line, exit_on_user_error  # noqa: E402
-from pipeline.prep import PrepConfig, run  # noqa: E402
-from pipeline.shards.check import inspect  # noqa: E402
+from pipeline.config import config_from_command_line, exit_on_user_error
+from pipeline.prep import PrepConfig, run
+from pipeline.shards.check import inspect
 
 if __name__ == "__main__":
     cfg = config_from_command_line(PrepConfig, __doc__)

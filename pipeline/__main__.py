@@ -1,11 +1,11 @@
 """``python -m pipeline``: the tools around the two jobs.
 
-    python -m pipeline manifest inspect|verify|validate PATH
-    python -m pipeline synth OUT [key=value ...]     # generate a corpus (SyntheticConfig keys)
-    python -m pipeline eval --data DATASET --checkpoint [NAME=]SPEC ... --out DIR [key=value ...]
-    python -m pipeline export CHECKPOINT OUT          # a run (its latest) or checkpoint → open_clip weights
-    python -m pipeline lineage PATH [--json]         # what a run, checkpoint, export or report was made from
-    python -m pipeline demo [--workdir DIR]          # the README's main job: prep, train 4 objectives, eval
+python -m pipeline manifest inspect|verify|validate PATH
+python -m pipeline synth OUT [key=value ...]     # generate a corpus (SyntheticConfig keys)
+python -m pipeline eval --data DATASET --checkpoint [NAME=]SPEC ... --out DIR [key=value ...]
+python -m pipeline export CHECKPOINT OUT          # a run (its latest) or checkpoint → open_clip weights
+python -m pipeline lineage PATH [--json]         # what a run, checkpoint, export or report was made from
+python -m pipeline demo [--workdir DIR]          # the README's main job: prep, train 4 objectives, eval
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     manifest = sub.add_parser("manifest", help="inspect, verify or validate a dataset")
     manifest.add_argument("action", choices=("inspect", "verify", "validate"))
@@ -34,20 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("overrides", nargs="*", help="SyntheticConfig key=value")
     ev = sub.add_parser("eval", help="retrieval, box classification, FG-OVD scoring: one report")
     ev.add_argument("--data", help="dataset folder or dataset.json (data prep output), local or s3://")
-    ev.add_argument("--checkpoint", action="append", default=[], dest="checkpoints",
-                    help="[name=]run folder | export folder | openclip:NAME[:TAG]; repeat to compare")
+    ev.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        dest="checkpoints",
+        help="[name=]run folder | export folder | openclip:NAME[:TAG]; repeat to compare",
+    )
     ev.add_argument("--out", help="report folder")
     ev.add_argument("--config", help="YAML file with EvalConfig keys (pipeline/eval/config.py)")
     ev.add_argument("overrides", nargs="*", help="EvalConfig key=value")
     export = sub.add_parser("export", help="consolidate a ZeRO checkpoint into open_clip weights + heads")
     export.add_argument("checkpoint", help="run folder (its latest checkpoint) or run/checkpoints/step-N")
     export.add_argument("out")
-    lineage = sub.add_parser("lineage", help="datasets (sha256), config, code and package versions behind a "
-                                             "run, checkpoint, export or evaluation report")
+    lineage = sub.add_parser(
+        "lineage",
+        help="datasets (sha256), config, code and package versions behind a "
+        "run, checkpoint, export or evaluation report",
+    )
     lineage.add_argument("path")
     lineage.add_argument("--json", action="store_true", help="the whole record")
-    demo = sub.add_parser("demo", help="generate data, prep it on a local Ray, train the four objectives, "
-                                       "evaluate them: one report")
+    demo = sub.add_parser(
+        "demo",
+        help="generate data, prep it on a local Ray, train the four objectives, evaluate them: one report",
+    )
     demo.add_argument("--workdir", default="runs/demo")
     demo.add_argument("--train-steps", type=int, default=200, help="per objective; 0: data prep only")
     demo.add_argument("--records", type=int, default=2000, help="generated training images")
@@ -120,8 +131,10 @@ def _manifest(action: str, path: str) -> int:
     problems = check.verify(m) if action == "verify" else check.validate(m)
     for problem in problems:
         print(problem)
-    print(f"{action}: {'OK' if not problems else f'{len(problems)} problem(s)'} "
-          f"({len(m.shards)} shards, {m.num_samples} samples)")
+    print(
+        f"{action}: {'OK' if not problems else f'{len(problems)} problem(s)'} "
+        f"({len(m.shards)} shards, {m.num_samples} samples)"
+    )
     return 1 if problems else 0
 
 

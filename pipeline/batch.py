@@ -55,10 +55,16 @@ class Batch:
     def __post_init__(self) -> None:
         b, k, _ = self.tokens.shape
         r = self.boxes.shape[1]
-        expected = {"images": (b, 3), "token_mask": (b, k), "text_ids": (b, k), "boxes": (b, r, 4),
-                    "region_slot": (b, r), "region_mask": (b, r)}
+        expected = {
+            "images": (b, 3),
+            "token_mask": (b, k),
+            "text_ids": (b, k),
+            "boxes": (b, r, 4),
+            "region_slot": (b, r),
+            "region_mask": (b, r),
+        }
         for name, shape in expected.items():
-            actual = tuple(getattr(self, name).shape[:len(shape)])
+            actual = tuple(getattr(self, name).shape[: len(shape)])
             if actual != shape:
                 raise ValueError(f"batch.{name}: shape {actual} does not match {shape} (B={b}, K={k}, R={r})")
 
@@ -68,8 +74,10 @@ class Batch:
         return self.tokens[:, 0]
 
     def to(self, device: torch.device | str) -> Batch:
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=True)
-                                            for f in dataclasses.fields(self)})
+        return dataclasses.replace(
+            self,
+            **{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in dataclasses.fields(self)},
+        )
 
     @classmethod
     def from_lists(
@@ -90,7 +98,9 @@ class Batch:
         """
         batch_size = len(texts)
         if len(regions) != batch_size or images.shape[0] != batch_size:
-            raise ValueError(f"batch: {images.shape[0]} images, {batch_size} text lists, {len(regions)} region lists")
+            raise ValueError(
+                f"batch: {images.shape[0]} images, {batch_size} text lists, {len(regions)} region lists"
+            )
         for b, (slot_texts, image_regions) in enumerate(zip(texts, regions)):
             if not 1 <= len(slot_texts) <= num_slots:
                 raise ValueError(f"batch: image {b} has {len(slot_texts)} texts, needs 1..{num_slots}")
@@ -98,8 +108,10 @@ class Batch:
                 raise ValueError(f"batch: image {b} has {len(image_regions)} regions, room for {num_regions}")
             for _, slot in image_regions:
                 if not 0 < slot < len(slot_texts):
-                    raise ValueError(f"batch: image {b} has a region grounded to slot {slot}, "
-                                     f"which is not one of its texts 1..{len(slot_texts) - 1}")
+                    raise ValueError(
+                        f"batch: image {b} has a region grounded to slot {slot}, "
+                        f"which is not one of its texts 1..{len(slot_texts) - 1}"
+                    )
 
         flat = tokenizer([t for slot_texts in texts for t in slot_texts])
         tokens = flat.new_zeros(batch_size, num_slots, flat.shape[-1])
@@ -111,7 +123,7 @@ class Batch:
         start = 0
         for b, (slot_texts, image_regions) in enumerate(zip(texts, regions)):
             n = len(slot_texts)
-            tokens[b, :n] = flat[start:start + n]
+            tokens[b, :n] = flat[start : start + n]
             token_mask[b, :n] = True
             text_ids[b, :n] = torch.tensor([text_id(t) for t in slot_texts])
             start += n

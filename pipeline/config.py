@@ -74,8 +74,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             problem = str(e).splitlines()[0]
-            raise ConfigError(f"{key.strip()}: {raw!r} is not a YAML value ({problem}); quote it: "
-                              f"{key.strip()}='\"{raw}\"'") from e
+            raise ConfigError(
+                f"{key.strip()}: {raw!r} is not a YAML value ({problem}); quote it: {key.strip()}='\"{raw}\"'"
+            ) from e
         _set_dotted(data, key.strip(), value)
     return build(cls, data)
 
@@ -85,7 +86,9 @@ def config_from_command_line(cls: type[T], description: str, argv: list[str] | N
 
     A bad config exits with status 2 and a message naming the key, before any work starts.
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML file (configs/*/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value (YAML value), e.g. output=runs/x")
     args = parser.parse_args(argv)
@@ -106,8 +109,11 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
-    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{prefix}{missing[0]}: required")
     kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
@@ -171,6 +177,6 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     for i, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parents[:i + 1])}: not a section, cannot set {key}")
+            raise ConfigError(f"{'.'.join(parents[: i + 1])}: not a section, cannot set {key}")
         node = child
     node[leaf] = value

@@ -24,12 +24,20 @@ from pipeline.synthetic import SyntheticConfig, write_corpus
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_CONFIG = "configs/train/beta_tiny.yaml"  # K = 36 text slots and 16 regions: what every objective may read
+TRAIN_CONFIG = (
+    "configs/train/beta_tiny.yaml"  # K = 36 text slots and 16 regions: what every objective may read
+)
 OBJECTIVES = ("clip", "beta", "harmo", "beta+harmo")
 
 
-def run_demo(workdir: str, overrides: list[str], train_steps: int, records: int = 2000, heldout: int = 300,
-             objectives: tuple[str, ...] = OBJECTIVES) -> int:
+def run_demo(
+    workdir: str,
+    overrides: list[str],
+    train_steps: int,
+    records: int = 2000,
+    heldout: int = 300,
+    objectives: tuple[str, ...] = OBJECTIVES,
+) -> int:
     work = Path(workdir).resolve()
     train_set = _prepare(work, "train", SyntheticConfig(num_records=records, num_broken=48), overrides)
     heldout_set = _prepare(work, "heldout", SyntheticConfig(num_records=heldout, split="heldout"), overrides)
@@ -39,17 +47,33 @@ def run_demo(workdir: str, overrides: list[str], train_steps: int, records: int 
     runs = []
     for objective in objectives:
         run_dir = work / "runs" / objective.replace("+", "_")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "train/train.py", "--config", TRAIN_CONFIG, "device=cpu", f"output={run_dir}",
-               f"objective.name={objective}", f"data.manifests=[{train_set}]", f"steps={train_steps}",
-               "checkpoint.resume=false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "train/train.py",
+            "--config",
+            TRAIN_CONFIG,
+            "device=cpu",
+            f"output={run_dir}",
+            f"objective.name={objective}",
+            f"data.manifests=[{train_set}]",
+            f"steps={train_steps}",
+            "checkpoint.resume=false",
+        ]
         print(f"\ntraining {objective}:", " ".join(cmd[2:]), flush=True)
         if subprocess.run(cmd, check=False, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode:
             return 1
         runs.append(f"{objective}={run_dir}")
 
-    report = evaluate(EvalConfig(data=str(heldout_set), out=str(work / "report"), checkpoints=tuple(runs),
-                                 max_images=heldout))
+    report = evaluate(
+        EvalConfig(
+            data=str(heldout_set), out=str(work / "report"), checkpoints=tuple(runs), max_images=heldout
+        )
+    )
     print((report / "report.md").read_text())
     print(f"report: {report / 'report.html'}")
     return 0
@@ -60,9 +84,16 @@ def _prepare(work: Path, split: str, synthetic: SyntheticConfig, overrides: list
     corpus = work / "corpus" / split
     if not (corpus / "records.jsonl").exists():
         log.info("generated %s", write_corpus(str(corpus), synthetic))
-    cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                      [f"input.index={corpus / 'records.jsonl'}", f"output={work / 'shards' / split}",
-                       "existing_output=overwrite", *overrides])
+    cfg = load_config(
+        PrepConfig,
+        REPO / "configs/prep/default.yaml",
+        [
+            f"input.index={corpus / 'records.jsonl'}",
+            f"output={work / 'shards' / split}",
+            "existing_output=overwrite",
+            *overrides,
+        ],
+    )
     manifest = run(cfg)
     problems = check.verify(manifest)
     print(check.inspect(manifest))

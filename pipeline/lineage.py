@@ -23,8 +23,18 @@ from pipeline.shards import storage
 from pipeline.shards.manifest import MANIFEST_FILE, load_manifest
 
 LINEAGE_FILE = "lineage.json"
-PACKAGES = ("torch", "torchvision", "open_clip_torch", "deepspeed", "ray", "webdataset", "spacy", "pyarrow",
-            "numpy", "transformers")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "deepspeed",
+    "ray",
+    "webdataset",
+    "spacy",
+    "pyarrow",
+    "numpy",
+    "transformers",
+)
 
 
 def dataset_ref(path: str) -> dict[str, Any]:
@@ -32,8 +42,13 @@ def dataset_ref(path: str) -> dict[str, Any]:
     manifest = load_manifest(path)
     body = storage.read_bytes(f"{manifest.root}/{MANIFEST_FILE}")
     where = manifest.root if storage.is_s3(manifest.root) else str(Path(manifest.root).resolve())
-    return {"path": where, "name": manifest.name, "sha256": hashlib.sha256(body).hexdigest(),
-            "run_id": manifest.data.get("run_id"), "samples": manifest.num_samples}
+    return {
+        "path": where,
+        "name": manifest.name,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "run_id": manifest.data.get("run_id"),
+        "samples": manifest.num_samples,
+    }
 
 
 def make_lineage(datasets: Sequence[str], config: dict[str, Any]) -> dict[str, Any]:
@@ -42,15 +57,23 @@ def make_lineage(datasets: Sequence[str], config: dict[str, Any]) -> dict[str, A
 
 def environment() -> dict[str, Any]:
     versions = {name: _version(name) for name in PACKAGES}
-    return {"code_version": code_version(), "python": platform.python_version(),
-            "packages": {name: v for name, v in versions.items() if v}}
+    return {
+        "code_version": code_version(),
+        "python": platform.python_version(),
+        "packages": {name: v for name, v in versions.items() if v},
+    }
 
 
 def code_version() -> str:
     """The git commit of this checkout when there is one, else the package version."""
     try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         out = None
     commit = out.stdout.strip() if out and out.returncode == 0 else ""
@@ -71,8 +94,10 @@ def read_lineage(path: str | Path) -> dict[str, Any]:
                 return data
             if "lineage" in data:  # a report
                 return data["lineage"]
-    raise FileNotFoundError(f"{path}: no {LINEAGE_FILE} (not a run, checkpoint, export or report of ours, "
-                            "or one written before lineage was recorded)")
+    raise FileNotFoundError(
+        f"{path}: no {LINEAGE_FILE} (not a run, checkpoint, export or report of ours, "
+        "or one written before lineage was recorded)"
+    )
 
 
 def describe(lineage: dict[str, Any]) -> str:
@@ -82,12 +107,16 @@ def describe(lineage: dict[str, Any]) -> str:
         lines.append(f"dataset   {d['path']}  {d['samples']} samples  dataset.json sha256 {d['sha256']}")
     for name, checkpoint in lineage.get("checkpoints", {}).items():
         lines.append(f"model     {name}: {checkpoint.get('path', '')}")
-        lines += [f"            trained on {d['path']} (sha256 {d['sha256'][:16]}…)"
-                  for d in checkpoint.get("datasets", [])]
+        lines += [
+            f"            trained on {d['path']} (sha256 {d['sha256'][:16]}…)"
+            for d in checkpoint.get("datasets", [])
+        ]
     config = lineage.get("config", {})
     if "objective" in config:
-        lines.append(f"training  objective {config['objective']['name']}, model {config['model']['name']}, "
-                     f"{config['steps']} steps, ZeRO-{config['zero_stage']}")
+        lines.append(
+            f"training  objective {config['objective']['name']}, model {config['model']['name']}, "
+            f"{config['steps']} steps, ZeRO-{config['zero_stage']}"
+        )
     lines.append("packages  " + ", ".join(f"{k} {v}" for k, v in lineage["packages"].items()))
     return "\n".join(lines)
 

@@ -68,17 +68,33 @@ class Sample:
         _require(d, "schema", int)
         if d["schema"] != SCHEMA_VERSION:
             raise SchemaError(f"schema: version {d['schema']} is not {SCHEMA_VERSION}")
-        for name, typ in (("id", str), ("source", str), ("width", int), ("height", int),
-                          ("caption", str), ("sentences", list), ("phrases", list), ("regions", list)):
+        for name, typ in (
+            ("id", str),
+            ("source", str),
+            ("width", int),
+            ("height", int),
+            ("caption", str),
+            ("sentences", list),
+            ("phrases", list),
+            ("regions", list),
+        ):
             _require(d, name, typ)
         regions = [_region(r, i, d["width"], d["height"]) for i, r in enumerate(d["regions"])]
-        phrases = [_phrase(p, i, d["caption"], len(d["sentences"]), len(regions))
-                   for i, p in enumerate(d["phrases"])]
+        phrases = [
+            _phrase(p, i, d["caption"], len(d["sentences"]), len(regions)) for i, p in enumerate(d["phrases"])
+        ]
         if not all(isinstance(s, str) for s in d["sentences"]):
             raise SchemaError("sentences: every entry must be a string")
-        return cls(id=d["id"], source=d["source"], width=d["width"], height=d["height"],
-                   caption=d["caption"], sentences=list(d["sentences"]),
-                   phrases=phrases, regions=regions)
+        return cls(
+            id=d["id"],
+            source=d["source"],
+            width=d["width"],
+            height=d["height"],
+            caption=d["caption"],
+            sentences=list(d["sentences"]),
+            phrases=phrases,
+            regions=regions,
+        )
 
 
 def sample_key(source: str, source_id: str) -> str:
@@ -94,8 +110,11 @@ def clean_box(box: Any, width: int, height: int) -> tuple[tuple[float, float, fl
     ``box_degenerate`` (under one pixel wide or high after clipping). A box that merely
     sticks out of the image is clipped and kept.
     """
-    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+    if (
+        not isinstance(box, (list, tuple))
+        or len(box) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+    ):
         return None, "box_malformed"
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
@@ -125,8 +144,10 @@ def _region(r: dict[str, Any], i: int, width: int, height: int) -> Region:
             raise SchemaError(f"regions[{i}].{name}: missing or wrong type")
     box, reason = clean_box(r["box"], width, height)
     if box is None or box != tuple(float(v) for v in r["box"]):
-        raise SchemaError(f"regions[{i}].box: {r['box']} is not a clipped, non-degenerate box"
-                          f"{' (' + reason + ')' if reason else ''}")
+        raise SchemaError(
+            f"regions[{i}].box: {r['box']} is not a clipped, non-degenerate box"
+            f"{' (' + reason + ')' if reason else ''}"
+        )
     return Region(box=box, score=float(r["score"]), source=r["source"], label=r["label"])
 
 
@@ -134,7 +155,7 @@ def _phrase(p: dict[str, Any], i: int, caption: str, n_sentences: int, n_regions
     for name, typ in (("text", str), ("sentence", int), ("start", int), ("end", int), ("kind", str)):
         if name not in p or not isinstance(p[name], typ):
             raise SchemaError(f"phrases[{i}].{name}: missing or wrong type")
-    if not 0 <= p["start"] < p["end"] <= len(caption) or caption[p["start"]:p["end"]] != p["text"]:
+    if not 0 <= p["start"] < p["end"] <= len(caption) or caption[p["start"] : p["end"]] != p["text"]:
         raise SchemaError(f"phrases[{i}]: offsets [{p['start']}, {p['end']}) do not index its text")
     if not 0 <= p["sentence"] < n_sentences:
         raise SchemaError(f"phrases[{i}].sentence: {p['sentence']} out of range")
@@ -143,5 +164,6 @@ def _phrase(p: dict[str, Any], i: int, caption: str, n_sentences: int, n_regions
     region = p.get("region")
     if region is not None and not (isinstance(region, int) and 0 <= region < n_regions):
         raise SchemaError(f"phrases[{i}].region: {region!r} is not a region index")
-    return Phrase(text=p["text"], sentence=p["sentence"], start=p["start"], end=p["end"],
-                  kind=p["kind"], region=region)
+    return Phrase(
+        text=p["text"], sentence=p["sentence"], start=p["start"], end=p["end"], kind=p["kind"], region=region
+    )

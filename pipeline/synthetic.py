@@ -28,20 +28,44 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
-    "orange": (245, 140, 30), "purple": (140, 60, 180), "pink": (240, 130, 190), "black": (20, 20, 20),
-    "white": (250, 250, 250), "brown": (130, 80, 40),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "orange": (245, 140, 30),
+    "purple": (140, 60, 180),
+    "pink": (240, 130, 190),
+    "black": (20, 20, 20),
+    "white": (250, 250, 250),
+    "brown": (130, 80, 40),
 }
 SIZES = {"small": 0.14, "medium": 0.24, "large": 0.36}  # side of the bounding box / shorter image side
-_POSITIONS = (("upper left", "top", "upper right"), ("middle left", "center", "middle right"),
-              ("lower left", "bottom", "lower right"))
+_POSITIONS = (
+    ("upper left", "top", "upper right"),
+    ("middle left", "center", "middle right"),
+    ("lower left", "bottom", "lower right"),
+)
 
 # Broken on purpose; the data-prep docs say what the job does with each.
 BROKEN_KINDS = (
-    "corrupt_image", "not_an_image", "missing_image", "zero_pixel_image", "decompression_bomb",
-    "cmyk_image", "palette_image", "la_image", "sixteen_bit_image",
-    "empty_caption", "whitespace_caption", "non_string_caption", "huge_caption", "invalid_utf8",
-    "bad_boxes", "duplicate_id", "missing_field", "unparseable_line",
+    "corrupt_image",
+    "not_an_image",
+    "missing_image",
+    "zero_pixel_image",
+    "decompression_bomb",
+    "cmyk_image",
+    "palette_image",
+    "la_image",
+    "sixteen_bit_image",
+    "empty_caption",
+    "whitespace_caption",
+    "non_string_caption",
+    "huge_caption",
+    "invalid_utf8",
+    "bad_boxes",
+    "duplicate_id",
+    "missing_field",
+    "unparseable_line",
 )
 # A typed Parquet column cannot hold these; the Parquet index skips them.
 _JSONL_ONLY = frozenset({"non_string_caption", "invalid_utf8", "unparseable_line"})
@@ -60,13 +84,16 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         if self.num_records < 1 or self.num_broken < 0:
-            raise ValueError(f"num_records/num_broken: need >= 1 and >= 0, got {self.num_records}, "
-                             f"{self.num_broken}")
+            raise ValueError(
+                f"num_records/num_broken: need >= 1 and >= 0, got {self.num_records}, {self.num_broken}"
+            )
         if self.image_size < 64:
             raise ValueError(f"image_size: must be >= 64, got {self.image_size}")
         if not 1 <= self.min_objects <= self.max_objects <= len(SHAPES) * len(COLOURS):
-            raise ValueError(f"min_objects: need 1 <= min_objects <= max_objects, got "
-                             f"{self.min_objects}, {self.max_objects}")
+            raise ValueError(
+                f"min_objects: need 1 <= min_objects <= max_objects, got "
+                f"{self.min_objects}, {self.max_objects}"
+            )
 
 
 @dataclass
@@ -79,8 +106,10 @@ class CorpusSummary:
 
     def __str__(self) -> str:
         broken = ", ".join(f"{k}={n}" for k, n in self.broken.items()) or "none"
-        return (f"{self.index}: {self.records} records ({self.good} good, broken: {broken}); "
-                f"captions average {self.mean_caption_words:.0f} words")
+        return (
+            f"{self.index}: {self.records} records ({self.good} good, broken: {broken}); "
+            f"captions average {self.mean_caption_words:.0f} words"
+        )
 
 
 @dataclass(frozen=True)
@@ -111,8 +140,14 @@ def write_corpus(out_dir: str, cfg: SyntheticConfig) -> CorpusSummary:
         words += len(caption.split())
         name = f"images/{cfg.split}-{i:06d}.jpg"
         img.save(out / name, format="JPEG", quality=92)
-        records.append({"id": f"{cfg.split}-{i:06d}", "image": name, "caption": caption,
-                        "boxes": [{"box": list(o.box), "label": o.label} for o in objects]})
+        records.append(
+            {
+                "id": f"{cfg.split}-{i:06d}",
+                "image": name,
+                "caption": caption,
+                "boxes": [{"box": list(o.box), "label": o.label} for o in objects],
+            }
+        )
 
     good_ids = {r["id"] for r in records}
     kinds = [k for k in BROKEN_KINDS if cfg.index_format == "jsonl" or k not in _JSONL_ONLY]
@@ -122,18 +157,23 @@ def write_corpus(out_dir: str, cfg: SyntheticConfig) -> CorpusSummary:
         kind = kinds[j % len(kinds)]
         broken[kind] = broken.get(kind, 0) + 1
         position = rng.randrange(1, len(records) + 1)  # never first: a duplicate needs an original
-        original = next(r for r in reversed(records[:position])
-                        if isinstance(r, dict) and r.get("id") in good_ids and "image" in r)
+        original = next(
+            r
+            for r in reversed(records[:position])
+            if isinstance(r, dict) and r.get("id") in good_ids and "image" in r
+        )
         records.insert(position, _broken_record(kind, j, out, original, cfg))
 
     index = out / f"records.{cfg.index_format}"
     if cfg.index_format == "jsonl":
-        index.write_bytes(b"".join(r if isinstance(r, bytes) else json.dumps(r).encode() + b"\n"
-                                   for r in records))
+        index.write_bytes(
+            b"".join(r if isinstance(r, bytes) else json.dumps(r).encode() + b"\n" for r in records)
+        )
     else:
         _write_parquet(index, records)
-    return CorpusSummary(str(index), len(records), cfg.num_records, dict(sorted(broken.items())),
-                         words / cfg.num_records)
+    return CorpusSummary(
+        str(index), len(records), cfg.num_records, dict(sorted(broken.items())), words / cfg.num_records
+    )
 
 
 def draw_scene(rng: random.Random, cfg: SyntheticConfig) -> tuple[Image.Image, list[Obj], str]:
@@ -162,8 +202,14 @@ def draw_scene(rng: random.Random, cfg: SyntheticConfig) -> tuple[Image.Image, l
         else:
             draw.polygon(points, fill=fill)
         xs, ys = [p[0] for p in points], [p[1] for p in points]
-        objects.append(Obj(size, colour, shape, (math.floor(min(xs)), math.floor(min(ys)),
-                                                 math.ceil(max(xs)) + 1, math.ceil(max(ys)) + 1)))
+        objects.append(
+            Obj(
+                size,
+                colour,
+                shape,
+                (math.floor(min(xs)), math.floor(min(ys)), math.ceil(max(xs)) + 1, math.ceil(max(ys)) + 1),
+            )
+        )
     return img, objects, background
 
 
@@ -174,33 +220,48 @@ def describe(rng: random.Random, objects: list[Obj], background: str, size: tupl
         place = _place(obj, size)
         others = [o for o in objects if o is not obj]
         if not others:
-            sentences.append(f"{_a(obj.label).capitalize()} {obj.shape} sits alone in the {place} of the picture.")
+            sentences.append(
+                f"{_a(obj.label).capitalize()} {obj.shape} sits alone in the {place} of the picture."
+            )
             continue
         near = min(others, key=lambda o: math.dist(o.center, obj.center))
         relation = _relation(obj, near)
-        template = rng.choice((
-            "{A} sits in the {place} of the picture, {rel} {b}.",
-            "In the {place} there is {a}, which is {rel} {b}.",
-            "Toward the {place} we can see {a} placed {rel} {b}.",
-            "{A} appears in the {place}, {rel} {b}.",
-        ))
-        sentences.append(template.format(A=_a(obj.label).capitalize(), a=_a(obj.label), place=place,
-                                         rel=relation, b=_a(near.label)))
+        template = rng.choice(
+            (
+                "{A} sits in the {place} of the picture, {rel} {b}.",
+                "In the {place} there is {a}, which is {rel} {b}.",
+                "Toward the {place} we can see {a} placed {rel} {b}.",
+                "{A} appears in the {place}, {rel} {b}.",
+            )
+        )
+        sentences.append(
+            template.format(
+                A=_a(obj.label).capitalize(), a=_a(obj.label), place=place, rel=relation, b=_a(near.label)
+            )
+        )
         if i > 0 and _overlaps(obj.box, near.box) and objects.index(near) < i:
             sentences.append(f"The {obj.colour} {obj.shape} is drawn over the {near.colour} {near.shape}.")
     biggest = max(objects, key=lambda o: (o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))
     sentences.append(f"The background is {background}.")
     count = len(objects)
-    sentences.append(f"There {'is one shape' if count == 1 else f'are {count} shapes'} in total, and the "
-                     f"biggest of them is the {biggest.colour} {biggest.shape}.")
+    sentences.append(
+        f"There {'is one shape' if count == 1 else f'are {count} shapes'} in total, and the "
+        f"biggest of them is the {biggest.colour} {biggest.shape}."
+    )
     sentences.append("Every shape is drawn in a flat colour with crisp edges and no shadow.")
     return " ".join(sentences)
 
 
 def _background(rng: random.Random, width: int, height: int) -> tuple[Image.Image, str]:
     kind = rng.choice(("plain", "gradient", "stripes", "noise"))
-    tone = rng.choice((("pale grey", (205, 205, 205)), ("light beige", (235, 225, 200)),
-                       ("soft teal", (170, 210, 205)), ("dark slate", (60, 70, 80))))
+    tone = rng.choice(
+        (
+            ("pale grey", (205, 205, 205)),
+            ("light beige", (235, 225, 200)),
+            ("soft teal", (170, 210, 205)),
+            ("dark slate", (60, 70, 80)),
+        )
+    )
     name, rgb = tone
     base = np.array(rgb, dtype=np.float32)
     if kind == "plain":
@@ -232,8 +293,13 @@ def _outline(shape: str, x0: int, y0: int, side: int) -> list[tuple[float, float
         return [(cx, y0), (x0 + side - 1, cy), (cx, y0 + side - 1), (x0, cy)]
     if shape == "hexagon":
         return [(cx + r * math.cos(math.pi / 3 * k), cy + r * math.sin(math.pi / 3 * k)) for k in range(6)]
-    return [(cx + (r if k % 2 == 0 else r * 0.45) * math.sin(math.pi / 5 * k),  # star, tip up
-             cy - (r if k % 2 == 0 else r * 0.45) * math.cos(math.pi / 5 * k)) for k in range(10)]
+    return [
+        (
+            cx + (r if k % 2 == 0 else r * 0.45) * math.sin(math.pi / 5 * k),  # star, tip up
+            cy - (r if k % 2 == 0 else r * 0.45) * math.cos(math.pi / 5 * k),
+        )
+        for k in range(10)
+    ]
 
 
 def _place(obj: Obj, size: tuple[int, int]) -> str:
@@ -264,8 +330,12 @@ def _a(label: str) -> str:
 def _broken_record(kind: str, j: int, out: Path, original: dict, cfg: SyntheticConfig) -> dict | bytes:
     """One record broken in the way ``kind`` names; a valid record is the starting point."""
     rid = f"{cfg.split}-broken-{j:04d}-{kind}"
-    record = {"id": rid, "image": original["image"], "caption": original["caption"],
-              "boxes": original["boxes"]}
+    record = {
+        "id": rid,
+        "image": original["image"],
+        "caption": original["caption"],
+        "boxes": original["boxes"],
+    }
 
     def image_file(data: bytes, suffix: str = "jpg") -> str:
         name = f"images/{rid}.{suffix}"
@@ -332,9 +402,19 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
 
 def _write_parquet(path: Path, records: list[dict]) -> None:
     box = pa.struct([("box", pa.list_(pa.float64())), ("label", pa.string())])
-    schema = pa.schema([("id", pa.string()), ("image", pa.string()), ("caption", pa.string()),
-                        ("boxes", pa.list_(box))])
-    rows = [{"id": r.get("id"), "image": r.get("image"), "caption": r.get("caption"),
-             "boxes": [{"box": [float(v) for v in b["box"]] if len(b["box"]) == 4 else b["box"],
-                        "label": b["label"]} for b in r.get("boxes") or []]} for r in records]
+    schema = pa.schema(
+        [("id", pa.string()), ("image", pa.string()), ("caption", pa.string()), ("boxes", pa.list_(box))]
+    )
+    rows = [
+        {
+            "id": r.get("id"),
+            "image": r.get("image"),
+            "caption": r.get("caption"),
+            "boxes": [
+                {"box": [float(v) for v in b["box"]] if len(b["box"]) == 4 else b["box"], "label": b["label"]}
+                for b in r.get("boxes") or []
+            ],
+        }
+        for r in records
+    ]
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)

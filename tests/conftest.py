@@ -21,9 +21,11 @@ def generated_shards(tmp_path_factory) -> Path:
     """A small dataset made the real way: generated corpus → data prep on a local Ray."""
     root = tmp_path_factory.mktemp("generated")
     write_corpus(str(root / "corpus"), SyntheticConfig(num_records=96, seed=7))
-    cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                      [f"input.index={root}/corpus/records.jsonl", f"output={root}/shards",
-                       "samples_per_shard=24"])
+    cfg = load_config(
+        PrepConfig,
+        REPO / "configs/prep/default.yaml",
+        [f"input.index={root}/corpus/records.jsonl", f"output={root}/shards", "samples_per_shard=24"],
+    )
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         run(cfg)
@@ -50,15 +52,24 @@ def tiny_owlv2(tmp_path_factory) -> Path:
     import transformers as tf
 
     with gzip.open(default_bpe(), "rt") as f:
-        merges = [tuple(line.split()) for line in f.read().split("\n")[1:49152 - 256 - 2 + 1]]
+        merges = [tuple(line.split()) for line in f.read().split("\n")[1 : 49152 - 256 - 2 + 1]]
     symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>",
-                                                                                       "<|endoftext|>"]
-    tokenizer = tf.CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges, model_max_length=16)
+    vocab = (
+        symbols
+        + [s + "</w>" for s in symbols]
+        + ["".join(m) for m in merges]
+        + ["<|startoftext|>", "<|endoftext|>"]
+    )
+    tokenizer = tf.CLIPTokenizer(
+        vocab={v: i for i, v in enumerate(vocab)}, merges=merges, model_max_length=16
+    )
     processor = tf.Owlv2Processor(tf.Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer)
     small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = tf.Owlv2Config(text_config={"vocab_size": len(vocab), "max_position_embeddings": 16, **small},
-                            vision_config={"image_size": 64, "patch_size": 16, **small}, projection_dim=32)
+    config = tf.Owlv2Config(
+        text_config={"vocab_size": len(vocab), "max_position_embeddings": 16, **small},
+        vision_config={"image_size": 64, "patch_size": 16, **small},
+        projection_dim=32,
+    )
     torch.manual_seed(0)
     model = tf.Owlv2ForObjectDetection(config)
     with torch.no_grad():  # random heads saturate the sigmoids; small ones keep scores and boxes apart

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from botocore.exceptions import EndpointConnectionError
 
 from pipeline.shards import storage
 
@@ -35,10 +36,17 @@ def s3_server(host: str) -> Iterator[S3Server]:
     with socket.socket() as sock:
         sock.bind((host, 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([Path(sys.executable).parent / "moto_server", "-H", host, "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "moto_server", "-H", host, "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     storage._client.cache_clear()
@@ -47,7 +55,7 @@ def s3_server(host: str) -> Iterator[S3Server]:
             try:
                 boto3.client("s3").create_bucket(Bucket="fgclip-test")
                 break
-            except Exception:
+            except EndpointConnectionError:  # not listening yet
                 time.sleep(0.1)
         yield S3Server(env, "fgclip-test")
     finally:

@@ -31,11 +31,34 @@ class Payload:
 def run_dir(generated_shards, tmp_path_factory) -> Path:
     """A real ZeRO-2 run: 2 CPU ranks, 2 steps, one checkpoint."""
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train/train.py",
-           "--config", "configs/train/harmo_tiny.yaml", "device=cpu", f"data.manifests=[{generated_shards}]",
-           f"output={out}", "data.batch_size=8", "data.workers=0", "steps=2", "checkpoint.every=2", "zero_stage=2"]
-    result = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=600, check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "train/train.py",
+        "--config",
+        "configs/train/harmo_tiny.yaml",
+        "device=cpu",
+        f"data.manifests=[{generated_shards}]",
+        f"output={out}",
+        "data.batch_size=8",
+        "data.workers=0",
+        "steps=2",
+        "checkpoint.every=2",
+        "zero_stage=2",
+    ]
+    result = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 

@@ -38,18 +38,21 @@ def test_yaml_and_overrides(tmp_path):
     assert load_config(Outer, None, ["name=x", "inner.ratio=5e-3"]).inner.ratio == 0.005
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["nme=x"], "nme: unknown key"),
-    (["name=x", "inner.sise=1"], "inner.sise: unknown key"),
-    (["name=x", "inner.size=big"], "inner.size: expected int"),
-    (["name=x", "inner.ratio=fast"], "inner.ratio: expected float, got 'fast'"),
-    (["name=x", "inner.size=-1"], "inner.size: must be >= 0"),
-    (["name=x", "mode=c"], "mode: 'c' is not one of 'a', 'b'"),
-    (["name=x", "inner.pair=7"], "inner.pair: expected a list"),
-    (["name=x", "inner=3"], "inner: expected a mapping"),
-    (["mode=a"], "name: required"),
-    (["name"], "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["nme=x"], "nme: unknown key"),
+        (["name=x", "inner.sise=1"], "inner.sise: unknown key"),
+        (["name=x", "inner.size=big"], "inner.size: expected int"),
+        (["name=x", "inner.ratio=fast"], "inner.ratio: expected float, got 'fast'"),
+        (["name=x", "inner.size=-1"], "inner.size: must be >= 0"),
+        (["name=x", "mode=c"], "mode: 'c' is not one of 'a', 'b'"),
+        (["name=x", "inner.pair=7"], "inner.pair: expected a list"),
+        (["name=x", "inner=3"], "inner: expected a mapping"),
+        (["mode=a"], "name: required"),
+        (["name"], "expected key=value"),
+    ],
+)
 def test_bad_config_names_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_config(Outer, None, overrides)
@@ -67,10 +70,15 @@ def test_prep_preset_loads_and_validates():
     cfg = load_config(PrepConfig, "configs/prep/default.yaml", ["input.index=x.jsonl", "output=out"])
     assert cfg.ray.workers is None and cfg.ray.worker_num_cpus == 1.0
     with pytest.raises(ConfigError, match="ray.workers"):
-        load_config(PrepConfig, "configs/prep/default.yaml", ["input.index=x.jsonl", "output=out", "ray.workers=0"])
+        load_config(
+            PrepConfig, "configs/prep/default.yaml", ["input.index=x.jsonl", "output=out", "ray.workers=0"]
+        )
     with pytest.raises(ConfigError, match="ray.text_actors: unknown key"):
-        load_config(PrepConfig, "configs/prep/default.yaml",
-                    ["input.index=x.jsonl", "output=out", "ray.text_actors=[3, 1]"])
+        load_config(
+            PrepConfig,
+            "configs/prep/default.yaml",
+            ["input.index=x.jsonl", "output=out", "ray.text_actors=[3, 1]"],
+        )
     with pytest.raises(ConfigError, match="input.index: required"):
         build(PrepConfig, {"output": "out", "input": {}})
     with pytest.raises(ConfigError, match="image.jpeg_quality"):

@@ -15,9 +15,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path):
     work = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "pipeline", "demo", "--workdir", str(work), "--records", "96",
-                             "--heldout", "32", "--train-steps", "3", "samples_per_shard=32"],
-                            cwd=REPO, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "demo",
+            "--workdir",
+            str(work),
+            "--records",
+            "96",
+            "--heldout",
+            "32",
+            "--train-steps",
+            "3",
+            "samples_per_shard=32",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "verify train: OK" in result.stdout and "verify heldout: OK" in result.stdout
     report = json.loads((work / "report/metrics.json").read_text())
@@ -35,6 +53,11 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path):
     for name, checkpoint in lineage["checkpoints"].items():
         assert [d["sha256"] for d in checkpoint["datasets"]] == [train_sha]
         assert checkpoint["config"]["objective"]["name"] == name
-    printed = subprocess.run([sys.executable, "-m", "pipeline", "lineage", str(work / "runs/beta_harmo/export")],
-                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+    printed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "lineage", str(work / "runs/beta_harmo/export")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"dataset.json sha256 {train_sha}" in printed and "objective beta+harmo" in printed

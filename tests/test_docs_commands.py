@@ -51,7 +51,7 @@ def check(words: list[str]) -> None:
         assert all(re.fullmatch(r"[A-Z_]+=\S+", a) for a in args)
     elif program == "ray":
         assert args[:2] == ["job", "submit"] and "--" in args, "only 'ray job submit ... -- CMD' is known"
-        check(args[args.index("--") + 1:])
+        check(args[args.index("--") + 1 :])
     elif program == "python" and args[0] == "data_prep/build_shards.py":
         config_from_command_line(PrepConfig, "", args[1:])
     elif program == "python" and args[:2] == ["-m", "pipeline"]:
@@ -60,7 +60,7 @@ def check(words: list[str]) -> None:
             eval_config(parsed)
     elif program == "sbatch":
         script = next(a for a in args if a.endswith(".sh"))
-        overrides = args[args.index(script) + 1:]
+        overrides = args[args.index(script) + 1 :]
         default = re.search(r"\$\{CONFIG:-([^}]+)\}", (REPO / script).read_text()).group(1)
         load_config(TrainConfig, REPO / env.get("CONFIG", default), overrides)
     elif program.startswith(("slurm/", "scripts/")):

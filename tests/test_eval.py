@@ -40,12 +40,20 @@ def test_topk_accuracy_and_top_labels():
     classes = torch.eye(3)
     regions = F.normalize(torch.tensor([[1.0, 0.1, 0.0], [0.0, 1.0, 0.9], [0.2, 0.0, 1.0]]), dim=1)
     targets = torch.tensor([0, 2, 1])  # right, second best, third
-    assert m.topk_accuracy(regions, classes, targets, ks=(1, 2, 3)) == {"top1": 33.33, "top2": 66.67, "top3": 100.0}
+    assert m.topk_accuracy(regions, classes, targets, ks=(1, 2, 3)) == {
+        "top1": 33.33,
+        "top2": 66.67,
+        "top3": 100.0,
+    }
     assert m.top_labels(regions, classes, 1).squeeze(1).tolist() == [0, 1, 2]
 
 
 def test_attribute_negatives_change_exactly_the_named_number_of_attributes():
-    assert m.parse_attributes("Small RED circle", ATTRIBUTES) == {"size": "small", "colour": "red", "shape": "circle"}
+    assert m.parse_attributes("Small RED circle", ATTRIBUTES) == {
+        "size": "small",
+        "colour": "red",
+        "shape": "circle",
+    }
     assert m.parse_attributes("red circle", ATTRIBUTES) is None  # no size
     assert m.parse_attributes("small red green circle", ATTRIBUTES) is None  # two colours
     trials, unparsed = m.make_trials(["small red circle", "a red thing"], ATTRIBUTES, num_negatives=3, seed=0)
@@ -59,20 +67,31 @@ def test_attribute_negatives_change_exactly_the_named_number_of_attributes():
         for negative in t.negatives:
             assert sum(a != b for a, b in zip(negative.split(), t.true.split())) == differ
     pairs = m.attribute_pairs(["large blue square"], ATTRIBUTES)
-    assert sorted(p[2] for p in pairs) == ["large blue circle", "large green square", "large red square",
-                                          "small blue square"]
+    assert sorted(p[2] for p in pairs) == [
+        "large blue circle",
+        "large green square",
+        "large red square",
+        "small blue square",
+    ]
     assert {p[3] for p in pairs} == {"size", "colour", "shape"}
 
 
 def test_trial_and_pair_accuracy_score_the_true_label_against_negatives():
-    text = {"small red circle": torch.tensor([1.0, 0.0]), "large red circle": torch.tensor([0.0, 1.0]),
-            "small green circle": torch.tensor([0.8, 0.6])}
+    text = {
+        "small red circle": torch.tensor([1.0, 0.0]),
+        "large red circle": torch.tensor([0.0, 1.0]),
+        "small green circle": torch.tensor([0.8, 0.6]),
+    }
     regions = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    trials = [m.Trial(0, "small red circle", ("large red circle", "small green circle"), "hard"),
-              m.Trial(1, "small red circle", ("large red circle",), "hard")]
+    trials = [
+        m.Trial(0, "small red circle", ("large red circle", "small green circle"), "hard"),
+        m.Trial(1, "small red circle", ("large red circle",), "hard"),
+    ]
     assert m.trial_accuracy(trials, regions, text) == {"hard": 50.0}
-    pairs = [(0, "small red circle", "large red circle", "size"),
-             (1, "small red circle", "small green circle", "colour")]
+    pairs = [
+        (0, "small red circle", "large red circle", "size"),
+        (1, "small red circle", "small green circle", "colour"),
+    ]
     assert m.pair_accuracy(pairs, regions, text) == {"size": 100.0, "colour": 0.0}
 
 
@@ -83,11 +102,18 @@ def test_chance_levels():
     assert chance["boxes"] == {"top1": 5.0, "top5": 25.0} and chance["fgovd"] == {"hard": 37.5}
 
 
-@pytest.mark.parametrize("override, key", [
-    ("checkpoints=[]", "checkpoints"), ("prompt=a photo", "prompt"), ("num_negatives=0", "num_negatives"),
-    ("attributes={size: [small]}", "attributes"), ("recall_ks=[0]", "recall_ks"), ("max_imgs=3", "max_imgs"),
-    ("checkpoints=[a=x/1, a=x/2]", "checkpoints"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("checkpoints=[]", "checkpoints"),
+        ("prompt=a photo", "prompt"),
+        ("num_negatives=0", "num_negatives"),
+        ("attributes={size: [small]}", "attributes"),
+        ("recall_ks=[0]", "recall_ks"),
+        ("max_imgs=3", "max_imgs"),
+        ("checkpoints=[a=x/1, a=x/2]", "checkpoints"),
+    ],
+)
 def test_bad_eval_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(EvalConfig, None, ["data=d", "out=o", "checkpoints=[openclip:FG-Tiny-16]", override])
@@ -97,8 +123,9 @@ def test_eval_embeddings_match_the_training_model_on_the_same_sample(generated_s
     """Eval reads images and boxes exactly as training does: the global embedding and every region
     embedding of a sample equal the training forward's on the loader's batch."""
     torch.manual_seed(0)
-    model = FineGrainedCLIP(ModelConfig(name="FG-Tiny-16", pretrained=None), with_pooler=False,
-                            with_region_head=True).eval()
+    model = FineGrainedCLIP(
+        ModelConfig(name="FG-Tiny-16", pretrained=None), with_pooler=False, with_region_head=True
+    ).eval()
     images = load_eval_set(str(generated_shards), max_images=3)
     assert all(im.boxes for im in images)
     embedded = embed_images(model, images, batch_size=2)
@@ -108,7 +135,9 @@ def test_eval_embeddings_match_the_training_model_on_the_same_sample(generated_s
     cfg = DataConfig(manifests=(str(generated_shards),), batch_size=3, num_regions=32)
     first_shard = load_manifest(str(generated_shards)).shards[0].url
     raws = [r for _, r in zip(range(3), read_samples(first_shard, lambda e: False))]
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(visual.image_mean, visual.image_std)])
+    transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(visual.image_mean, visual.image_std)]
+    )
     examples = [decode(raw, cfg, size, transform) for raw in raws]
     batch_tensors = collate(examples, open_clip.get_tokenizer("FG-Tiny-16"), cfg)
     batch = Batch(**batch_tensors)
@@ -120,39 +149,99 @@ def test_eval_embeddings_match_the_training_model_on_the_same_sample(generated_s
         for k, box in enumerate(im.boxes):
             match = (batch.boxes[b] - torch.tensor(box) * scale).abs().sum(-1).lt(1e-3) & batch.region_mask[b]
             if match.any():
-                torch.testing.assert_close(embedded.head_regions[b][k], out.regions[b][match.nonzero()[0, 0]],
-                                           atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(
+                    embedded.head_regions[b][k], out.regions[b][match.nonzero()[0, 0]], atol=1e-5, rtol=1e-5
+                )
     assert len(embed_texts(model, ["a small red circle", "x" * 3000])) == 2  # long texts are cut, not refused
 
 
 def test_eval_command_writes_a_report(generated_shards, tmp_path):
     out = tmp_path / "report"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "eval", "--data", str(generated_shards), "--out", str(out),
-         "--checkpoint", "tiny=openclip:FG-Tiny-16", "--checkpoint", "runs/x/tiny", "max_images=40"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "eval",
+            "--data",
+            str(generated_shards),
+            "--out",
+            str(out),
+            "--checkpoint",
+            "tiny=openclip:FG-Tiny-16",
+            "--checkpoint",
+            "runs/x/tiny",
+            "max_images=40",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 2 and "checkpoints: names must differ" in result.stderr
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "eval", "--data", str(generated_shards), "--out", str(out),
-         "--checkpoint", "openclip:FG-Tiny-16", "--checkpoint", str(tmp_path / "no-such-run")],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "eval",
+            "--data",
+            str(generated_shards),
+            "--out",
+            str(out),
+            "--checkpoint",
+            "openclip:FG-Tiny-16",
+            "--checkpoint",
+            str(tmp_path / "no-such-run"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 2 and "no-such-run is neither a run folder" in result.stderr
     assert not out.exists()  # refused before any work
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "eval", "--data", str(generated_shards), "--out", str(out),
-         "--checkpoint", "untrained=openclip:FG-Tiny-16", "max_images=40", "examples=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "eval",
+            "--data",
+            str(generated_shards),
+            "--out",
+            str(out),
+            "--checkpoint",
+            "untrained=openclip:FG-Tiny-16",
+            "max_images=40",
+            "examples=2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
     images = load_eval_set(str(generated_shards), max_images=40)
     assert report["data"]["images"] == 40 and report["data"]["boxes"] == sum(len(im.boxes) for im in images)
     model = report["models"]["untrained"]
     assert set(model["retrieval"]) == {f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
-    assert set(model["boxes"]) == {"roi"} and set(model["fgovd"]["roi"]) >= {"hard", "medium", "easy", "by_attribute"}
+    assert set(model["boxes"]) == {"roi"} and set(model["fgovd"]["roi"]) >= {
+        "hard",
+        "medium",
+        "easy",
+        "by_attribute",
+    }
     assert all(0 <= v <= 100 for v in model["retrieval"].values())
     for name in ("report.md", "report.html", "fgovd_by_attribute.png", "examples.png"):
         assert (out / name).stat().st_size > 0
     assert "| chance |" in (out / "report.md").read_text()
     lineage = report["lineage"]
-    assert lineage["datasets"][0]["sha256"] == hashlib.sha256((generated_shards / "dataset.json").read_bytes()).hexdigest()
-    assert lineage["checkpoints"] == {"untrained": {"path": "openclip:FG-Tiny-16"}} and lineage["code_version"]
+    assert (
+        lineage["datasets"][0]["sha256"]
+        == hashlib.sha256((generated_shards / "dataset.json").read_bytes()).hexdigest()
+    )
+    assert (
+        lineage["checkpoints"] == {"untrained": {"path": "openclip:FG-Tiny-16"}} and lineage["code_version"]
+    )

@@ -38,9 +38,16 @@ def test_small_image_is_not_upscaled():
     assert (stored.width, stored.height) == (40, 20)
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("CMYK", "mode:CMYK"), ("P", "mode:P"), ("LA", "mode:LA"), ("RGBA", "mode:RGBA"), ("L", ""),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("CMYK", "mode:CMYK"),
+        ("P", "mode:P"),
+        ("LA", "mode:LA"),
+        ("RGBA", "mode:RGBA"),
+        ("L", ""),
+    ],
+)
 def test_unusual_modes_are_repaired_to_rgb(mode, expected):
     img = Image.new("RGB", (30, 20), (10, 200, 10)).convert(mode)
     data = io.BytesIO()
@@ -70,11 +77,14 @@ def test_high_bit_depth_converts_without_float64_copies():
     assert np.array_equal(np.asarray(rgb)[..., 0], (a // 257).astype(np.uint8))
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"this is not an image", "image_not_decodable"),
-    (_jpeg()[: len(_jpeg()) // 2], "image_corrupt"),
-    (_png(Image.new("L", (1200, 1000))), "image_too_large"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"this is not an image", "image_not_decodable"),
+        (_jpeg()[: len(_jpeg()) // 2], "image_corrupt"),
+        (_png(Image.new("L", (1200, 1000))), "image_too_large"),
+    ],
+)
 def test_rejections_have_reasons(data, reason):
     with pytest.raises(ImageRejected) as e:
         encode(data, CFG)
@@ -116,21 +126,29 @@ def test_large_jpegs_are_scaled_while_decoding_and_keep_their_content():
 def test_boxes_are_scaled_clipped_and_counted():
     stored = StoredImage(b"", 50, 25, (0.5, 0.25), "")
     boxes = [
-        {"box": [10, 10, 60, 60], "label": "cat"},          # fine: → [5, 2.5, 30, 15]
-        {"box": [-20, -4, 40, 40], "label": "dog"},         # sticks out: clipped
+        {"box": [10, 10, 60, 60], "label": "cat"},  # fine: → [5, 2.5, 30, 15]
+        {"box": [-20, -4, 40, 40], "label": "dog"},  # sticks out: clipped
         {"box": [0, 0, math.nan, 10], "label": "x"},
         {"box": [50, 50, 10, 10], "label": "x"},
         {"box": [500, 500, 600, 600], "label": "x"},
-        {"box": [0, 0, 1, 1], "label": "x"},                # under a pixel once scaled
+        {"box": [0, 0, 1, 1], "label": "x"},  # under a pixel once scaled
         {"box": [0, 0, 10], "label": "x"},
         {"box": [0, 0, 10, 10]},
         "garbage",
     ]
     kept, dropped = map_boxes(boxes, stored, CFG)
-    assert kept == [{"box": [5.0, 2.5, 30.0, 15.0], "label": "cat"},
-                    {"box": [0.0, 0.0, 20.0, 10.0], "label": "dog"}]
-    assert dropped == {"box_not_finite": 1, "box_inverted": 1, "box_outside": 1, "box_degenerate": 1,
-                       "box_malformed": 1, "box_label_invalid": 2}
+    assert kept == [
+        {"box": [5.0, 2.5, 30.0, 15.0], "label": "cat"},
+        {"box": [0.0, 0.0, 20.0, 10.0], "label": "dog"},
+    ]
+    assert dropped == {
+        "box_not_finite": 1,
+        "box_inverted": 1,
+        "box_outside": 1,
+        "box_degenerate": 1,
+        "box_malformed": 1,
+        "box_label_invalid": 2,
+    }
     assert map_boxes(None, stored, CFG) == ([], {})
     assert map_boxes({"box": 1}, stored, CFG) == ([], {"boxes_not_a_list": 1})
 

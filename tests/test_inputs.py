@@ -26,8 +26,13 @@ from pipeline.synthetic import SyntheticConfig, write_corpus
 REPO = Path(__file__).resolve().parents[1]
 PER_TAR = 8
 # What the tars below break, and what the job records for it.
-TAR_DROPS = {"000000002": "image_missing", "000000005": "missing_field", "000010001": "image_corrupt",
-             "000020005": "tar_truncated", None: "tar_missing"}
+TAR_DROPS = {
+    "000000002": "image_missing",
+    "000000005": "missing_field",
+    "000010001": "image_corrupt",
+    "000020005": "tar_truncated",
+    None: "tar_missing",
+}
 LOST = {"000020006", "000020007"}  # after the cut in 00002.tar: unknowable
 CAPTION_IN_JSON_ONLY = "000010003"
 
@@ -45,11 +50,16 @@ def write_tars(corpus: Path, out: Path) -> dict[str, dict]:
     for shard in range(3):
         keys = [f"{shard:05d}{i:04d}" for i in range(PER_TAR)]
         with wds.TarWriter(str(out / f"{shard:05d}.tar")) as writer:
-            for key, record in zip(keys, records[shard * PER_TAR:]):
+            for key, record in zip(keys, records[shard * PER_TAR :]):
                 by_key[key] = record
                 jpg = (corpus / record["image"]).read_bytes()
-                meta = {"key": key, "url": f"https://example.com/{record['id']}.jpg", "caption": record["caption"],
-                        "status": "success", "boxes": record["boxes"]}
+                meta = {
+                    "key": key,
+                    "url": f"https://example.com/{record['id']}.jpg",
+                    "caption": record["caption"],
+                    "status": "success",
+                    "boxes": record["boxes"],
+                }
                 sample = {"__key__": key, "jpg": jpg, "txt": record["caption"], "json": json.dumps(meta)}
                 if key == "000000002":
                     del sample["jpg"]
@@ -85,19 +95,31 @@ def tars(corpus, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
 
 # --- the readers, without Ray ---------------------------------------------------------------
 
+
 def test_expand_follows_webdataset_syntax():
     assert expand("/d/{00000..00002}.tar") == ["/d/00000.tar", "/d/00001.tar", "/d/00002.tar"]
     assert expand("s3://b/{a,b}/x-{8..10}.tar :: /local/") == [
-        "s3://b/a/x-8.tar", "s3://b/a/x-9.tar", "s3://b/a/x-10.tar",
-        "s3://b/b/x-8.tar", "s3://b/b/x-9.tar", "s3://b/b/x-10.tar", "/local/"]
+        "s3://b/a/x-8.tar",
+        "s3://b/a/x-9.tar",
+        "s3://b/a/x-10.tar",
+        "s3://b/b/x-8.tar",
+        "s3://b/b/x-9.tar",
+        "s3://b/b/x-10.tar",
+        "/local/",
+    ]
 
 
 def test_locate_takes_folders_in_name_order_and_marks_missing_tars(tars):
     folder, _ = tars
     found = locate(f"{folder}::{folder}/{{00001..00003}}.tar")
     assert [(url.rsplit("/", 1)[-1], stat is not None) for url, stat in found] == [
-        ("00000.tar", True), ("00001.tar", True), ("00002.tar", True),  # the folder: tars only
-        ("00001.tar", True), ("00002.tar", True), ("00003.tar", False)]
+        ("00000.tar", True),
+        ("00001.tar", True),
+        ("00002.tar", True),  # the folder: tars only
+        ("00001.tar", True),
+        ("00002.tar", True),
+        ("00003.tar", False),
+    ]
     assert found[0][1].size == (folder / "00000.tar").stat().st_size
 
 
@@ -106,7 +128,9 @@ def test_read_tars_records_point_at_the_image_bytes(tars, corpus):
     items = list(read_tars(locate(f"{folder}/{{00000..00003}}.tar"), max_caption_chars=20_000))
     assert [i.ordinal for i in items] == list(range(len(items)))
     drops = {i.id: i.reason for i in items if isinstance(i, Drop)}
-    image_drops = {k: v for k, v in TAR_DROPS.items() if v != "image_corrupt"}  # decoding is the image stage's job
+    image_drops = {
+        k: v for k, v in TAR_DROPS.items() if v != "image_corrupt"
+    }  # decoding is the image stage's job
     assert drops == image_drops
     records = [i for i in items if isinstance(i, InputRecord)]
     assert {r.id for r in records} == set(by_key) - set(drops) - LOST
@@ -120,14 +144,17 @@ def test_read_tars_records_point_at_the_image_bytes(tars, corpus):
     assert "inside 000020005.jpg" in truncated.detail
 
 
-@pytest.mark.parametrize("damage, reason, samples", [
-    ("cut between samples", "tar_truncated", 2),
-    ("cut inside a header", "tar_truncated", 2),
-    ("garbage header", "tar_corrupt", 2),
-    ("no end marker", "tar_truncated", 4),
-    ("empty file", "tar_corrupt", 0),
-    ("not a tar", "tar_corrupt", 0),
-])
+@pytest.mark.parametrize(
+    "damage, reason, samples",
+    [
+        ("cut between samples", "tar_truncated", 2),
+        ("cut inside a header", "tar_truncated", 2),
+        ("garbage header", "tar_corrupt", 2),
+        ("no end marker", "tar_truncated", 4),
+        ("empty file", "tar_corrupt", 0),
+        ("not a tar", "tar_corrupt", 0),
+    ],
+)
 def test_damaged_tar_keeps_what_is_readable(tmp_path, damage, reason, samples):
     path = tmp_path / "00000.tar"
     with wds.TarWriter(str(path)) as writer:
@@ -137,14 +164,16 @@ def test_damaged_tar_keeps_what_is_readable(tmp_path, damage, reason, samples):
     with tarfile.open(path) as tar:
         members = {m.name: m for m in tar}
     third = members["k2.jpg"].offset  # the third sample's first header: pax, then pax data, then ustar
-    path.write_bytes({
-        "cut between samples": data[:third],
-        "cut inside a header": data[:third + 2 * tarfile.BLOCKSIZE],
-        "garbage header": data[:third] + b"x" * tarfile.BLOCKSIZE + data[third + tarfile.BLOCKSIZE:],
-        "no end marker": data[:members["k3.txt"].offset_data + tarfile.BLOCKSIZE],
-        "empty file": b"",
-        "not a tar": b"<html>404</html>" * 100,
-    }[damage])
+    path.write_bytes(
+        {
+            "cut between samples": data[:third],
+            "cut inside a header": data[: third + 2 * tarfile.BLOCKSIZE],
+            "garbage header": data[:third] + b"x" * tarfile.BLOCKSIZE + data[third + tarfile.BLOCKSIZE :],
+            "no end marker": data[: members["k3.txt"].offset_data + tarfile.BLOCKSIZE],
+            "empty file": b"",
+            "not a tar": b"<html>404</html>" * 100,
+        }[damage]
+    )
     items = list(read_tars(locate(str(tmp_path)), 1000))
     assert [type(i).__name__ for i in items] == ["InputRecord"] * samples + ["Drop"]
     assert (items[-1].reason, items[-1].id) == (reason, None)
@@ -170,46 +199,85 @@ def test_tars_listed_from_s3_match_the_local_listing(s3, tars):
     local = list(read_tars(locate(f"{folder}/{{00000..00003}}.tar"), 20_000))
     remote = list(read_tars(locate(f"s3://{s3.bucket}/listing/tars/{{00000..00003}}.tar"), 20_000))
     strip = re.compile(r"^.*/tars/")
-    assert [(i.ordinal, i.id, getattr(i, "image_offset", None), getattr(i, "caption", None),
-             getattr(i, "reason", None), strip.sub("", getattr(i, "detail", ""))) for i in remote] == \
-           [(i.ordinal, i.id, getattr(i, "image_offset", None), getattr(i, "caption", None),
-             getattr(i, "reason", None), strip.sub("", getattr(i, "detail", ""))) for i in local]
+    assert [
+        (
+            i.ordinal,
+            i.id,
+            getattr(i, "image_offset", None),
+            getattr(i, "caption", None),
+            getattr(i, "reason", None),
+            strip.sub("", getattr(i, "detail", "")),
+        )
+        for i in remote
+    ] == [
+        (
+            i.ordinal,
+            i.id,
+            getattr(i, "image_offset", None),
+            getattr(i, "caption", None),
+            getattr(i, "reason", None),
+            strip.sub("", getattr(i, "detail", "")),
+        )
+        for i in local
+    ]
 
 
 def test_coco_conversion():
     captions = {
-        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}, {"id": 3, "file_name": "c.jpg"},
-                   {"id": 1, "file_name": "again.jpg"}, {"file_name": "no-id.jpg"}],
-        "annotations": [{"id": 10, "image_id": 1, "caption": "a dog on  a sofa\n"},
-                        {"id": 11, "image_id": 1, "caption": "A brown dog sleeps!"},
-                        {"id": 12, "image_id": 1, "caption": "a dog on a sofa"},
-                        {"id": 13, "image_id": 2, "caption": "Two cats."},
-                        {"id": 14, "image_id": 99, "caption": "nobody's"},
-                        {"id": 15, "image_id": 2, "caption": None}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg"},
+            {"id": 2, "file_name": "b.jpg"},
+            {"id": 3, "file_name": "c.jpg"},
+            {"id": 1, "file_name": "again.jpg"},
+            {"file_name": "no-id.jpg"},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "caption": "a dog on  a sofa\n"},
+            {"id": 11, "image_id": 1, "caption": "A brown dog sleeps!"},
+            {"id": 12, "image_id": 1, "caption": "a dog on a sofa"},
+            {"id": 13, "image_id": 2, "caption": "Two cats."},
+            {"id": 14, "image_id": 99, "caption": "nobody's"},
+            {"id": 15, "image_id": 2, "caption": None},
+        ],
     }
     instances = {
         "categories": [{"id": 5, "name": "dog"}, {"id": 6, "name": "cat"}],
-        "annotations": [{"id": 20, "image_id": 1, "bbox": [10, 20, 30, 40], "category_id": 5, "iscrowd": 0},
-                        {"id": 21, "image_id": 1, "bbox": [0, 0, 0, 5], "category_id": 5},
-                        {"id": 22, "image_id": 2, "bbox": [1, 1, 5, 5], "category_id": 6, "iscrowd": 1},
-                        {"id": 23, "image_id": 2, "bbox": [1, 1, 5, 5], "category_id": 7},
-                        {"id": 24, "image_id": 98, "bbox": [1, 1, 5, 5], "category_id": 6}],
+        "annotations": [
+            {"id": 20, "image_id": 1, "bbox": [10, 20, 30, 40], "category_id": 5, "iscrowd": 0},
+            {"id": 21, "image_id": 1, "bbox": [0, 0, 0, 5], "category_id": 5},
+            {"id": 22, "image_id": 2, "bbox": [1, 1, 5, 5], "category_id": 6, "iscrowd": 1},
+            {"id": 23, "image_id": 2, "bbox": [1, 1, 5, 5], "category_id": 7},
+            {"id": 24, "image_id": 98, "bbox": [1, 1, 5, 5], "category_id": 6},
+        ],
     }
     items = list(coco_items(captions, instances, "s3://b/coco/train2017", max_caption_chars=1000))
-    assert items[0] == InputRecord(0, "1", "s3://b/coco/train2017/a.jpg", "A dog on a sofa. A brown dog sleeps!",
-                                   [{"box": [10, 20, 40, 60], "label": "dog"}, {"box": [0, 0, 0, 5], "label": "dog"}])
+    assert items[0] == InputRecord(
+        0,
+        "1",
+        "s3://b/coco/train2017/a.jpg",
+        "A dog on a sofa. A brown dog sleeps!",
+        [{"box": [10, 20, 40, 60], "label": "dog"}, {"box": [0, 0, 0, 5], "label": "dog"}],
+    )
     assert items[1] == InputRecord(1, "2", "s3://b/coco/train2017/b.jpg", "Two cats.", [])
     assert [(d.ordinal, d.id, d.reason) for d in items[2:]] == [
-        (2, "3", "missing_field"), (3, "1", "duplicate_id"), (4, None, "missing_field"),
-        (5, "99", "unknown_image"), (6, "2", "caption_not_string"),
-        (7, "2", "crowd_annotation"), (8, "2", "unknown_category"), (9, "98", "unknown_image")]
+        (2, "3", "missing_field"),
+        (3, "1", "duplicate_id"),
+        (4, None, "missing_field"),
+        (5, "99", "unknown_image"),
+        (6, "2", "caption_not_string"),
+        (7, "2", "crowd_annotation"),
+        (8, "2", "unknown_category"),
+        (9, "98", "unknown_image"),
+    ]
     assert "annotation 14" in items[5].detail
     assert list(coco_items(captions, None, "/x", 1000))[1].boxes is None  # no instances file: no boxes
 
 
 def test_join_captions_makes_one_sentence_of_each():
-    assert join_captions(["a man riding a horse ", "", "A MAN on a horse?", "a man riding a horse"]) == \
-        "A man riding a horse. A MAN on a horse?"
+    assert (
+        join_captions(["a man riding a horse ", "", "A MAN on a horse?", "a man riding a horse"])
+        == "A man riding a horse. A MAN on a horse?"
+    )
 
 
 def test_input_config_names_the_bad_key():
@@ -218,8 +286,10 @@ def test_input_config_names_the_bad_key():
         (["input.format=webdataset"], "input.shards: required for format webdataset"),
         (["input.format=coco", "input.captions=c.json"], "input.images: required for format coco"),
         (["input.index=x.jsonl", "input.shards=/d/{0..9}.tar"], r"input.shards: not read by format index"),
-        (["input.format=coco", "input.captions=c.json", "input.images=i", "input.index=x.jsonl"],
-         "input.index: not read by format coco"),
+        (
+            ["input.format=coco", "input.captions=c.json", "input.images=i", "input.index=x.jsonl"],
+            "input.index: not read by format coco",
+        ),
         (["input.format=tfrecord"], "input.format: 'tfrecord' is not one of"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
@@ -244,11 +314,15 @@ def test_identity_changes_with_any_tar(tmp_path, tars):
     (copy / "00002.tar").write_bytes((folder / "00000.tar").read_bytes())  # one more tar in the folder
     assert _run_id(cfg, inputs.locate(cfg.input)) not in (first, second)
     with pytest.raises(FileNotFoundError, match="input.shards: no tar found"):
-        inputs.locate(load_config(PrepConfig, None, ["input.format=webdataset", f"input.shards={tmp_path}/x",
-                                                     "output=o"]).input)
+        inputs.locate(
+            load_config(
+                PrepConfig, None, ["input.format=webdataset", f"input.shards={tmp_path}/x", "output=o"]
+            ).input
+        )
 
 
 # --- data prep on Ray -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def local_ray(s3):
@@ -259,8 +333,13 @@ def local_ray(s3):
 
 
 def _prep(out, *overrides):
-    return run(load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                           [f"output={out}", "samples_per_shard=8", *overrides]))
+    return run(
+        load_config(
+            PrepConfig,
+            REPO / "configs/prep/default.yaml",
+            [f"output={out}", "samples_per_shard=8", *overrides],
+        )
+    )
 
 
 def _regions(meta: dict) -> list[tuple[list[float], str]]:
@@ -274,8 +353,11 @@ def _expected_regions(boxes: list[dict], width: int, height: int) -> list[tuple[
 @pytest.fixture(scope="module")
 def tar_dataset(local_ray, tars, tmp_path_factory):
     folder, _ = tars
-    return _prep(tmp_path_factory.mktemp("out") / "ds", "input.format=webdataset",
-                 f"input.shards={folder}/{{00000..00003}}.tar")
+    return _prep(
+        tmp_path_factory.mktemp("out") / "ds",
+        "input.format=webdataset",
+        f"input.shards={folder}/{{00000..00003}}.tar",
+    )
 
 
 def test_prep_from_local_tars(tar_dataset, tars):
@@ -284,9 +366,16 @@ def test_prep_from_local_tars(tar_dataset, tars):
     assert totals["inputs"] == 3 * PER_TAR - len(LOST) + 1 == totals["written"] + totals["dropped"]
     assert totals["dropped_by_reason"] == dict(sorted((r, 1) for r in TAR_DROPS.values()))
     assert {d["id"]: d["reason"] for d in m.dropped().to_pylist()} == TAR_DROPS
-    assert m.data["input"] == {"format": "webdataset", "shards": m.data["config"]["input"]["shards"],
-                               "tars": 4, "source": "tars"}
-    assert f"input     webdataset  shards={folder}/{{00000..00003}}.tar  tars=4  (source 'tars')" in check.inspect(m)
+    assert m.data["input"] == {
+        "format": "webdataset",
+        "shards": m.data["config"]["input"]["shards"],
+        "tars": 4,
+        "source": "tars",
+    }
+    assert (
+        f"input     webdataset  shards={folder}/{{00000..00003}}.tar  tars=4  (source 'tars')"
+        in check.inspect(m)
+    )
     assert check.verify(m) == [] and check.validate(m) == []
     metas = [json.loads(s["json"]) for s in wds.WebDataset(m.shard_urls(), shardshuffle=False)]
     assert {meta["id"] for meta in metas} == set(by_key) - set(TAR_DROPS) - LOST
@@ -294,14 +383,18 @@ def test_prep_from_local_tars(tar_dataset, tars):
     for meta in metas:
         source = by_key[meta["id"]]
         assert meta["caption"] == source["caption"]
-        assert _regions(meta) == _expected_regions(source["boxes"], meta["width"], meta["height"])  # 160 px: unscaled
+        assert _regions(meta) == _expected_regions(
+            source["boxes"], meta["width"], meta["height"]
+        )  # 160 px: unscaled
 
 
 def test_prep_from_s3_tars_writes_the_same_shards(s3, tar_dataset, tars, tmp_path):
     folder, _ = tars
     s3.upload(folder, "img2dataset/tars")
     m = _prep(tmp_path / "ds", "input.format=webdataset", f"input.shards=s3://{s3.bucket}/img2dataset/tars/")
-    assert m.data["totals"]["inputs"] == tar_dataset.data["totals"]["inputs"] - 1  # a folder names no missing tar
+    assert (
+        m.data["totals"]["inputs"] == tar_dataset.data["totals"]["inputs"] - 1
+    )  # a folder names no missing tar
     assert [(s.name, s.sha256) for s in m.shards] == [(s.name, s.sha256) for s in tar_dataset.shards]
 
 
@@ -320,32 +413,59 @@ def write_coco(corpus: Path, out: Path) -> dict[str, dict]:
             captions.append({"image_id": image["id"], "caption": sentence[0].lower() + sentence[1:-1]})
         for b in r["boxes"]:
             x0, y0, x1, y1 = b["box"]
-            instances.append({"image_id": image["id"], "bbox": [x0, y0, x1 - x0, y1 - y0],
-                              "category_id": category[b["label"]], "iscrowd": 0})
-    captions += [{"image_id": 200, "caption": "a picture that is not there"},
-                 {"image_id": 999, "caption": "an image nobody listed"}]
-    instances += [{"image_id": 100, "bbox": [1, 1, 20, 20], "category_id": 999, "iscrowd": 0},
-                  {"image_id": 100, "bbox": [5, 5, 0, 10], "category_id": 1, "iscrowd": 0},
-                  {"image_id": 101, "bbox": [0, 0, 50, 50], "category_id": 1, "iscrowd": 1}]
+            instances.append(
+                {
+                    "image_id": image["id"],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "category_id": category[b["label"]],
+                    "iscrowd": 0,
+                }
+            )
+    captions += [
+        {"image_id": 200, "caption": "a picture that is not there"},
+        {"image_id": 999, "caption": "an image nobody listed"},
+    ]
+    instances += [
+        {"image_id": 100, "bbox": [1, 1, 20, 20], "category_id": 999, "iscrowd": 0},
+        {"image_id": 100, "bbox": [5, 5, 0, 10], "category_id": 1, "iscrowd": 0},
+        {"image_id": 101, "bbox": [0, 0, 50, 50], "category_id": 1, "iscrowd": 1},
+    ]
     out.mkdir(parents=True)
     for i, ann in enumerate(captions + instances):
         ann["id"] = i
     (out / "captions_train.json").write_text(json.dumps({"images": images, "annotations": captions}))
-    (out / "instances_train.json").write_text(json.dumps({
-        "images": images, "annotations": instances,
-        "categories": [{"id": i, "name": label} for label, i in category.items()]}))
+    (out / "instances_train.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": instances,
+                "categories": [{"id": i, "name": label} for label, i in category.items()],
+            }
+        )
+    )
     return {str(image["id"]): r for image, r in zip(images, records)}
 
 
 def test_prep_from_coco_uses_the_instance_boxes(local_ray, corpus, tmp_path):
     by_id = write_coco(corpus, tmp_path / "annotations")
-    m = _prep(tmp_path / "ds", "input.format=coco", f"input.captions={tmp_path}/annotations/captions_train.json",
-              f"input.instances={tmp_path}/annotations/instances_train.json", f"input.images={corpus}/images")
+    m = _prep(
+        tmp_path / "ds",
+        "input.format=coco",
+        f"input.captions={tmp_path}/annotations/captions_train.json",
+        f"input.instances={tmp_path}/annotations/instances_train.json",
+        f"input.images={corpus}/images",
+    )
     totals = m.data["totals"]
-    assert totals["inputs"] == 12 + 3 == totals["written"] + totals["dropped"]  # images + annotations not attached
+    assert (
+        totals["inputs"] == 12 + 3 == totals["written"] + totals["dropped"]
+    )  # images + annotations not attached
     assert {(d["id"], d["reason"]) for d in m.dropped().to_pylist()} == {
-        ("200", "image_missing"), ("201", "missing_field"), ("999", "unknown_image"),
-        ("100", "unknown_category"), ("101", "crowd_annotation")}
+        ("200", "image_missing"),
+        ("201", "missing_field"),
+        ("999", "unknown_image"),
+        ("100", "unknown_category"),
+        ("101", "crowd_annotation"),
+    }
     assert totals["boxes_dropped_by_reason"] == {"box_degenerate": 1}
     assert m.data["input"]["format"] == "coco" and m.data["input"]["source"] == corpus.name
     assert check.verify(m) == [] and check.validate(m) == []

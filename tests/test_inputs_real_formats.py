@@ -26,12 +26,12 @@ PROMPT = {"from": "human", "value": "<image>\nWhat is in this image? Describe it
 
 
 def chunks(data: bytes, size: int) -> list[bytes]:
-    return [data[i:i + size] for i in range(0, len(data), size)]
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 # --- the streamed JSON list -----------------------------------------------------------------
 
-ITEMS = [{"caption": "é漢字 \"quoted\" \\ \U0001F600", "n": -12.5e3}, 67890, "x", [1, [2]], None, True, {}]
+ITEMS = [{"caption": 'é漢字 "quoted" \\ \U0001f600', "n": -12.5e3}, 67890, "x", [1, [2]], None, True, {}]
 
 
 @pytest.mark.parametrize("ensure_ascii", [True, False])
@@ -51,13 +51,16 @@ def test_json_list_is_read_as_it_is_consumed():
     assert sum(1 for _ in items) == 19_999 and len(read) == len(chunks(data, 4096))
 
 
-@pytest.mark.parametrize("data, kept, reason", [
-    (b'[{"a": 1}, {"b": "cut', 1, "json_truncated"),
-    (b'[{"a": 1}, {"b": 2}', 2, "json_truncated"),
-    (b'[{"a": 1}, ', 1, "json_truncated"),
-    (b'[{"a": 1} {"b": 2}]', 1, "json_corrupt"),
-    (b'[{"a": 1}, {"b": 2,}]', 1, "json_corrupt"),
-])
+@pytest.mark.parametrize(
+    "data, kept, reason",
+    [
+        (b'[{"a": 1}, {"b": "cut', 1, "json_truncated"),
+        (b'[{"a": 1}, {"b": 2}', 2, "json_truncated"),
+        (b'[{"a": 1}, ', 1, "json_truncated"),
+        (b'[{"a": 1} {"b": 2}]', 1, "json_corrupt"),
+        (b'[{"a": 1}, {"b": 2,}]', 1, "json_corrupt"),
+    ],
+)
 def test_broken_json_list_keeps_the_items_before_the_break(data, kept, reason):
     items = []
     with pytest.raises(BrokenList) as e:
@@ -68,14 +71,22 @@ def test_broken_json_list_keeps_the_items_before_the_break(data, kept, reason):
 def test_read_json_list_records_the_break_and_refuses_a_file_that_is_no_list(tmp_path):
     (tmp_path / "cut.json").write_bytes(b'[1, 2, {"x": "')
     assert list(read_json_list(str(tmp_path / "cut.json"), "captions")) == [
-        1, 2, Drop(2, None, "json_truncated", "character 13: Unterminated string starting at; the items "
-                                              "before it are kept")]
+        1,
+        2,
+        Drop(
+            2,
+            None,
+            "json_truncated",
+            "character 13: Unterminated string starting at; the items before it are kept",
+        ),
+    ]
     (tmp_path / "dict.json").write_text('{"images": []}')
     with pytest.raises(ValueError, match=r"^input.regions: .*dict.json: not a JSON list"):
         list(read_json_list(str(tmp_path / "dict.json"), "regions"))
 
 
 # --- ShareGPT4V -------------------------------------------------------------------------------
+
 
 def sharegpt4v_item(image, caption, item_id="1"):
     return {"id": item_id, "image": image, "conversations": [PROMPT, {"from": "gpt", "value": caption}]}
@@ -85,24 +96,37 @@ def test_sharegpt4v_record_takes_the_first_gpt_turn():
     item = sharegpt4v_item("coco/train2017/000000000009.jpg", "A long caption.\n\nIt goes on.")
     item["conversations"].append({"from": "gpt", "value": "A second answer."})
     assert sharegpt4v_record(item, 4, "s3://b/data", 1000) == InputRecord(
-        4, "coco/train2017/000000000009.jpg", "s3://b/data/coco/train2017/000000000009.jpg",
-        "A long caption.\n\nIt goes on.", None)
+        4,
+        "coco/train2017/000000000009.jpg",
+        "s3://b/data/coco/train2017/000000000009.jpg",
+        "A long caption.\n\nIt goes on.",
+        None,
+    )
 
 
-@pytest.mark.parametrize("item, reason, detail", [
-    (["not", "an", "object"], "unparseable_record", "expected an object, got list"),
-    ({"id": "1", "conversations": []}, "missing_field", "image"),
-    ({"id": "1", "image": 7}, "invalid_image_ref", "7"),
-    ({"id": "1", "image": "a.jpg\udcff"}, "invalid_utf8", "image"),
-    ({"id": "1", "image": "a.jpg", "conversations": [PROMPT]}, "missing_field",
-     "caption (no gpt turn with a value in conversations)"),
-    ({"id": "1", "image": "a.jpg", "conversations": "A caption."}, "missing_field",
-     "caption (no gpt turn with a value in conversations)"),
-    (sharegpt4v_item("a.jpg", ["a", "list"]), "caption_not_string", "list"),
-    (sharegpt4v_item("a.jpg", " \n "), "caption_empty", ""),
-    (sharegpt4v_item("a.jpg", "x" * 1001), "caption_too_long", "1001 > 1000 characters"),
-    (sharegpt4v_item("a.jpg", "caf\udce9"), "invalid_utf8", "caption"),
-])
+@pytest.mark.parametrize(
+    "item, reason, detail",
+    [
+        (["not", "an", "object"], "unparseable_record", "expected an object, got list"),
+        ({"id": "1", "conversations": []}, "missing_field", "image"),
+        ({"id": "1", "image": 7}, "invalid_image_ref", "7"),
+        ({"id": "1", "image": "a.jpg\udcff"}, "invalid_utf8", "image"),
+        (
+            {"id": "1", "image": "a.jpg", "conversations": [PROMPT]},
+            "missing_field",
+            "caption (no gpt turn with a value in conversations)",
+        ),
+        (
+            {"id": "1", "image": "a.jpg", "conversations": "A caption."},
+            "missing_field",
+            "caption (no gpt turn with a value in conversations)",
+        ),
+        (sharegpt4v_item("a.jpg", ["a", "list"]), "caption_not_string", "list"),
+        (sharegpt4v_item("a.jpg", " \n "), "caption_empty", ""),
+        (sharegpt4v_item("a.jpg", "x" * 1001), "caption_too_long", "1001 > 1000 characters"),
+        (sharegpt4v_item("a.jpg", "caf\udce9"), "invalid_utf8", "caption"),
+    ],
+)
 def test_sharegpt4v_bad_items(item, reason, detail):
     drop = sharegpt4v_record(item, 3, "/data", 1000)
     assert (drop.ordinal, drop.reason, drop.detail) == (3, reason, detail)
@@ -115,14 +139,23 @@ def test_sharegpt4v_ids_are_image_paths_and_a_slice_is_the_whole_run_cut(tmp_pat
     (tmp_path / "images").mkdir()
 
     def read(*window):
-        cfg = load_config(PrepConfig, None, ["input.format=sharegpt4v", "output=o", *window,
-                                             f"input.captions={tmp_path}/captions.json",
-                                             f"input.images={tmp_path}/images"])
+        cfg = load_config(
+            PrepConfig,
+            None,
+            [
+                "input.format=sharegpt4v",
+                "output=o",
+                *window,
+                f"input.captions={tmp_path}/captions.json",
+                f"input.images={tmp_path}/images",
+            ],
+        )
         return list(inputs.read_input(cfg.input, inputs.locate(cfg.input), 1000, 16, 500))
 
     whole = read()
     assert [(i.ordinal, i.id, type(i).__name__) for i in whole] == [
-        (n, f"sam/images/sa_{n if n != 5 else 1}.jpg", "Drop" if n == 5 else "InputRecord") for n in range(8)]
+        (n, f"sam/images/sa_{n if n != 5 else 1}.jpg", "Drop" if n == 5 else "InputRecord") for n in range(8)
+    ]
     assert whole[5].reason == "duplicate_id"  # ids 0, 1, 2 repeat across items: only the picture counts
     held_out, train = read("input.limit=3"), read("input.skip=3")
     assert held_out == whole[:3] and train == whole[3:]  # the ShareGPT4V-1k split, with 3 for 1,000
@@ -143,15 +176,22 @@ def test_ordinal_slice_stops_reading_after_its_last_input():
 
 # --- Visual Genome --------------------------------------------------------------------------
 
+
 def region(phrase, x, y, w, h, region_id=0):
     return {"region_id": region_id, "image_id": 1, "x": x, "y": y, "width": w, "height": h, "phrase": phrase}
 
 
 def test_vg_caption_is_a_sentence_per_distinct_phrase_with_its_box():
-    regions = [region("man wearing a red shirt ", 10, 20, 30, 40),
-               region("Man wearing a  red shirt", 0, 0, 5, 5),
-               region("the sky is blue!", 0, 0, 100, 20), region(None, 1, 1, 2, 2), region("", 1, 1, 2, 2),
-               "not a region", region("a dog", 5, 5, 10, None), region("tree", 1, 2, 3, 4)]
+    regions = [
+        region("man wearing a red shirt ", 10, 20, 30, 40),
+        region("Man wearing a  red shirt", 0, 0, 5, 5),
+        region("the sky is blue!", 0, 0, 100, 20),
+        region(None, 1, 1, 2, 2),
+        region("", 1, 1, 2, 2),
+        "not a region",
+        region("a dog", 5, 5, 10, None),
+        region("tree", 1, 2, 3, 4),
+    ]
     caption, boxes = regions_caption(regions, max_sentences=3)
     assert caption == "Man wearing a red shirt. The sky is blue! A dog."
     assert boxes == [
@@ -176,15 +216,21 @@ def test_vg_records_find_images_in_either_folder(tmp_path):
     assert record.caption == "A cat." and record.boxes == [{"box": [1, 2, 4, 6], "label": "a cat"}]
 
 
-@pytest.mark.parametrize("item, reason, detail", [
-    ("an image", "unparseable_record", "expected an object, got str"),
-    ({"regions": []}, "missing_field", "id"),
-    ({"id": True, "regions": []}, "invalid_id", "True"),
-    ({"id": 5}, "missing_field", "regions"),
-    ({"id": 5, "regions": [region(None, 1, 1, 5, 5), region("  ", 1, 1, 5, 5)]}, "missing_field",
-     "caption (no region has a phrase)"),
-    ({"id": 5, "regions": [region("x" * 30, 1, 1, 5, 5)]}, "caption_too_long", "31 > 20 characters"),
-])
+@pytest.mark.parametrize(
+    "item, reason, detail",
+    [
+        ("an image", "unparseable_record", "expected an object, got str"),
+        ({"regions": []}, "missing_field", "id"),
+        ({"id": True, "regions": []}, "invalid_id", "True"),
+        ({"id": 5}, "missing_field", "regions"),
+        (
+            {"id": 5, "regions": [region(None, 1, 1, 5, 5), region("  ", 1, 1, 5, 5)]},
+            "missing_field",
+            "caption (no region has a phrase)",
+        ),
+        ({"id": 5, "regions": [region("x" * 30, 1, 1, 5, 5)]}, "caption_too_long", "31 > 20 characters"),
+    ],
+)
 def test_vg_bad_entries(item, reason, detail):
     drop = vg_record(item, 2, {}, "/vg", 20, 16)
     assert (drop.ordinal, drop.reason, drop.detail) == (2, reason, detail)
@@ -192,14 +238,19 @@ def test_vg_bad_entries(item, reason, detail):
 
 # --- config -----------------------------------------------------------------------------------
 
+
 def test_config_names_the_bad_key():
     for overrides, message in [
         (["input.format=sharegpt4v", "input.captions=c"], "input.images: required for format sharegpt4v"),
         (["input.format=visual_genome"], "input.regions: required for format visual_genome"),
-        (["input.format=visual_genome", "input.regions=r.json", "input.images=i", "input.captions=c.json"],
-         "input.captions: not read by format visual_genome"),
-        (["input.format=sharegpt4v", "input.captions=c.json", "input.images=i", "input.instances=x.json"],
-         "input.instances: not read by format sharegpt4v"),
+        (
+            ["input.format=visual_genome", "input.regions=r.json", "input.images=i", "input.captions=c.json"],
+            "input.captions: not read by format visual_genome",
+        ),
+        (
+            ["input.format=sharegpt4v", "input.captions=c.json", "input.images=i", "input.instances=x.json"],
+            "input.instances: not read by format sharegpt4v",
+        ),
         (["input.index=x.jsonl", "input.skip=-1"], "input.skip: must be >= 0"),
         (["input.index=x.jsonl", "input.limit=0"], "input.limit: must be >= 1 or null"),
     ]:
@@ -208,8 +259,16 @@ def test_config_names_the_bad_key():
 
 
 def test_locate_names_the_missing_file(tmp_path):
-    cfg = load_config(PrepConfig, None, ["input.format=visual_genome", f"input.regions={tmp_path}/r.json",
-                                         f"input.images={tmp_path}", "output=o"])
+    cfg = load_config(
+        PrepConfig,
+        None,
+        [
+            "input.format=visual_genome",
+            f"input.regions={tmp_path}/r.json",
+            f"input.images={tmp_path}",
+            "output=o",
+        ],
+    )
     with pytest.raises(FileNotFoundError, match="input.regions: .*r.json does not exist"):
         inputs.locate(cfg.input)
     (tmp_path / "r.json").write_text("[]")
@@ -219,6 +278,7 @@ def test_locate_names_the_missing_file(tmp_path):
 
 
 # --- data prep on Ray ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
@@ -239,8 +299,13 @@ def _records(corpus: Path) -> list[dict]:
 
 
 def _prep(out, *overrides):
-    return run(load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                           [f"output={out}", "samples_per_shard=4", *overrides]))
+    return run(
+        load_config(
+            PrepConfig,
+            REPO / "configs/prep/default.yaml",
+            [f"output={out}", "samples_per_shard=4", *overrides],
+        )
+    )
 
 
 def _metas(m) -> list[dict]:
@@ -251,22 +316,36 @@ def test_prep_from_sharegpt4v(local_ray, corpus, tmp_path):
     records = _records(corpus)
     items = [sharegpt4v_item(r["image"], r["caption"], item_id="same") for r in records]
     items[3] = {"id": "x", "image": records[3]["image"], "conversations": [PROMPT]}  # no model turn
-    items += [sharegpt4v_item(records[0]["image"], "Captioned twice."),
-              sharegpt4v_item("images/not-there.jpg", "A picture nobody downloaded."),
-              {"id": "x", "conversations": [PROMPT, {"from": "gpt", "value": "No image."}]}]
+    items += [
+        sharegpt4v_item(records[0]["image"], "Captioned twice."),
+        sharegpt4v_item("images/not-there.jpg", "A picture nobody downloaded."),
+        {"id": "x", "conversations": [PROMPT, {"from": "gpt", "value": "No image."}]},
+    ]
     data = json.dumps(items, indent=1).encode()
     (tmp_path / "share-captioner.json").write_bytes(data + b"\n")
     (tmp_path / "cut.json").write_bytes(data[:-3])  # a download that stopped inside the last item
     for name in ("share-captioner.json", "cut.json"):
-        m = _prep(tmp_path / name.split(".")[0], "input.format=sharegpt4v",
-                  f"input.captions={tmp_path}/{name}", f"input.images={corpus}")
+        m = _prep(
+            tmp_path / name.split(".")[0],
+            "input.format=sharegpt4v",
+            f"input.captions={tmp_path}/{name}",
+            f"input.images={corpus}",
+        )
         totals = m.data["totals"]
         assert totals["inputs"] == 13 == totals["written"] + totals["dropped"]
         drops = {(d["ordinal"], d["reason"]) for d in m.dropped().to_pylist()}
-        assert drops == {(3, "missing_field"), (10, "duplicate_id"), (11, "image_missing"),
-                         (12, "missing_field" if name == "share-captioner.json" else "json_truncated")}
-        assert m.data["input"] == {"format": "sharegpt4v", "captions": f"{tmp_path}/{name}",
-                                   "images": str(corpus), "source": tmp_path.name}
+        assert drops == {
+            (3, "missing_field"),
+            (10, "duplicate_id"),
+            (11, "image_missing"),
+            (12, "missing_field" if name == "share-captioner.json" else "json_truncated"),
+        }
+        assert m.data["input"] == {
+            "format": "sharegpt4v",
+            "captions": f"{tmp_path}/{name}",
+            "images": str(corpus),
+            "source": tmp_path.name,
+        }
         assert check.verify(m) == [] and check.validate(m) == []
     by_id = {r["image"]: r for r in records}
     metas = _metas(m)
@@ -297,30 +376,46 @@ def write_visual_genome(corpus: Path, out: Path) -> dict[str, list[dict]]:
         entries.append({"id": image_id, "regions": regions})
     entries[0]["regions"] = entries[0]["regions"] + [region(None, 1, 1, 5, 5), region("a speck", 5, 5, 0, 9)]
     expected["1000"] = expected["1000"] + [region("a speck", 5, 5, 0, 9)]
-    entries += [{"id": 1001, "regions": entries[1]["regions"]}, {"id": 77, "regions": entries[2]["regions"]},
-                {"id": 78, "regions": [region("", 1, 1, 2, 2)]}, {"id": 79}]
+    entries += [
+        {"id": 1001, "regions": entries[1]["regions"]},
+        {"id": 77, "regions": entries[2]["regions"]},
+        {"id": 78, "regions": [region("", 1, 1, 2, 2)]},
+        {"id": 79},
+    ]
     (out / "region_descriptions.json").write_text(json.dumps(entries))
     return expected
 
 
 def test_prep_from_visual_genome_links_each_sentence_to_its_region(local_ray, corpus, tmp_path):
     expected = write_visual_genome(corpus, tmp_path / "vg")
-    m = _prep(tmp_path / "ds", "input.format=visual_genome", f"input.images={tmp_path}/vg/images",
-              f"input.regions={tmp_path}/vg/region_descriptions.json")
+    m = _prep(
+        tmp_path / "ds",
+        "input.format=visual_genome",
+        f"input.images={tmp_path}/vg/images",
+        f"input.regions={tmp_path}/vg/region_descriptions.json",
+    )
     totals = m.data["totals"]
     assert totals["inputs"] == 14 == totals["written"] + totals["dropped"]
     assert {(d["id"], d["reason"]) for d in m.dropped().to_pylist()} == {
-        ("1001", "duplicate_id"), ("77", "image_missing"), ("78", "missing_field"), ("79", "missing_field")}
+        ("1001", "duplicate_id"),
+        ("77", "image_missing"),
+        ("78", "missing_field"),
+        ("79", "missing_field"),
+    }
     assert totals["boxes_dropped_by_reason"] == {"box_degenerate": 1, "box_label_invalid": 1}
     assert m.data["input"]["source"] == "vg" and check.validate(m) == []
     metas = _metas(m)
     assert sorted(meta["id"] for meta in metas) == sorted(expected)
     for meta in metas:
-        boxes = [([r["x"], r["y"], r["x"] + r["width"], r["y"] + r["height"]], r["phrase"])
-                 for r in expected[meta["id"]]]
+        boxes = [
+            ([r["x"], r["y"], r["x"] + r["width"], r["y"] + r["height"]], r["phrase"])
+            for r in expected[meta["id"]]
+        ]
         assert [(r["box"], r["label"], r["source"]) for r in meta["regions"]] == [  # 160 px images: unscaled
-            ([float(v) for v in box], phrase, "annotation") for box, phrase in boxes
-            if clean_box(box, meta["width"], meta["height"])[0]]
+            ([float(v) for v in box], phrase, "annotation")
+            for box, phrase in boxes
+            if clean_box(box, meta["width"], meta["height"])[0]
+        ]
         assert meta["sentences"] == [phrase[0].upper() + phrase[1:] + "." for _, phrase in boxes]
         first_chunks = {}
         for p in meta["phrases"]:

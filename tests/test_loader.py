@@ -26,8 +26,9 @@ SIZE = 32  # model input pixels
 S, P, R = 2, 3, 2  # K = 6 text slots: phrases and regions beyond these are cut
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40)}
 TOKENIZER = open_clip.get_tokenizer("ViT-B-16", context_length=32)
-TRANSFORM = transforms.Compose([transforms.ToTensor(), transforms.Normalize(open_clip.OPENAI_DATASET_MEAN,
-                                                                            open_clip.OPENAI_DATASET_STD)])
+TRANSFORM = transforms.Compose(
+    [transforms.ToTensor(), transforms.Normalize(open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)]
+)
 
 
 def make_sample(source: str, i: int) -> tuple[str, bytes, dict]:
@@ -38,8 +39,16 @@ def make_sample(source: str, i: int) -> tuple[str, bytes, dict]:
     img = Image.new("RGB", (width, height), (128, 128, 128))
     colours = rng.sample(list(COLOURS), 1 + i % 4)
     caption = f"{source} picture {i}."
-    phrases = [{"text": "picture", "sentence": 0, "start": len(source) + 1, "end": len(source) + 8,
-                "kind": "noun_chunk", "region": None}]
+    phrases = [
+        {
+            "text": "picture",
+            "sentence": 0,
+            "start": len(source) + 1,
+            "end": len(source) + 8,
+            "kind": "noun_chunk",
+            "region": None,
+        }
+    ]
     regions = []
     for k, colour in enumerate(colours):
         x0, y0 = rng.randrange(0, width - 12), rng.randrange(0, height - 12)
@@ -47,46 +56,74 @@ def make_sample(source: str, i: int) -> tuple[str, bytes, dict]:
         img.paste(COLOURS[colour], tuple(box))
         sentence = f" A {colour} box is here."
         start = len(caption) + 3
-        phrases.append({"text": f"{colour} box", "sentence": k + 1, "start": start,
-                        "end": start + len(colour) + 4, "kind": "noun_chunk", "region": k})
-        regions.append({"box": [float(v) for v in box], "score": 1.0, "source": "annotation",
-                        "label": f"{colour} box"})
+        phrases.append(
+            {
+                "text": f"{colour} box",
+                "sentence": k + 1,
+                "start": start,
+                "end": start + len(colour) + 4,
+                "kind": "noun_chunk",
+                "region": k,
+            }
+        )
+        regions.append(
+            {"box": [float(v) for v in box], "score": 1.0, "source": "annotation", "label": f"{colour} box"}
+        )
         caption += sentence
     sentences = [f"{source} picture {i}."] + [f"A {c} box is here." for c in colours]
     jpg = io.BytesIO()
     img.save(jpg, format="JPEG", quality=90)
-    meta = {"schema": SCHEMA_VERSION, "id": f"{source}-{i}", "source": source, "width": width,
-            "height": height, "caption": caption, "sentences": sentences, "phrases": phrases,
-            "regions": regions}
+    meta = {
+        "schema": SCHEMA_VERSION,
+        "id": f"{source}-{i}",
+        "source": source,
+        "width": width,
+        "height": height,
+        "caption": caption,
+        "sentences": sentences,
+        "phrases": phrases,
+        "regions": regions,
+    }
     return sample_key(source, meta["id"]), jpg.getvalue(), meta
 
 
-def write_dataset(root, shards: list[list[tuple[str, bytes, dict]]],
-                  claimed: dict[int, int] | None = None) -> str:
+def write_dataset(
+    root, shards: list[list[tuple[str, bytes, dict]]], claimed: dict[int, int] | None = None
+) -> str:
     """Shards and a manifest, as data prep writes them; ``claimed`` overrides shards' counts."""
     root.mkdir(parents=True)
     rows = [write_shard(f"{root}/shard-{n:06d}.tar", samples) for n, samples in enumerate(shards)]
-    entries = [{"name": f.name, "samples": (claimed or {}).get(n, f.samples), "bytes": f.bytes,
-                "sha256": f.sha256} for n, f in enumerate(rows)]
+    entries = [
+        {"name": f.name, "samples": (claimed or {}).get(n, f.samples), "bytes": f.bytes, "sha256": f.sha256}
+        for n, f in enumerate(rows)
+    ]
     written = sum(e["samples"] for e in entries)
-    manifest = {"schema": SCHEMA_VERSION, "name": root.name, "totals": {"written": written},
-                "shards": entries}
+    manifest = {
+        "schema": SCHEMA_VERSION,
+        "name": root.name,
+        "totals": {"written": written},
+        "shards": entries,
+    }
     write_manifest(str(root), manifest, [], [])
     return str(root)
 
 
 def chunks(samples, size):
-    return [samples[i:i + size] for i in range(0, len(samples), size)]
+    return [samples[i : i + size] for i in range(0, len(samples), size)]
 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     """alpha: 48 samples in 6 shards; beta: 16 in 4; gamma: 48 in 12 (mixing); bad: see below."""
     root = tmp_path_factory.mktemp("datasets")
-    samples = {name: [make_sample(name, i) for i in range(n)] for name, n in
-               (("alpha", 48), ("beta", 16), ("gamma", 48), ("bad", 32))}
-    out = {name: write_dataset(root / name, chunks(samples[name], size))
-           for name, size in (("alpha", 8), ("beta", 4), ("gamma", 4))}
+    samples = {
+        name: [make_sample(name, i) for i in range(n)]
+        for name, n in (("alpha", 48), ("beta", 16), ("gamma", 48), ("bad", 32))
+    }
+    out = {
+        name: write_dataset(root / name, chunks(samples[name], size))
+        for name, size in (("alpha", 8), ("beta", 4), ("gamma", 4))
+    }
 
     # bad: 4 shards of 8 with a truncated JPEG (#3), garbage JSON (#9) and no caption (#20), then a
     # fifth "shard" that is not a tar at all but claims 8 samples: 40 samples, 5 batches of 8
@@ -108,10 +145,24 @@ def datasets(tmp_path_factory):
 
 
 def loader(paths, *, batch_size=4, workers=0, rank=0, world_size=1, start_batch=0, **cfg):
-    config = DataConfig(manifests=tuple(paths), batch_size=batch_size, workers=workers, num_sentences=S,
-                        num_phrases=P, num_regions=R, **cfg)
-    return build_loader(config, tokenizer=TOKENIZER, transform=TRANSFORM, image_size=SIZE, rank=rank,
-                        world_size=world_size, start_batch=start_batch)
+    config = DataConfig(
+        manifests=tuple(paths),
+        batch_size=batch_size,
+        workers=workers,
+        num_sentences=S,
+        num_phrases=P,
+        num_regions=R,
+        **cfg,
+    )
+    return build_loader(
+        config,
+        tokenizer=TOKENIZER,
+        transform=TRANSFORM,
+        image_size=SIZE,
+        rank=rank,
+        world_size=world_size,
+        start_batch=start_batch,
+    )
 
 
 def take(batches, n):
@@ -137,10 +188,13 @@ def test_batch_shapes_masks_texts_and_boxes(datasets):
         # texts: caption, the first S sentences, the first P phrases, in order
         texts = [meta["caption"], *meta["sentences"][:S], *[p["text"] for p in meta["phrases"][:P]]]
         assert batch.token_mask[b].sum() == len(texts)
-        assert torch.equal(batch.tokens[b, :len(texts)], TOKENIZER(texts))
+        assert torch.equal(batch.tokens[b, : len(texts)], TOKENIZER(texts))
         # regions: those of the kept phrases, first R, boxes scaled from stored to model pixels
-        linked = [(1 + S + i, meta["regions"][p["region"]]) for i, p in enumerate(meta["phrases"][:P])
-                  if p["region"] is not None][:R]
+        linked = [
+            (1 + S + i, meta["regions"][p["region"]])
+            for i, p in enumerate(meta["phrases"][:P])
+            if p["region"] is not None
+        ][:R]
         assert batch.region_mask[b].sum() == len(linked)
         sx, sy = SIZE / meta["width"], SIZE / meta["height"]
         for r, (slot, region) in enumerate(linked):
@@ -209,17 +263,20 @@ def test_a_batch_without_any_usable_sample_raises(tmp_path):
         next(iter(loader([path])))
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"manifests": []}, "data.manifests: required"),
-    ({"batch_size": 0}, "data.batch_size: must be >= 1"),
-    ({"workers": -1}, "data.workers: must be >= 0"),
-    ({"mode": "shuffled"}, "data.mode: 'shuffled' is not one of"),
-    ({"weights": [1.0]}, "data.weights: mixing weights need mode=resampled"),
-    ({"weights": [1.0, 2.0], "mode": "resampled"}, "data.weights: 2 weights for 1 manifests"),
-    ({"weights": [0.0], "mode": "resampled"}, "data.weights: must all be > 0"),
-    ({"num_phrases": -1}, "data.num_phrases: must be >= 0"),
-    ({"shuffle_bufer": 5}, "data.shuffle_bufer: unknown key"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"manifests": []}, "data.manifests: required"),
+        ({"batch_size": 0}, "data.batch_size: must be >= 1"),
+        ({"workers": -1}, "data.workers: must be >= 0"),
+        ({"mode": "shuffled"}, "data.mode: 'shuffled' is not one of"),
+        ({"weights": [1.0]}, "data.weights: mixing weights need mode=resampled"),
+        ({"weights": [1.0, 2.0], "mode": "resampled"}, "data.weights: 2 weights for 1 manifests"),
+        ({"weights": [0.0], "mode": "resampled"}, "data.weights: must all be > 0"),
+        ({"num_phrases": -1}, "data.num_phrases: must be >= 0"),
+        ({"shuffle_bufer": 5}, "data.shuffle_bufer: unknown key"),
+    ],
+)
 def test_bad_config_names_the_key(values, message):
     with pytest.raises(ConfigError, match=message):
         build(DataConfig, {"manifests": ["x"], "batch_size": 4, **values}, prefix="data.")
@@ -231,16 +288,20 @@ def test_setups_that_cannot_work_fail_before_loading(datasets):
     with pytest.raises(ValueError, match="data.batch_size: 64"):
         loader([datasets["alpha"]], batch_size=64)
     with pytest.raises(ValueError, match="transform"):
-        build_loader(DataConfig(manifests=(datasets["alpha"],), batch_size=4), tokenizer=TOKENIZER,
-                     transform=transforms.Compose([transforms.RandomCrop(16), transforms.ToTensor()]),
-                     image_size=SIZE)
+        build_loader(
+            DataConfig(manifests=(datasets["alpha"],), batch_size=4),
+            tokenizer=TOKENIZER,
+            transform=transforms.Compose([transforms.RandomCrop(16), transforms.ToTensor()]),
+            image_size=SIZE,
+        )
 
 
 def test_mixing_weights_are_per_dataset_shares(datasets):
     # beta holds 16 samples, gamma 48: by size beta would supply 25 %; weighted 3:1 it supplies 75 %
     data = loader([datasets["beta"], datasets["gamma"]], batch_size=8, mode="resampled", weights=(3.0, 1.0))
-    sources = Counter(datasets["records"][int(i)]["source"]
-                      for b in take(data, 100) for i in b.text_ids[:, 0])
+    sources = Counter(
+        datasets["records"][int(i)]["source"] for b in take(data, 100) for i in b.text_ids[:, 0]
+    )
     assert sources["beta"] / sum(sources.values()) == pytest.approx(0.75, abs=0.07)
 
 

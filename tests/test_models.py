@@ -44,15 +44,24 @@ def tiny_batch(num_images: int = 4, seed: int = 0) -> Batch:
 
 def tiny_model(with_pooler: bool = True, with_region_head: bool = True, **cfg) -> FineGrainedCLIP:
     torch.manual_seed(0)
-    return FineGrainedCLIP(ModelConfig(name=TINY_MODEL, pretrained=None, **cfg), with_pooler, with_region_head)
+    return FineGrainedCLIP(
+        ModelConfig(name=TINY_MODEL, pretrained=None, **cfg), with_pooler, with_region_head
+    )
 
 
 # --- batch -----------------------------------------------------------------------------------------
 
+
 def test_batch_from_lists_pads_and_masks():
     images = torch.zeros(2, 3, 32, 32)
-    batch = Batch.from_lists(images, [["cap one", "a dog", "A Dog "], ["cap two"]],
-                             [[((1, 2, 3, 4), 2)], []], TOKENIZER, num_slots=4, num_regions=2)
+    batch = Batch.from_lists(
+        images,
+        [["cap one", "a dog", "A Dog "], ["cap two"]],
+        [[((1, 2, 3, 4), 2)], []],
+        TOKENIZER,
+        num_slots=4,
+        num_regions=2,
+    )
     assert batch.tokens.shape == (2, 4, 77) and batch.captions.shape == (2, 77)
     assert batch.token_mask.tolist() == [[True, True, True, False], [True, False, False, False]]
     assert batch.text_ids[0, 1] == batch.text_ids[0, 2] == text_id("a dog") != batch.text_ids[0, 0]
@@ -62,11 +71,14 @@ def test_batch_from_lists_pads_and_masks():
     assert torch.equal(batch.tokens[0, 1], TOKENIZER(["a dog"])[0])
 
 
-@pytest.mark.parametrize("texts, regions, message", [
-    ([["c", "p", "q"]], [[]], "has 3 texts"),
-    ([["c", "p"]], [[((0, 0, 1, 1), 1)] * 3], "has 3 regions"),
-    ([["c", "p"]], [[((0, 0, 1, 1), 0)]], "grounded to slot 0"),
-])
+@pytest.mark.parametrize(
+    "texts, regions, message",
+    [
+        ([["c", "p", "q"]], [[]], "has 3 texts"),
+        ([["c", "p"]], [[((0, 0, 1, 1), 1)] * 3], "has 3 regions"),
+        ([["c", "p"]], [[((0, 0, 1, 1), 0)]], "grounded to slot 0"),
+    ],
+)
 def test_batch_from_lists_refuses_what_does_not_fit(texts, regions, message):
     with pytest.raises(ValueError, match=message):
         Batch.from_lists(torch.zeros(1, 3, 8, 8), texts, regions, TOKENIZER, num_slots=2, num_regions=2)
@@ -80,19 +92,24 @@ def test_batch_checks_shapes():
 
 # --- config ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"context_length": 100}, "model.context_length: 100 is not one of 77|248"),
-    ({"freeze_first_20": True}, "model.freeze_first_20"),
-    ({"dense": "mean"}, "model.dense: 'mean'"),
-    ({"region_head": "mlp"}, "model.region_head: 'mlp'"),
-    ({"num_pseudo_tokens": 0}, "model.num_pseudo_tokens"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"context_length": 100}, "model.context_length: 100 is not one of 77|248"),
+        ({"freeze_first_20": True}, "model.freeze_first_20"),
+        ({"dense": "mean"}, "model.dense: 'mean'"),
+        ({"region_head": "mlp"}, "model.region_head: 'mlp'"),
+        ({"num_pseudo_tokens": 0}, "model.num_pseudo_tokens"),
+    ],
+)
 def test_model_config_names_the_bad_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**kwargs)
 
 
 # --- long context ----------------------------------------------------------------------------------
+
 
 def test_interpolate_positions_matches_long_clip_recipe():
     pos = torch.randn(77, 8, dtype=torch.float64)
@@ -117,6 +134,7 @@ def test_long_context_keeps_short_texts_and_freezes_first_20():
 
 
 # --- text, dense, regions, pooler, heads -----------------------------------------------------------
+
 
 def test_encode_tokens_matches_open_clip_on_the_trimmed_prefix():
     clip = tiny_model(False, False).clip
@@ -196,13 +214,18 @@ def test_text_token_head_reads_pseudo_tokens_like_a_caption():
 
 # --- the model -------------------------------------------------------------------------------------
 
+
 def test_model_outputs_are_normalised_and_padding_is_zero():
     batch = tiny_batch()
     out = tiny_model()(batch)
     d = out.image.shape[-1]
     for name in ("image", "text"):
         torch.testing.assert_close(getattr(out, name).norm(dim=-1), torch.ones(4))
-    for name, mask in (("slots", batch.token_mask), ("pooled", batch.token_mask), ("regions", batch.region_mask)):
+    for name, mask in (
+        ("slots", batch.token_mask),
+        ("pooled", batch.token_mask),
+        ("regions", batch.region_mask),
+    ):
         norms = getattr(out, name).norm(dim=-1)
         torch.testing.assert_close(norms[mask], torch.ones(int(mask.sum())))
         if name != "pooled":  # pooled padding is computed (cheap) but never read
@@ -237,20 +260,41 @@ def _grads(model: FineGrainedCLIP) -> dict[str, float]:
 
 TERMS = {
     "clip": lambda out, batch: clip_loss(out.image, out.text, out.logit_scale),
-    "beta_cal": lambda out, batch: beta_cal_loss(out.pooled, out.slots, batch.token_mask, out.pooled_logit_scale,
-                                                 1.0, 0.5, "ce", across_ranks=False),
-    "lrc": lambda out, batch: lrc_loss(out.regions, out.phrases, batch.region_mask,
-                                       batch.text_ids.gather(1, batch.region_slot), out.logit_scale),
+    "beta_cal": lambda out, batch: beta_cal_loss(
+        out.pooled, out.slots, batch.token_mask, out.pooled_logit_scale, 1.0, 0.5, "ce", across_ranks=False
+    ),
+    "lrc": lambda out, batch: lrc_loss(
+        out.regions,
+        out.phrases,
+        batch.region_mask,
+        batch.text_ids.gather(1, batch.region_slot),
+        out.logit_scale,
+    ),
     "gr": lambda out, batch: gr_loss(out.regions, batch.region_mask, out.image, out.text, out.logit_scale),
 }
 
 
-@pytest.mark.parametrize("term, reaches, spares", [
-    ("clip", ["clip.logit_scale", "clip.visual.proj", "clip.text_projection"], ["pooler.", "region_head."]),
-    ("beta_cal", ["pooler.", "clip.visual.proj", "clip.text_projection"], ["region_head.", "clip.logit_scale"]),
-    ("lrc", ["region_head.", "clip.logit_scale", "clip.text_projection"], ["pooler.", "clip.visual.proj"]),
-    ("gr", ["region_head.", "clip.logit_scale", "clip.visual.proj"], ["pooler."]),
-])
+@pytest.mark.parametrize(
+    "term, reaches, spares",
+    [
+        (
+            "clip",
+            ["clip.logit_scale", "clip.visual.proj", "clip.text_projection"],
+            ["pooler.", "region_head."],
+        ),
+        (
+            "beta_cal",
+            ["pooler.", "clip.visual.proj", "clip.text_projection"],
+            ["region_head.", "clip.logit_scale"],
+        ),
+        (
+            "lrc",
+            ["region_head.", "clip.logit_scale", "clip.text_projection"],
+            ["pooler.", "clip.visual.proj"],
+        ),
+        ("gr", ["region_head.", "clip.logit_scale", "clip.visual.proj"], ["pooler."]),
+    ],
+)
 def test_each_term_trains_what_it_should_and_nothing_else(term, reaches, spares):
     model, batch = tiny_model(), tiny_batch()
     out = model(batch)
@@ -265,8 +309,15 @@ def test_each_term_trains_what_it_should_and_nothing_else(term, reaches, spares)
         assert all(g == 0 for n, g in grads.items() if n.startswith(prefix)), prefix
 
 
-@pytest.mark.parametrize("name, heads", [("clip", (False, False)), ("beta", (True, False)),
-                                         ("harmo", (False, True)), ("beta+harmo", (True, True))])
+@pytest.mark.parametrize(
+    "name, heads",
+    [
+        ("clip", (False, False)),
+        ("beta", (True, False)),
+        ("harmo", (False, True)),
+        ("beta+harmo", (True, True)),
+    ],
+)
 def test_every_parameter_of_the_model_gets_a_gradient(name, heads):
     model, batch = tiny_model(*heads), tiny_batch()
     loss, _ = compute_loss(model(batch), batch, ObjectiveConfig(name=name))

@@ -32,9 +32,20 @@ def two_nodes():
 
 def train(env: dict[str, str], out: Path, shards: Path, nodes: int, *overrides: str) -> str:
     """One rank per node, as a cluster job with one GPU per node would run; returns its log."""
-    sbatch("slurm/train_beta.sh", out, f"data.manifests=[{shards}]", "data.batch_size=8", "data.workers=1",
-           "log_every=1", "replica_check_every=1", *overrides, wait=True, nodes=nodes, tasks_per_node=1,
-           env=env)
+    sbatch(
+        "slurm/train_beta.sh",
+        out,
+        f"data.manifests=[{shards}]",
+        "data.batch_size=8",
+        "data.workers=1",
+        "log_every=1",
+        "replica_check_every=1",
+        *overrides,
+        wait=True,
+        nodes=nodes,
+        tasks_per_node=1,
+        env=env,
+    )
     return job_log(out)
 
 

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.objectives import ObjectiveConfig, beta_cal_loss, clip_loss, compute_loss, gr_loss, info_nce, lrc_loss
+from pipeline.objectives import (
+    ObjectiveConfig,
+    beta_cal_loss,
+    clip_loss,
+    compute_loss,
+    gr_loss,
+    info_nce,
+    lrc_loss,
+)
 
 F64 = torch.float64  # exact comparisons with the python loops below
 
@@ -24,6 +32,7 @@ def nll(logits: list[float], positive: int) -> float:
 
 
 # --- reference loops ------------------------------------------------------------------------------
+
 
 def loop_info_nce(a, b, scale, valid, ids):
     """Symmetric InfoNCE written out pair by pair."""
@@ -41,9 +50,11 @@ def loop_beta_cal(pooled, texts, mask, scale, alpha, beta, variant):
     queries = [(b, q) for b in range(bsz) for q in range(k) if mask[b, q]]
     total = 0.0
     for i, (bi, qi) in enumerate(queries):
-        def weight(j):
-            bj, qj = queries[j]
+
+        def weight(j, i=i, bi=bi):
+            bj, _ = queries[j]
             return alpha if j == i else beta if bj == bi else 0.0
+
         if variant == "ce":
             target = [weight(j) for j in range(len(queries))]
             target = [w / sum(target) for w in target]
@@ -55,12 +66,19 @@ def loop_beta_cal(pooled, texts, mask, scale, alpha, beta, variant):
             for j, (bj, qj) in enumerate(queries):
                 s = scale * float(pooled[bi, qi] @ texts[bj, qj])
                 y, w = (1.0, 1.0 if j == i else beta) if bj == bi else (0.0, 1.0)
-                total += w * -(y * math.log(torch.sigmoid(torch.tensor(s))) +
-                               (1 - y) * math.log(1 - torch.sigmoid(torch.tensor(s)))) / len(queries) ** 2
+                total += (
+                    w
+                    * -(
+                        y * math.log(torch.sigmoid(torch.tensor(s)))
+                        + (1 - y) * math.log(1 - torch.sigmoid(torch.tensor(s)))
+                    )
+                    / len(queries) ** 2
+                )
     return total
 
 
 # --- clip ------------------------------------------------------------------------------------------
+
 
 def test_clip_loss_by_hand():
     image = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=F64)
@@ -89,13 +107,16 @@ def test_info_nce_padding_changes_nothing():
 
 # --- β-CAL -----------------------------------------------------------------------------------------
 
+
 def test_beta_cal_ce_by_hand():
     # One image, two queries, orthogonal: s = scale · I. Targets (α, β)/(α+β) per row.
     pooled = texts = torch.eye(2, dtype=F64)[None]
     alpha, beta, s = 1.0, 0.5, 2.0
     p_own = math.exp(s) / (math.exp(s) + 1)
     row = -(alpha * math.log(p_own) + beta * math.log(1 - p_own)) / (alpha + beta)
-    loss = beta_cal_loss(pooled, texts, torch.ones(1, 2, dtype=torch.bool), torch.tensor(s), alpha, beta, "ce", False)
+    loss = beta_cal_loss(
+        pooled, texts, torch.ones(1, 2, dtype=torch.bool), torch.tensor(s), alpha, beta, "ce", False
+    )
     assert loss.item() == pytest.approx(row)
 
 
@@ -104,7 +125,9 @@ def test_beta_cal_bce_by_hand():
     pooled = texts = torch.eye(2, dtype=F64)[:, None]
     s = 2.0
     expected = (2 * -math.log(torch.sigmoid(torch.tensor(s))) + 2 * -math.log(1 - 0.5)) / 4
-    loss = beta_cal_loss(pooled, texts, torch.ones(2, 1, dtype=torch.bool), torch.tensor(s), 1.0, 0.5, "bce", False)
+    loss = beta_cal_loss(
+        pooled, texts, torch.ones(2, 1, dtype=torch.bool), torch.tensor(s), 1.0, 0.5, "bce", False
+    )
     assert loss.item() == pytest.approx(expected)
 
 
@@ -118,13 +141,20 @@ def test_beta_cal_matches_loop(variant):
 
 
 @settings(max_examples=15, deadline=None)
-@given(lengths=st.lists(st.integers(1, 4), min_size=1, max_size=4), extra=st.integers(0, 3),
-       variant=st.sampled_from(["ce", "bce"]), seed=st.integers(0, 1000))
+@given(
+    lengths=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    extra=st.integers(0, 3),
+    variant=st.sampled_from(["ce", "bce"]),
+    seed=st.integers(0, 1000),
+)
 def test_beta_cal_padding_changes_nothing(lengths, extra, variant, seed):
     """Padding slots, whatever they hold, leave the loss as it is (the reference code's would not)."""
     k = max(lengths)
     mask = torch.tensor([[q < n for q in range(k)] for n in lengths])
-    pooled, texts = unit(len(lengths), k + extra, 8, seed=seed), unit(len(lengths), k + extra, 8, seed=seed + 1)
+    pooled, texts = (
+        unit(len(lengths), k + extra, 8, seed=seed),
+        unit(len(lengths), k + extra, 8, seed=seed + 1),
+    )
     padded = torch.cat([mask, torch.zeros(len(lengths), extra, dtype=torch.bool)], dim=1)
     scale = torch.tensor(3.0)
     tight = beta_cal_loss(pooled[:, :k], texts[:, :k], mask, scale, 1.0, 0.5, variant, False)
@@ -134,12 +164,14 @@ def test_beta_cal_padding_changes_nothing(lengths, extra, variant, seed):
 
 # --- HarmoCLIP -------------------------------------------------------------------------------------
 
+
 def test_lrc_is_info_nce_over_valid_regions_without_duplicate_phrases():
     regions, phrases = unit(2, 3, 8, seed=8), unit(2, 3, 8, seed=9)
     mask = torch.tensor([[True, True, False], [True, False, True]])
     ids = torch.tensor([[7, 8, 0], [7, 0, 9]])  # "a dog" (7) in both images
-    expected = loop_info_nce(regions.flatten(0, 1), phrases.flatten(0, 1), 2.0, mask.flatten().tolist(),
-                             ids.flatten().tolist())
+    expected = loop_info_nce(
+        regions.flatten(0, 1), phrases.flatten(0, 1), 2.0, mask.flatten().tolist(), ids.flatten().tolist()
+    )
     assert lrc_loss(regions, phrases, mask, ids, torch.tensor(2.0)).item() == pytest.approx(expected)
 
 
@@ -163,18 +195,23 @@ def test_gr_padding_regions_change_nothing():
     garbage = regions.clone()
     garbage[~mask] = unit(3, 8, seed=16)
     assert gr_loss(garbage, mask, image, text, scale).item() == pytest.approx(
-        gr_loss(regions, mask, image, text, scale).item())
+        gr_loss(regions, mask, image, text, scale).item()
+    )
 
 
 # --- config and the combined entry -----------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"name": "foo"}, "objective.name: 'foo' is not one of clip|beta|harmo|beta+harmo"),
-    ({"variant": "mse"}, "objective.variant: 'mse' is not one of ce|bce"),
-    ({"beta_cal_scope": "node"}, "objective.beta_cal_scope"),
-    ({"alpha": 0.0}, "objective.alpha"),
-    ({"lambda_gr": -1.0}, "objective.lambda_gr"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "foo"}, "objective.name: 'foo' is not one of clip|beta|harmo|beta+harmo"),
+        ({"variant": "mse"}, "objective.variant: 'mse' is not one of ce|bce"),
+        ({"beta_cal_scope": "node"}, "objective.beta_cal_scope"),
+        ({"alpha": 0.0}, "objective.alpha"),
+        ({"lambda_gr": -1.0}, "objective.lambda_gr"),
+    ],
+)
 def test_objective_config_names_the_bad_field(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("|", r"\|").replace("+", r"\+")):
         ObjectiveConfig(**kwargs)
@@ -184,12 +221,22 @@ def test_compute_loss_weights_terms_and_counts_the_global_term_once():
     from types import SimpleNamespace
 
     bsz, k, r, d = 3, 4, 2, 8
-    out = SimpleNamespace(image=unit(bsz, d, seed=20), text=unit(bsz, d, seed=21), logit_scale=torch.tensor(3.0),
-                          slots=unit(bsz, k, d, seed=22), pooled=unit(bsz, k, d, seed=23),
-                          pooled_logit_scale=torch.tensor(5.0), regions=unit(bsz, r, d, seed=24),
-                          phrases=unit(bsz, r, d, seed=25))
-    batch = SimpleNamespace(token_mask=torch.ones(bsz, k, dtype=torch.bool), text_ids=torch.arange(bsz * k).view(bsz, k),
-                            region_slot=torch.ones(bsz, r, dtype=torch.long), region_mask=torch.ones(bsz, r, dtype=torch.bool))
+    out = SimpleNamespace(
+        image=unit(bsz, d, seed=20),
+        text=unit(bsz, d, seed=21),
+        logit_scale=torch.tensor(3.0),
+        slots=unit(bsz, k, d, seed=22),
+        pooled=unit(bsz, k, d, seed=23),
+        pooled_logit_scale=torch.tensor(5.0),
+        regions=unit(bsz, r, d, seed=24),
+        phrases=unit(bsz, r, d, seed=25),
+    )
+    batch = SimpleNamespace(
+        token_mask=torch.ones(bsz, k, dtype=torch.bool),
+        text_ids=torch.arange(bsz * k).view(bsz, k),
+        region_slot=torch.ones(bsz, r, dtype=torch.long),
+        region_mask=torch.ones(bsz, r, dtype=torch.bool),
+    )
     cfg = ObjectiveConfig(name="beta+harmo", beta_cal_weight=0.7, lambda_lrc=0.3, lambda_gr=0.2)
     total, terms = compute_loss(out, batch, cfg)
     assert set(terms) == {"clip", "beta_cal", "lrc", "gr"}

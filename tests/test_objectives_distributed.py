@@ -40,8 +40,13 @@ def step(batch: Batch, cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=timedelta(seconds=60),
+    )
     torch.set_num_threads(1)
     batch = shard(tiny_batch(4, seed=1), rank)
     results = {}

@@ -36,8 +36,11 @@ def worker(pool, tmp_path_factory):
 
 
 def _config(index: Path, out: Path) -> PrepConfig:
-    return load_config(PrepConfig, "configs/prep/default.yaml",
-                       [f"input.index={index}", f"output={out}", "samples_per_shard=4"])
+    return load_config(
+        PrepConfig,
+        "configs/prep/default.yaml",
+        [f"input.index={index}", f"output={out}", "samples_per_shard=4"],
+    )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -51,8 +54,10 @@ def test_inputs_equal_written_plus_dropped(pool, worker, data):
     index.write_bytes(b"".join(lines[i] + b"\n" for i in picks))
     cfg = _config(index, out)
     planner = ShardPlanner(cfg.samples_per_shard, skip=set())
-    results = [worker.process(task) for task in
-               planner.tasks(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))]
+    results = [
+        worker.process(task)
+        for task in planner.tasks(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))
+    ]
     stats, drops = [r.stats for r in results], planner.read_drops + [d for r in results for d in r.drops]
     written = sum(s["samples"] for s in stats)
     assert written + len(drops) == len(picks)

@@ -30,8 +30,12 @@ EXPECTED_REASON = {
     "missing_field": "missing_field",
     "unparseable_line": "unparseable_record",
 }
-REPAIRED = {"cmyk_image": "mode:CMYK", "palette_image": "mode:P", "la_image": "mode:LA",
-            "sixteen_bit_image": "mode:I;16"}
+REPAIRED = {
+    "cmyk_image": "mode:CMYK",
+    "palette_image": "mode:P",
+    "la_image": "mode:LA",
+    "sixteen_bit_image": "mode:I;16",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +53,11 @@ def corpus(tmp_path_factory):
 
 
 def _config(corpus_dir, out, *overrides):
-    return load_config(PrepConfig, "configs/prep/default.yaml",
-                       [f"input.index={corpus_dir}/records.jsonl", f"output={out}", "samples_per_shard=16",
-                        *overrides])
+    return load_config(
+        PrepConfig,
+        "configs/prep/default.yaml",
+        [f"input.index={corpus_dir}/records.jsonl", f"output={out}", "samples_per_shard=16", *overrides],
+    )
 
 
 def test_every_input_is_written_or_dropped_with_its_reason(local_ray, corpus, tmp_path):
@@ -66,7 +72,9 @@ def test_every_input_is_written_or_dropped_with_its_reason(local_ray, corpus, tm
         if kind in EXPECTED_REASON:
             expected_drops[EXPECTED_REASON[kind]] += count
     assert totals["dropped_by_reason"] == dict(expected_drops)
-    assert totals["repaired_by_reason"] == {REPAIRED[k]: n for k, n in summary.broken.items() if k in REPAIRED}
+    assert totals["repaired_by_reason"] == {
+        REPAIRED[k]: n for k, n in summary.broken.items() if k in REPAIRED
+    }
     assert totals["boxes_dropped_by_reason"]  # bad_boxes records keep their record, lose their bad boxes
     assert m.dropped().num_rows == totals["dropped"]
 
@@ -78,7 +86,8 @@ def test_every_input_is_written_or_dropped_with_its_reason(local_ray, corpus, tm
     assert sum(p["region"] is not None for meta in metas for p in meta["phrases"]) > len(metas)
     assert m.data["text"]["model"] and m.data["grounder"]["name"] == "annotations"
     assert sorted(os.listdir(tmp_path / "ds")) == sorted(
-        [s.name for s in m.shards] + ["dataset.json", "shards.parquet", "dropped.parquet"])
+        [s.name for s in m.shards] + ["dataset.json", "shards.parquet", "dropped.parquet"]
+    )
 
 
 def test_rerun_refuses_or_overwrites_with_identical_bytes(local_ray, corpus, tmp_path):
@@ -109,8 +118,15 @@ def test_killed_writer_is_retried_and_leaves_no_partial_file(corpus, tmp_path):
 def test_detector_grounding_on_ray_actors(local_ray, corpus, tiny_owlv2, tmp_path):
     """grounding.name=detector with a tiny random OWLv2 loaded from a directory: plumbing, not accuracy."""
     corpus_dir, _ = corpus
-    m = run(_config(corpus_dir, tmp_path / "ds", "grounding.name=detector", f"grounding.detector.model={tiny_owlv2}",
-                    "grounding.detector.score_threshold=0"))
+    m = run(
+        _config(
+            corpus_dir,
+            tmp_path / "ds",
+            "grounding.name=detector",
+            f"grounding.detector.model={tiny_owlv2}",
+            "grounding.detector.score_threshold=0",
+        )
+    )
     totals = m.data["totals"]
     assert totals["inputs"] == totals["written"] + totals["dropped"] and totals["written"] > 0
     assert check.verify(m) == [] and check.validate(m) == []

@@ -22,11 +22,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def start(corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
     """The job in a session of its own: the driver and the local Ray it starts are one process group."""
-    cmd = [sys.executable, "data_prep/build_shards.py", "--config", "configs/prep/default.yaml",
-           f"input.index={corpus}/records.jsonl", f"output={out}", "samples_per_shard=8",
-           "existing_output=resume", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "data_prep/build_shards.py",
+        "--config",
+        "configs/prep/default.yaml",
+        f"input.index={corpus}/records.jsonl",
+        f"output={out}",
+        "samples_per_shard=8",
+        "existing_output=resume",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def build(corpus: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -39,9 +48,14 @@ def build(corpus: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def dataset(out: Path) -> dict:
     manifest = json.loads((out / "dataset.json").read_text())
-    return {"files": sorted(os.listdir(out)), "run_id": manifest["run_id"], "shards": manifest["shards"],
-            "totals": manifest["totals"], "shard_stats": manifest["shard_stats"],
-            "dropped": pq.read_table(out / "dropped.parquet").to_pylist()}
+    return {
+        "files": sorted(os.listdir(out)),
+        "run_id": manifest["run_id"],
+        "shards": manifest["shards"],
+        "totals": manifest["totals"],
+        "shard_stats": manifest["shard_stats"],
+        "dropped": pq.read_table(out / "dropped.parquet").to_pylist(),
+    }
 
 
 def kill_after_shards(process: subprocess.Popen, progress: Path, shards: int) -> None:

@@ -9,37 +9,63 @@ from pipeline.shards import storage
 
 
 def _write_jsonl(path, lines):
-    path.write_bytes(b"\n".join(l if isinstance(l, bytes) else json.dumps(l).encode() for l in lines) + b"\n")
+    encoded = (line if isinstance(line, bytes) else json.dumps(line).encode() for line in lines)
+    path.write_bytes(b"\n".join(encoded) + b"\n")
 
 
 def test_jsonl_rows_become_records_or_reasoned_drops(tmp_path):
     index = tmp_path / "records.jsonl"
-    _write_jsonl(index, [
-        {"id": "a", "image": "img/a.jpg", "caption": "A red circle."},
-        {"id": 7, "image": "/abs/b.jpg", "caption": "Int ids are fine.", "boxes": [{"box": [0, 0, 1, 1], "label": "x"}]},
-        {"id": "a", "image": "img/c.jpg", "caption": "duplicate"},
-        {"id": "d", "image": "img/d.jpg"},
-        {"id": "e", "image": "img/e.jpg", "caption": 42},
-        {"id": "f", "image": "img/f.jpg", "caption": " \n\t"},
-        {"id": "g", "image": "img/g.jpg", "caption": "x" * 101},
-        b'{"id": "h", "image": "img/h.jpg", "caption": "bad \xff bytes"}',
-        b"not json at all",
-        ["a", "list"],
-        {"id": True, "image": "img/i.jpg", "caption": "bool id"},
-    ])
+    _write_jsonl(
+        index,
+        [
+            {"id": "a", "image": "img/a.jpg", "caption": "A red circle."},
+            {
+                "id": 7,
+                "image": "/abs/b.jpg",
+                "caption": "Int ids are fine.",
+                "boxes": [{"box": [0, 0, 1, 1], "label": "x"}],
+            },
+            {"id": "a", "image": "img/c.jpg", "caption": "duplicate"},
+            {"id": "d", "image": "img/d.jpg"},
+            {"id": "e", "image": "img/e.jpg", "caption": 42},
+            {"id": "f", "image": "img/f.jpg", "caption": " \n\t"},
+            {"id": "g", "image": "img/g.jpg", "caption": "x" * 101},
+            b'{"id": "h", "image": "img/h.jpg", "caption": "bad \xff bytes"}',
+            b"not json at all",
+            ["a", "list"],
+            {"id": True, "image": "img/i.jpg", "caption": "bool id"},
+        ],
+    )
     items = list(read_index(str(index), max_caption_chars=100))
     assert items[0] == InputRecord(0, "a", f"{tmp_path}/img/a.jpg", "A red circle.", None)
-    assert items[1] == InputRecord(1, "7", "/abs/b.jpg", "Int ids are fine.", [{"box": [0, 0, 1, 1], "label": "x"}])
+    assert items[1] == InputRecord(
+        1, "7", "/abs/b.jpg", "Int ids are fine.", [{"box": [0, 0, 1, 1], "label": "x"}]
+    )
     drops = [(d.ordinal, d.id, d.reason) for d in items[2:]]
-    assert drops == [(2, "a", "duplicate_id"), (3, "d", "missing_field"), (4, "e", "caption_not_string"),
-                     (5, "f", "caption_empty"), (6, "g", "caption_too_long"), (7, "h", "invalid_utf8"),
-                     (8, None, "unparseable_record"), (9, None, "unparseable_record"), (10, None, "invalid_id")]
+    assert drops == [
+        (2, "a", "duplicate_id"),
+        (3, "d", "missing_field"),
+        (4, "e", "caption_not_string"),
+        (5, "f", "caption_empty"),
+        (6, "g", "caption_too_long"),
+        (7, "h", "invalid_utf8"),
+        (8, None, "unparseable_record"),
+        (9, None, "unparseable_record"),
+        (10, None, "invalid_id"),
+    ]
     assert all(isinstance(d, Drop) for d in items[2:])
 
 
 def test_parquet_index(tmp_path):
-    rows = [{"id": "a", "image": "a.jpg", "caption": "one", "boxes": [{"box": [0.0, 0.0, 2.0, 2.0], "label": "x"}]},
-            {"id": "b", "image": "b.jpg", "caption": None, "boxes": None}]
+    rows = [
+        {
+            "id": "a",
+            "image": "a.jpg",
+            "caption": "one",
+            "boxes": [{"box": [0.0, 0.0, 2.0, 2.0], "label": "x"}],
+        },
+        {"id": "b", "image": "b.jpg", "caption": None, "boxes": None},
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "records.parquet")
     a, b = read_index(str(tmp_path / "records.parquet"), 100)
     assert a == InputRecord(0, "a", f"{tmp_path}/a.jpg", "one", rows[0]["boxes"])

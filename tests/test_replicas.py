@@ -13,8 +13,9 @@ from pipeline.training.distributed import check_replicas, parameter_digest
 
 
 def worker(rank: int, port: int, out_dir: str, perturb: bool) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     if perturb and rank == 1:

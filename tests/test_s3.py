@@ -47,7 +47,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             fail = server.requests % server.every == 0
             server.failed += fail
         if fail:
-            payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            payload = (
+                b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            )
             self.send_response(503)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -74,12 +76,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 
 def test_prep_reads_and_writes_s3(s3, tmp_path):
-    summary = write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=40, num_broken=len(BROKEN_KINDS)))
+    summary = write_corpus(
+        str(tmp_path / "corpus"), SyntheticConfig(num_records=40, num_broken=len(BROKEN_KINDS))
+    )
     s3.upload(tmp_path / "corpus", "corpus")
     out = f"s3://{s3.bucket}/datasets/demo"
-    cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                      [f"input.index=s3://{s3.bucket}/corpus/records.jsonl", f"output={out}",
-                       "samples_per_shard=16"])
+    cfg = load_config(
+        PrepConfig,
+        REPO / "configs/prep/default.yaml",
+        [f"input.index=s3://{s3.bucket}/corpus/records.jsonl", f"output={out}", "samples_per_shard=16"],
+    )
     ray.init(num_cpus=2, include_dashboard=False)  # workers inherit the AWS variables
     try:
         manifest = run(cfg)
@@ -93,19 +99,28 @@ def test_prep_reads_and_writes_s3(s3, tmp_path):
     assert totals["dropped_by_reason"]["image_missing"] == summary.broken["missing_image"]
     assert manifest.data["input"]["source"] == "corpus"
     names = storage.list_names(out)
-    assert sorted(names) == sorted([s.name for s in manifest.shards] +
-                                   ["dataset.json", "shards.parquet", "dropped.parquet"])
+    assert sorted(names) == sorted(
+        [s.name for s in manifest.shards] + ["dataset.json", "shards.parquet", "dropped.parquet"]
+    )
     assert check.verify(manifest) == [] and check.validate(manifest) == []
 
-    verify = subprocess.run([sys.executable, "-m", "pipeline", "manifest", "verify", out], cwd=REPO,
-                            env={**os.environ, **s3.env}, capture_output=True, text=True)
+    verify = subprocess.run(
+        [sys.executable, "-m", "pipeline", "manifest", "verify", out],
+        cwd=REPO,
+        env={**os.environ, **s3.env},
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0 and "verify: OK" in verify.stdout, verify.stdout + verify.stderr
     assert "testing" not in storage.read_bytes(f"{out}/dataset.json").decode()  # no credentials in manifests
 
     # the training loader streams the shards from S3, in its worker processes too
-    loader = build_loader(DataConfig(manifests=(out,), batch_size=8, workers=2, num_regions=4),
-                          tokenizer=open_clip.get_tokenizer(TINY_MODEL), image_size=64,
-                          transform=transforms.ToTensor())
+    loader = build_loader(
+        DataConfig(manifests=(out,), batch_size=8, workers=2, num_regions=4),
+        tokenizer=open_clip.get_tokenizer(TINY_MODEL),
+        image_size=64,
+        transform=transforms.ToTensor(),
+    )
     batches = list(itertools.islice(iter(loader), loader.batches_per_epoch))
     assert len(batches) == loader.batches_per_epoch == manifest.num_samples // 8 > 0
     assert all(b.images.shape == (8, 3, 64, 64) and b.token_mask[:, 0].all() for b in batches)
@@ -113,8 +128,11 @@ def test_prep_reads_and_writes_s3(s3, tmp_path):
 
 
 def test_missing_s3_index_fails_before_any_work(s3):
-    cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                      [f"input.index=s3://{s3.bucket}/nowhere/records.jsonl", f"output=s3://{s3.bucket}/x"])
+    cfg = load_config(
+        PrepConfig,
+        REPO / "configs/prep/default.yaml",
+        [f"input.index=s3://{s3.bucket}/nowhere/records.jsonl", f"output=s3://{s3.bucket}/x"],
+    )
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(cfg)
     assert storage.list_names(f"s3://{s3.bucket}/x") == []
@@ -130,9 +148,15 @@ def test_transient_s3_errors_are_retried_and_change_nothing(s3, tmp_path):
     def prep(out: str, endpoint: str):
         os.environ["AWS_ENDPOINT_URL"] = endpoint
         storage._client.cache_clear()
-        cfg = load_config(PrepConfig, REPO / "configs/prep/default.yaml",
-                          [f"input.index=s3://{s3.bucket}/flaky-corpus/records.jsonl", f"output={out}",
-                           "samples_per_shard=8"])
+        cfg = load_config(
+            PrepConfig,
+            REPO / "configs/prep/default.yaml",
+            [
+                f"input.index=s3://{s3.bucket}/flaky-corpus/records.jsonl",
+                f"output={out}",
+                "samples_per_shard=8",
+            ],
+        )
         ray.init(num_cpus=2, include_dashboard=False)  # workers see this endpoint
         try:
             return run(cfg)

@@ -33,14 +33,33 @@ def _dataset(tmp_path, shards=2, per_shard=3, drops=1):
         f = write_shard(f"{tmp_path}/shard-{s:06d}.tar", _samples(per_shard))
         rows.append({"name": f.name, "samples": f.samples, "bytes": f.bytes, "sha256": f.sha256})
     written = shards * per_shard
-    manifest = {"schema": SCHEMA_VERSION, "name": "t", "created": "now", "code_version": "test",
-                "input": {"index": "i.jsonl", "source": "s"}, "text": {}, "grounder": {},
-                "totals": {"inputs": written + drops, "written": written, "dropped": drops, "bytes": 0,
-                           "phrases": 0, "regions": 0, "linked_phrases": 0, "ambiguous_phrases": 0, "dropped_by_reason": {},
-                           "repaired_by_reason": {}, "boxes_dropped_by_reason": {}},
-                "shards": rows}
-    dropped = [{"ordinal": i, "id": None, "reason": "caption_empty", "detail": "", "shard": None}
-               for i in range(drops)]
+    manifest = {
+        "schema": SCHEMA_VERSION,
+        "name": "t",
+        "created": "now",
+        "code_version": "test",
+        "input": {"index": "i.jsonl", "source": "s"},
+        "text": {},
+        "grounder": {},
+        "totals": {
+            "inputs": written + drops,
+            "written": written,
+            "dropped": drops,
+            "bytes": 0,
+            "phrases": 0,
+            "regions": 0,
+            "linked_phrases": 0,
+            "ambiguous_phrases": 0,
+            "dropped_by_reason": {},
+            "repaired_by_reason": {},
+            "boxes_dropped_by_reason": {},
+        },
+        "shards": rows,
+    }
+    dropped = [
+        {"ordinal": i, "id": None, "reason": "caption_empty", "detail": "", "shard": None}
+        for i in range(drops)
+    ]
     write_manifest(str(tmp_path), manifest, [], dropped)
     return load_manifest(str(tmp_path))
 

@@ -22,14 +22,24 @@ def slurm():
     if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         if os.geteuid() != 0:
             pytest.skip("no running Slurm, and starting one needs root (slurm/local/start-local-slurm.sh)")
-        subprocess.run(["bash", REPO / "slurm/local/start-local-slurm.sh"], check=True, capture_output=True,
-                       timeout=600)
+        subprocess.run(
+            ["bash", REPO / "slurm/local/start-local-slurm.sh"], check=True, capture_output=True, timeout=600
+        )
 
 
 def test_sbatch_train_beta_completes_with_a_checkpoint(slurm, tmp_path, generated_shards):
     out = tmp_path / "beta"
-    sbatch("slurm/train_beta.sh", out, f"data.manifests=[{generated_shards}]", "steps=4",
-           "data.batch_size=8", "data.workers=1", "checkpoint.every=2", "log_every=1", wait=True)
+    sbatch(
+        "slurm/train_beta.sh",
+        out,
+        f"data.manifests=[{generated_shards}]",
+        "steps=4",
+        "data.batch_size=8",
+        "data.workers=1",
+        "checkpoint.every=2",
+        "log_every=1",
+        wait=True,
+    )
     log = job_log(out)
     assert "2 tasks on localhost" in log and "finished at step 4" in log, log[-4000:]
     assert (out / "checkpoints/step-00000004").is_dir() and (out / "export/open_clip_model.pt").exists()
@@ -38,8 +48,17 @@ def test_sbatch_train_beta_completes_with_a_checkpoint(slurm, tmp_path, generate
 
 def test_sigusr1_checkpoints_requeues_and_finishes(slurm, tmp_path, generated_shards):
     out = tmp_path / "harmo"
-    job = sbatch("slurm/train_harmo.sh", out, f"data.manifests=[{generated_shards}]", "steps=60",
-                 "data.batch_size=8", "data.workers=1", "checkpoint.every=1000", "log_every=1", wait=False)
+    job = sbatch(
+        "slurm/train_harmo.sh",
+        out,
+        f"data.manifests=[{generated_shards}]",
+        "steps=60",
+        "data.batch_size=8",
+        "data.workers=1",
+        "checkpoint.every=1000",
+        "log_every=1",
+        wait=False,
+    )
     deadline = time.time() + 600
     while len(logged_steps(out)) < 3:
         running = job_state(job)["JobState"] in ("PENDING", "RUNNING")

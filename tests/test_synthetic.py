@@ -58,16 +58,25 @@ def test_captions_are_long_and_name_every_object_where_its_box_is(tmp_path):
 def test_broken_records_are_written_as_asked(tmp_path, fmt):
     cfg = SyntheticConfig(num_records=20, num_broken=2 * len(BROKEN_KINDS), index_format=fmt)
     summary = write_corpus(str(tmp_path), cfg)
-    expected_kinds = set(BROKEN_KINDS) - ({"non_string_caption", "invalid_utf8", "unparseable_line"}
-                                          if fmt == "parquet" else set())
+    expected_kinds = set(BROKEN_KINDS) - (
+        {"non_string_caption", "invalid_utf8", "unparseable_line"} if fmt == "parquet" else set()
+    )
     assert set(summary.broken) == expected_kinds
     assert sum(summary.broken.values()) == 2 * len(BROKEN_KINDS)
     items = list(read_index(summary.index, max_caption_chars=20_000))
     assert len(items) == summary.records == 20 + 2 * len(BROKEN_KINDS)
     drops = [i for i in items if isinstance(i, Drop)]
     # dropped on read: caption, id and line problems; image problems surface later, in the workers
-    on_read = {"empty_caption", "whitespace_caption", "non_string_caption", "huge_caption", "invalid_utf8",
-               "duplicate_id", "missing_field", "unparseable_line"}
+    on_read = {
+        "empty_caption",
+        "whitespace_caption",
+        "non_string_caption",
+        "huge_caption",
+        "invalid_utf8",
+        "duplicate_id",
+        "missing_field",
+        "unparseable_line",
+    }
     assert len(drops) == sum(n for k, n in summary.broken.items() if k in on_read)
 
 
@@ -76,7 +85,7 @@ def test_huge_caption_is_one_mebibyte_and_bomb_is_small_on_disk(tmp_path):
     lines = (tmp_path / "records.jsonl").read_bytes().splitlines()
 
     def broken(kind: str) -> dict:
-        [line] = [line for line in lines if f"-{kind}\"".encode() in line]
+        [line] = [line for line in lines if f'-{kind}"'.encode() in line]
         return json.loads(line)
 
     assert len(broken("huge_caption")["caption"]) == 2**20

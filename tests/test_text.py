@@ -12,8 +12,10 @@ from pipeline.text.lexeme import Lexeme
 from pipeline.text.nlp import ModelUnavailable, load_nlp
 from pipeline.text.parser import CaptionParser
 
-SHAPES = ("A large red circle sits in the upper left, just above a small blue square. "
-          "The small blue square is to the left of a medium green triangle.")
+SHAPES = (
+    "A large red circle sits in the upper left, just above a small blue square. "
+    "The small blue square is to the left of a medium green triangle."
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,10 @@ def kinds_and_texts(h: TextHierarchy):
 
 def test_shapes_caption_gives_exact_sentences_and_phrases(parser):
     [h] = parser.parse([SHAPES])
-    assert h.sentences == ["A large red circle sits in the upper left, just above a small blue square.",
-                           "The small blue square is to the left of a medium green triangle."]
+    assert h.sentences == [
+        "A large red circle sits in the upper left, just above a small blue square.",
+        "The small blue square is to the left of a medium green triangle.",
+    ]
     assert kinds_and_texts(h) == [
         ("noun_chunk", 0, "A large red circle"),
         ("relation", 0, "sits in the upper left"),
@@ -49,40 +53,90 @@ def test_shapes_caption_gives_exact_sentences_and_phrases(parser):
     assert h.lexemes[-1] == Lexeme("triangle", ("medium", "green"))
 
 
-@pytest.mark.parametrize("caption, expected", [
-    # "next to" starts a spatial phrase; it attaches to the verb, so it is not part of "a tree"
-    ("A small blue square is placed above a tree next to the house.",
-     [("noun_chunk", "A small blue square"), ("relation", "is placed above a tree"),
-      ("spatial", "above a tree"), ("noun_chunk", "a tree"), ("spatial", "next to the house"),
-      ("noun_chunk", "the house")]),
-    ("A dog chases a cat across the green lawn, and the cat hides under a wooden bench.",
-     [("noun_chunk", "A dog"), ("noun_chunk", "a cat"), ("spatial", "across the green lawn"),
-      ("noun_chunk", "the green lawn"), ("noun_chunk", "the cat"),
-      ("relation", "hides under a wooden bench"), ("spatial", "under a wooden bench"),
-      ("noun_chunk", "a wooden bench")]),
-    # auxiliaries belong to the relation; the picture itself and pronouns are trivial
-    ("In this image, two red circles can be seen in the corner of the picture. It has a black outline.",
-     [("noun_chunk", "two red circles"), ("relation", "can be seen in the corner of the picture"),
-      ("spatial", "in the corner of the picture"), ("noun_chunk", "a black outline")]),
-    # a verb group keeps its auxiliaries and inner adverbs, not a leading adverb
-    ("A circle can also be seen in the box. Then it sits quietly next to a dog.",
-     [("noun_chunk", "A circle"), ("relation", "can also be seen in the box"), ("spatial", "in the box"),
-      ("noun_chunk", "the box"), ("relation", "sits quietly next to a dog"), ("spatial", "next to a dog"),
-      ("noun_chunk", "a dog")]),
-    # a sentence adverb or conjunction is not part of the noun chunk; pronoun objects are trivial
-    ("Then the cat sleeps on a mat next to it.",
-     [("noun_chunk", "the cat"), ("relation", "sleeps on a mat"), ("spatial", "on a mat"),
-      ("noun_chunk", "a mat")]),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        # "next to" starts a spatial phrase; it attaches to the verb, so it is not part of "a tree"
+        (
+            "A small blue square is placed above a tree next to the house.",
+            [
+                ("noun_chunk", "A small blue square"),
+                ("relation", "is placed above a tree"),
+                ("spatial", "above a tree"),
+                ("noun_chunk", "a tree"),
+                ("spatial", "next to the house"),
+                ("noun_chunk", "the house"),
+            ],
+        ),
+        (
+            "A dog chases a cat across the green lawn, and the cat hides under a wooden bench.",
+            [
+                ("noun_chunk", "A dog"),
+                ("noun_chunk", "a cat"),
+                ("spatial", "across the green lawn"),
+                ("noun_chunk", "the green lawn"),
+                ("noun_chunk", "the cat"),
+                ("relation", "hides under a wooden bench"),
+                ("spatial", "under a wooden bench"),
+                ("noun_chunk", "a wooden bench"),
+            ],
+        ),
+        # auxiliaries belong to the relation; the picture itself and pronouns are trivial
+        (
+            "In this image, two red circles can be seen in the corner of the picture. "
+            "It has a black outline.",
+            [
+                ("noun_chunk", "two red circles"),
+                ("relation", "can be seen in the corner of the picture"),
+                ("spatial", "in the corner of the picture"),
+                ("noun_chunk", "a black outline"),
+            ],
+        ),
+        # a verb group keeps its auxiliaries and inner adverbs, not a leading adverb
+        (
+            "A circle can also be seen in the box. Then it sits quietly next to a dog.",
+            [
+                ("noun_chunk", "A circle"),
+                ("relation", "can also be seen in the box"),
+                ("spatial", "in the box"),
+                ("noun_chunk", "the box"),
+                ("relation", "sits quietly next to a dog"),
+                ("spatial", "next to a dog"),
+                ("noun_chunk", "a dog"),
+            ],
+        ),
+        # a sentence adverb or conjunction is not part of the noun chunk; pronoun objects are trivial
+        (
+            "Then the cat sleeps on a mat next to it.",
+            [
+                ("noun_chunk", "the cat"),
+                ("relation", "sleeps on a mat"),
+                ("spatial", "on a mat"),
+                ("noun_chunk", "a mat"),
+            ],
+        ),
+    ],
+)
 def test_phrase_rules(parser, caption, expected):
     [h] = parser.parse([caption])
     assert [(p.kind, p.text) for p in h.phrases] == expected
 
 
-@pytest.mark.parametrize("caption", [
-    "The image.", "image", "This picture shows it.", "In this photo, they are there.", "Wow, so bright!",
-    "", "   \n\t ", "!!! ??? ...", "12345", "— … —",
-])
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "The image.",
+        "image",
+        "This picture shows it.",
+        "In this photo, they are there.",
+        "Wow, so bright!",
+        "",
+        "   \n\t ",
+        "!!! ??? ...",
+        "12345",
+        "— … —",
+    ],
+)
 def test_trivial_or_empty_captions_give_no_phrases(parser, caption):
     [h] = parser.parse([caption])
     assert h.phrases == [] and h.lexemes == []
@@ -95,21 +149,32 @@ def test_duplicates_are_case_insensitive_and_first_wins(parser):
     assert [(p.sentence, p.text) for p in h.phrases] == [(0, "A red circle")]
 
 
-@pytest.mark.parametrize("caption", [
-    SHAPES,
-    "Héllo wörld 🙂, a 🐶 dog\u200b sits on the\u00a0mat.\n\n\n"
-    "  The Café’s red umbrella — über-tall — stands by a bench.",
-    "  Leading spaces. \r\n A cat (white) lies on a sofa ; a dog sits near the door…",
-    "日本語のテキスト。A red circle sits on a blue square.",
-])
+@pytest.mark.parametrize(
+    "caption",
+    [
+        SHAPES,
+        "Héllo wörld 🙂, a 🐶 dog\u200b sits on the\u00a0mat.\n\n\n"
+        "  The Café’s red umbrella — über-tall — stands by a bench.",
+        "  Leading spaces. \r\n A cat (white) lies on a sofa ; a dog sits near the door…",
+        "日本語のテキスト。A red circle sits on a blue square.",
+    ],
+)
 def test_offsets_index_the_original_caption(parser, caption):
     [h] = parser.parse([caption])
     assert h.phrases
     for p in h.phrases:
-        assert caption[p.start:p.end] == p.text and p.text == p.text.strip()
+        assert caption[p.start : p.end] == p.text and p.text == p.text.strip()
         assert p.text in h.sentences[p.sentence] and p.region is None
-    sample = Sample(id="x", source="t", width=8, height=8, caption=caption, sentences=h.sentences,
-                    phrases=h.phrases, regions=[])
+    sample = Sample(
+        id="x",
+        source="t",
+        width=8,
+        height=8,
+        caption=caption,
+        sentences=h.sentences,
+        phrases=h.phrases,
+        regions=[],
+    )
     assert Sample.from_json(json.loads(json.dumps(sample.to_json()))) == sample
 
 
@@ -124,21 +189,27 @@ def test_sentence_cap_comes_first_then_phrase_cap(parser):
     assert {p.sentence for p in capped.phrases} == {0}
     assert [p.text for p in capped.phrases][-1] == "a small blue square"
     few = hierarchy(parser, SHAPES, max_phrases=3)
-    assert [p.text for p in few.phrases] == ["A large red circle", "sits in the upper left",
-                                             "in the upper left"]
+    assert [p.text for p in few.phrases] == [
+        "A large red circle",
+        "sits in the upper left",
+        "in the upper left",
+    ]
     assert len(few.lexemes) == 3
     assert hierarchy(parser, SHAPES, max_phrases=0).phrases == []
 
 
 def test_very_long_caption(parser):
-    things = [f"{size} {colour} {shape}" for size in ("small", "medium", "large")
-              for colour in ("red", "blue", "green", "yellow", "purple")
-              for shape in ("circle", "square", "star")]
+    things = [
+        f"{size} {colour} {shape}"
+        for size in ("small", "medium", "large")
+        for colour in ("red", "blue", "green", "yellow", "purple")
+        for shape in ("circle", "square", "star")
+    ]
     caption = " ".join(f"A {a} sits next to the {b}." for a, b in zip(things, things[1:] + things))
     caption = (caption * 10)[:20_000]
     [h] = parser.parse([caption])
     assert len(h.sentences) == 16 and len(h.phrases) > 32
-    assert all(caption[p.start:p.end] == p.text and p.sentence < 16 for p in h.phrases)
+    assert all(caption[p.start : p.end] == p.text and p.sentence < 16 for p in h.phrases)
 
 
 def test_batch_keeps_order_and_matches_single_parses(parser):
@@ -151,15 +222,18 @@ def test_hierarchy_json_round_trip(parser):
     assert TextHierarchy.from_json(json.loads(json.dumps(h.to_json()))) == h
 
 
-@pytest.mark.parametrize("label, lexeme", [
-    ("large red circle", Lexeme("circle", ("large", "red"))),
-    ("Red Square", Lexeme("square", ("red",))),
-    ("dog", Lexeme("dog")),
-    ("traffic lights", Lexeme("light", ("traffic",))),
-    ("two circles", Lexeme("circle")),  # counts are not attributes
-    ("", Lexeme("")),
-    ("  ", Lexeme("")),
-])
+@pytest.mark.parametrize(
+    "label, lexeme",
+    [
+        ("large red circle", Lexeme("circle", ("large", "red"))),
+        ("Red Square", Lexeme("square", ("red",))),
+        ("dog", Lexeme("dog")),
+        ("traffic lights", Lexeme("light", ("traffic",))),
+        ("two circles", Lexeme("circle")),  # counts are not attributes
+        ("", Lexeme("")),
+        ("  ", Lexeme("")),
+    ],
+)
 def test_label_lexemes(parser, label, lexeme):
     assert parser.lexemes([label]) == [lexeme]
 
@@ -185,15 +259,18 @@ def test_missing_model_error_names_every_model_tried():
         load_nlp(TextConfig(spacy_model="no_such_model_a", fallback_models=("no_such_model_b",)))
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"spacy_model": ""}, "spacy_model"),
-    ({"fallback_models": ("",)}, "fallback_models"),
-    ({"max_sentences": 0}, "max_sentences"),
-    ({"max_phrases": -1}, "max_phrases"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"frame_nouns": ("Image",)}, "frame_nouns"),
-    ({"location_nouns": ("upper left",)}, "location_nouns"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"spacy_model": ""}, "spacy_model"),
+        ({"fallback_models": ("",)}, "fallback_models"),
+        ({"max_sentences": 0}, "max_sentences"),
+        ({"max_phrases": -1}, "max_phrases"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"frame_nouns": ("Image",)}, "frame_nouns"),
+        ({"location_nouns": ("upper left",)}, "location_nouns"),
+    ],
+)
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"^{field}:"):
         TextConfig(**kwargs)

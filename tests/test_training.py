@@ -31,9 +31,22 @@ def _free_port() -> int:
 
 
 def torchrun(config: str, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "train/train.py", "--config", config, "device=cpu", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(ranks),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "train/train.py",
+        "--config",
+        config,
+        "device=cpu",
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -46,8 +59,15 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def _args(shards: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.manifests=[{shards}]", f"output={out}", "data.batch_size=8", "data.workers=1",
-            "log_every=1", "checkpoint.every=2", *extra]
+    return [
+        f"data.manifests=[{shards}]",
+        f"output={out}",
+        "data.batch_size=8",
+        "data.workers=1",
+        "log_every=1",
+        "checkpoint.every=2",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
@@ -66,7 +86,10 @@ def test_zero_stage_resumes_exactly(generated_shards, tmp_path, stage):
     assert sorted(got) == sorted(expected) == list(range(1, 9))
     for step in range(5, 9):
         assert abs(got[step] - expected[step]) <= TOLERANCE, (step, got[step], expected[step])
-    assert sorted(p.name for p in (split / "checkpoints").glob("step-*")) == ["step-00000006", "step-00000008"]
+    assert sorted(p.name for p in (split / "checkpoints").glob("step-*")) == [
+        "step-00000006",
+        "step-00000008",
+    ]
 
 
 def test_zero3_checkpoint_resumes_on_another_number_of_ranks(generated_shards, tmp_path):
@@ -78,8 +101,9 @@ def test_zero3_checkpoint_resumes_on_another_number_of_ranks(generated_shards, t
     whole, resized = tmp_path / "whole", tmp_path / "resized"
     torchrun("configs/train/beta_tiny.yaml", *_args(generated_shards, whole, *common))
     torchrun("configs/train/beta_tiny.yaml", *_args(generated_shards, resized, *common, "stop_after=2"))
-    second = torchrun("configs/train/beta_tiny.yaml", ranks=1,
-                      *_args(generated_shards, resized, *common, "grad_accum=2"))
+    second = torchrun(
+        "configs/train/beta_tiny.yaml", *_args(generated_shards, resized, *common, "grad_accum=2"), ranks=1
+    )
     assert "re-partitioned from 2 to 1 ranks" in second.stderr and "finished at step 4" in second.stdout
     assert not (resized / "checkpoints/universal").exists()
 
@@ -88,24 +112,34 @@ def test_zero3_checkpoint_resumes_on_another_number_of_ranks(generated_shards, t
         return [{k: v for k, v in row.items() if k.startswith("lr_")} for row in rows]
 
     assert learning_rates(resized) == learning_rates(whole) and len(learning_rates(whole)[-1]) == 4
-    optim = torch.load(resized / "checkpoints/step-00000004/zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                       weights_only=False)["optimizer_state_dict"]["optimizer_state_dict"]
+    optim = torch.load(
+        resized / "checkpoints/step-00000004/zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False
+    )["optimizer_state_dict"]["optimizer_state_dict"]
     assert [float(state["step"]) for state in optim["state"].values()] == [4.0] * 4
     assert [(g["name"], g["weight_decay"]) for g in optim["param_groups"]] == [
-        ("backbone_no_decay", 0.0), ("backbone", 0.1), ("heads_no_decay", 0.0), ("heads", 0.1)]
+        ("backbone_no_decay", 0.0),
+        ("backbone", 0.1),
+        ("heads_no_decay", 0.0),
+        ("heads", 0.1),
+    ]
     # the resized run's weights load like any other: the export consolidates the 1-rank checkpoint
     assert load_fine_grained(resized / "export") is not None
 
 
 def test_harmo_loss_decreases_and_export_loads_into_open_clip(generated_shards, tmp_path):
     out = tmp_path / "harmo"
-    torchrun("configs/train/harmo_tiny.yaml",
-             *_args(generated_shards, out, "zero_stage=3", "steps=30", "checkpoint.every=30"))
+    torchrun(
+        "configs/train/harmo_tiny.yaml",
+        *_args(generated_shards, out, "zero_stage=3", "steps=30", "checkpoint.every=30"),
+    )
     curve = losses(out)
     assert sum(curve[s] for s in range(26, 31)) < sum(curve[s] for s in range(1, 6))
 
-    cfg = load_config(TrainConfig, REPO / "configs/train/harmo_tiny.yaml", [f"output={out}",
-                                                                             f"data.manifests=[{generated_shards}]"])
+    cfg = load_config(
+        TrainConfig,
+        REPO / "configs/train/harmo_tiny.yaml",
+        [f"output={out}", f"data.manifests=[{generated_shards}]"],
+    )
     exported = load_exported(out / "export")
     trained = FineGrainedCLIP(cfg.model, with_pooler=False, with_region_head=True)
     trained.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoints")), strict=True)
@@ -113,7 +147,9 @@ def test_harmo_loss_decreases_and_export_loads_into_open_clip(generated_shards, 
     images = torch.randn(2, 3, 128, 128)
     texts = [["a large red circle in the upper left", "a red circle"], ["two blue squares", "blue squares"]]
     tokenizer = open_clip.get_tokenizer(cfg.model.name, context_length=cfg.model.context_length)
-    batch = Batch.from_lists(images, texts, [[((0, 0, 64, 64), 1)], []], tokenizer, num_slots=2, num_regions=1)
+    batch = Batch.from_lists(
+        images, texts, [[((0, 0, 64, 64), 1)], []], tokenizer, num_slots=2, num_regions=1
+    )
     with torch.no_grad():
         out_train = trained(batch)
         image = torch.nn.functional.normalize(exported.encode_image(images), dim=-1)
@@ -123,8 +159,12 @@ def test_harmo_loss_decreases_and_export_loads_into_open_clip(generated_shards, 
 
     # The export command, from a checkpoint folder: the whole model, region head included, comes back.
     again = tmp_path / "again"
-    subprocess.run([sys.executable, "-m", "pipeline", "export", str(out / "checkpoints/step-00000030"), str(again)],
-                   cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "export", str(out / "checkpoints/step-00000030"), str(again)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     with torch.no_grad():
         out_loaded = load_fine_grained(again)(batch)
     for name in ("image", "text", "regions", "phrases"):
@@ -133,6 +173,8 @@ def test_harmo_loss_decreases_and_export_loads_into_open_clip(generated_shards, 
     # Lineage travels from the run into every checkpoint and export.
     for folder in (out, out / "checkpoints/step-00000030", out / "export", again):
         lineage = json.loads((folder / "lineage.json").read_text())
-        assert lineage["datasets"][0]["sha256"] == hashlib.sha256(
-            (generated_shards / "dataset.json").read_bytes()).hexdigest()
+        assert (
+            lineage["datasets"][0]["sha256"]
+            == hashlib.sha256((generated_shards / "dataset.json").read_bytes()).hexdigest()
+        )
         assert lineage["config"]["zero_stage"] == 3 and lineage["packages"]["deepspeed"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from pipeline.config import config_from_command_line, exit_on_user_error  # noqa: E402
-from pipeline.training.config import TrainConfig  # noqa: E402
-from pipeline.training.loop import train  # noqa: E402
+from pipeline.config import config_from_command_line, exit_on_user_error
+from pipeline.training.config import TrainConfig
+from pipeline.training.loop import train
 
 if __name__ == "__main__":
     cfg = config_from_command_line(TrainConfig, __doc__)

@@ -47,8 +47,9 @@ class EvalConfig:
         if not self.recall_ks or any(k < 1 for k in self.recall_ks):
             raise ValueError(f"recall_ks: need values >= 1, got {list(self.recall_ks)}")
         if not isinstance(self.attributes, dict) or not all(
-                isinstance(v, list) and len(v) >= 2 and all(isinstance(w, str) and w for w in v)
-                for v in self.attributes.values()):
+            isinstance(v, list) and len(v) >= 2 and all(isinstance(w, str) and w for w in v)
+            for v in self.attributes.values()
+        ):
             raise ValueError("attributes: expected a mapping of group → list of at least two words")
         words = [w for values in self.attributes.values() for w in values]
         if len(set(words)) != len(words):

@@ -26,8 +26,9 @@ def retrieval_recall(image: torch.Tensor, text: torch.Tensor, ks: Sequence[int])
     return {**{f"i2t_R@{k}": _percent(i2t < k) for k in ks}, **{f"t2i_R@{k}": _percent(t2i < k) for k in ks}}
 
 
-def topk_accuracy(regions: torch.Tensor, classes: torch.Tensor, targets: torch.Tensor,
-                  ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+def topk_accuracy(
+    regions: torch.Tensor, classes: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
     """Box classification: regions [N, D] against class texts [C, D]; ``targets`` [N] class indices."""
     scores = regions @ classes.T
     rank = (scores > scores.gather(1, targets[:, None])).sum(dim=1)
@@ -70,8 +71,9 @@ class Trial:
     difficulty: str  # hard | medium | easy
 
 
-def make_trials(labels: Sequence[str], attributes: dict[str, list[str]], num_negatives: int,
-                seed: int) -> tuple[list[Trial], int]:
+def make_trials(
+    labels: Sequence[str], attributes: dict[str, list[str]], num_negatives: int, seed: int
+) -> tuple[list[Trial], int]:
     """One trial per box and difficulty, with up to ``num_negatives`` negatives drawn (seeded) from
     every label that changes exactly that many attribute groups. Returns (trials, boxes whose label
     could not be parsed into the groups)."""
@@ -90,8 +92,9 @@ def make_trials(labels: Sequence[str], attributes: dict[str, list[str]], num_neg
     return trials, unparsed
 
 
-def attribute_pairs(labels: Sequence[str], attributes: dict[str, list[str]]
-                    ) -> list[tuple[int, str, str, str]]:
+def attribute_pairs(
+    labels: Sequence[str], attributes: dict[str, list[str]]
+) -> list[tuple[int, str, str, str]]:
     """Every (box, true label, label with one group swapped, group): the per-attribute breakdown."""
     pairs = []
     for box, label in enumerate(labels):
@@ -103,8 +106,9 @@ def attribute_pairs(labels: Sequence[str], attributes: dict[str, list[str]]
     return pairs
 
 
-def trial_accuracy(trials: Sequence[Trial], regions: torch.Tensor, text: dict[str, torch.Tensor]
-                   ) -> dict[str, float]:
+def trial_accuracy(
+    trials: Sequence[Trial], regions: torch.Tensor, text: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """% of trials, per difficulty, where the true label scores above every negative."""
     wins: dict[str, list[bool]] = {d: [] for d in DIFFICULTIES.values()}
     for t in trials:
@@ -113,8 +117,9 @@ def trial_accuracy(trials: Sequence[Trial], regions: torch.Tensor, text: dict[st
     return {d: _percent(torch.tensor(w)) for d, w in wins.items() if w}
 
 
-def pair_accuracy(pairs: Sequence[tuple[int, str, str, str]], regions: torch.Tensor,
-                  text: dict[str, torch.Tensor]) -> dict[str, float]:
+def pair_accuracy(
+    pairs: Sequence[tuple[int, str, str, str]], regions: torch.Tensor, text: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """% of (true, one-attribute-swapped) pairs the region prefers the true label in, per group."""
     wins: dict[str, list[bool]] = {}
     for box, true, negative, group in pairs:
@@ -128,8 +133,9 @@ def chance_levels(num_images: int, num_classes: int, trials: Sequence[Trial], ks
     for t in trials:
         per_difficulty.setdefault(t.difficulty, []).append(1 / (1 + len(t.negatives)))
     return {
-        "retrieval": {f"{d}_R@{k}": round(100 * min(k, num_images) / num_images, 2)
-                      for d in ("i2t", "t2i") for k in ks},
+        "retrieval": {
+            f"{d}_R@{k}": round(100 * min(k, num_images) / num_images, 2) for d in ("i2t", "t2i") for k in ks
+        },
         "boxes": {f"top{k}": round(100 * min(k, num_classes) / max(num_classes, 1), 2) for k in (1, 5)},
         "fgovd": {d: round(100 * sum(v) / len(v), 2) for d, v in per_difficulty.items()},
     }

@@ -31,8 +31,9 @@ def load_model(spec: str, device: torch.device) -> FineGrainedCLIP:
     if spec.startswith(OPENCLIP_PREFIX):
         name, _, tag = spec.removeprefix(OPENCLIP_PREFIX).partition(":")
         torch.manual_seed(0)
-        model = FineGrainedCLIP(ModelConfig(name=name, pretrained=tag or None), with_pooler=False,
-                                with_region_head=False)
+        model = FineGrainedCLIP(
+            ModelConfig(name=name, pretrained=tag or None), with_pooler=False, with_region_head=False
+        )
     else:
         model = load_fine_grained(export_folder(spec))
     return model.to(device).eval()
@@ -43,8 +44,10 @@ def export_folder(spec: str) -> Path:
     path = Path(spec)
     export = path / "export" if (path / "export").is_dir() else path
     if not (export / "open_clip_model.pt").exists():
-        raise FileNotFoundError(f"checkpoints: {spec} is neither a run folder with export/ nor an export "
-                                "(python -m pipeline export RUN OUT makes one from any checkpoint)")
+        raise FileNotFoundError(
+            f"checkpoints: {spec} is neither a run folder with export/ nor an export "
+            "(python -m pipeline export RUN OUT makes one from any checkpoint)"
+        )
     return export
 
 
@@ -61,12 +64,13 @@ def embed_images(model: FineGrainedCLIP, images: list[EvalImage], batch_size: in
     to the model's square input (nothing cropped) and the boxes scaled with it."""
     visual = model.clip.visual
     size = visual.image_size[0]
-    to_tensor = transforms.Compose([transforms.ToTensor(),
-                                    transforms.Normalize(visual.image_mean, visual.image_std)])
+    to_tensor = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(visual.image_mean, visual.image_std)]
+    )
     device = next(model.parameters()).device
     globals_, regions, head_regions = [], [], []
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         pixels = torch.stack([to_tensor(model_input_image(im.jpg, size)[0]) for im in chunk]).to(device)
         image, grid = encode_image_dense(visual, pixels, model.cfg.dense)
         globals_.append(F.normalize(image, dim=-1))
@@ -75,8 +79,10 @@ def embed_images(model: FineGrainedCLIP, images: list[EvalImage], batch_size: in
         for b, im in enumerate(chunk):
             if im.boxes:
                 scale = torch.tensor([size / im.width, size / im.height] * 2, device=device)
-                boxes[b, :counts[b]] = torch.tensor(im.boxes, device=device) * scale
-        mask = torch.arange(boxes.shape[1], device=device)[None] < torch.tensor(counts, device=device)[:, None]
+                boxes[b, : counts[b]] = torch.tensor(im.boxes, device=device) * scale
+        mask = (
+            torch.arange(boxes.shape[1], device=device)[None] < torch.tensor(counts, device=device)[:, None]
+        )
         features = pool_regions(grid, boxes, pixels.shape[-2:])[mask]
         regions.extend(F.normalize(features @ visual.proj, dim=-1).split(counts))
         if model.region_head is not None:
@@ -90,7 +96,8 @@ def embed_texts(model: FineGrainedCLIP, texts: list[str], batch_size: int = 256)
     """[N, D] L2-normalised text embeddings; longer texts are cut at the model's context length."""
     tokenizer = open_clip.get_tokenizer(model.cfg.name, context_length=model.clip.context_length)
     device = next(model.parameters()).device
-    out = [encode_tokens(model.clip, tokenizer(texts[i:i + batch_size]).to(device))
-           for i in range(0, len(texts), batch_size)]
+    out = [
+        encode_tokens(model.clip, tokenizer(texts[i : i + batch_size]).to(device))
+        for i in range(0, len(texts), batch_size)
+    ]
     return F.normalize(torch.cat(out), dim=-1)
-

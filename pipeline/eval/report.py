@@ -32,8 +32,10 @@ class ModelResult:
     top_labels: list[str] = field(default_factory=list)  # per box: the roi view's best class
 
     def headline(self) -> str:
-        parts = [f"I2T R@1 {self.retrieval.get('i2t_R@1', math.nan):.1f}",
-                 f"T2I R@1 {self.retrieval.get('t2i_R@1', math.nan):.1f}"]
+        parts = [
+            f"I2T R@1 {self.retrieval.get('i2t_R@1', math.nan):.1f}",
+            f"T2I R@1 {self.retrieval.get('t2i_R@1', math.nan):.1f}",
+        ]
         if "roi" in self.boxes:
             parts.append(f"box top-1 {self.boxes['roi']['top1']:.1f}")
         if "roi" in self.fgovd and "hard" in self.fgovd["roi"]:
@@ -41,15 +43,39 @@ class ModelResult:
         return ", ".join(parts)
 
 
-def write_report(out: Path, cfg: EvalConfig, data: dict, results: list[ModelResult], images: list[EvalImage],
-                 classes: list[str], lineage: dict) -> Path:
+def write_report(
+    out: Path,
+    cfg: EvalConfig,
+    data: dict,
+    results: list[ModelResult],
+    images: list[EvalImage],
+    classes: list[str],
+    lineage: dict,
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(
-        {"data": data, "config": to_dict(cfg), "lineage": lineage,
-         "models": {r.name: {k: v for k, v in asdict(r).items() if k not in ("name", "top_labels")}
-                    for r in results}}, indent=1))
-    plots = [p for p in (_training_curves(out, results), _attribute_plot(out, results),
-                         _examples_plot(out, results, images, cfg.examples)) if p]
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "data": data,
+                "config": to_dict(cfg),
+                "lineage": lineage,
+                "models": {
+                    r.name: {k: v for k, v in asdict(r).items() if k not in ("name", "top_labels")}
+                    for r in results
+                },
+            },
+            indent=1,
+        )
+    )
+    plots = [
+        p
+        for p in (
+            _training_curves(out, results),
+            _attribute_plot(out, results),
+            _examples_plot(out, results, images, cfg.examples),
+        )
+        if p
+    ]
     sections = _tables(cfg, data, results, len(classes))
     (out / "report.md").write_text(_markdown(sections, plots))
     (out / "report.html").write_text(_html(sections, plots))
@@ -61,32 +87,62 @@ def write_report(out: Path, cfg: EvalConfig, data: dict, results: list[ModelResu
 
 
 def _tables(cfg: EvalConfig, data: dict, results: list[ModelResult], num_classes: int) -> list[tuple]:
-    summary = (f"{data['path']}: {data['images']} images, {data['boxes']} labelled boxes, "
-               f"{num_classes} distinct labels.")
+    summary = (
+        f"{data['path']}: {data['images']} images, {data['boxes']} labelled boxes, "
+        f"{num_classes} distinct labels."
+    )
     sections = [("Data", summary, ["checkpoint", "spec"], [[r.name, r.spec] for r in results])]
     chance = data["chance"]
     keys = list(results[0].retrieval)
-    sections.append(("Long-caption retrieval (%)",
-                     "Global image embedding vs the embedding of the whole caption; one caption per image.",
-                     ["checkpoint", *keys], [[r.name, *(r.retrieval[k] for k in keys)] for r in results]
-                     + [["chance", *(chance["retrieval"][k] for k in keys)]]))
+    sections.append(
+        (
+            "Long-caption retrieval (%)",
+            "Global image embedding vs the embedding of the whole caption; one caption per image.",
+            ["checkpoint", *keys],
+            [[r.name, *(r.retrieval[k] for k in keys)] for r in results]
+            + [["chance", *(chance["retrieval"][k] for k in keys)]],
+        )
+    )
     for view, what in VIEWS.items():
         rows = [[r.name, r.boxes[view]["top1"], r.boxes[view]["top5"]] for r in results if view in r.boxes]
         if rows:
-            sections.append((f"Box classification (%), regions from {what}",
-                             f"Each box against all {num_classes} labels as \"{cfg.prompt}\".",
-                             ["checkpoint", "top-1", "top-5"],
-                             rows + [["chance", chance["boxes"]["top1"], chance["boxes"]["top5"]]]))
-        rows = [[r.name, *(r.fgovd[view].get(d, math.nan) for d in ("hard", "medium", "easy")),
-                 *(r.fgovd[view]["by_attribute"].get(g, math.nan) for g in cfg.attributes)]
-                for r in results if view in r.fgovd]
+            sections.append(
+                (
+                    f"Box classification (%), regions from {what}",
+                    f'Each box against all {num_classes} labels as "{cfg.prompt}".',
+                    ["checkpoint", "top-1", "top-5"],
+                    rows + [["chance", chance["boxes"]["top1"], chance["boxes"]["top5"]]],
+                )
+            )
+        rows = [
+            [
+                r.name,
+                *(r.fgovd[view].get(d, math.nan) for d in ("hard", "medium", "easy")),
+                *(r.fgovd[view]["by_attribute"].get(g, math.nan) for g in cfg.attributes),
+            ]
+            for r in results
+            if view in r.fgovd
+        ]
         if rows:
-            note = (f"The true label vs up to {cfg.num_negatives} negatives changing 1 (hard), 2 (medium) or 3 "
-                    "(easy) attributes; per attribute: true vs each single swap of it (chance 50).")
-            sections.append((f"FG-OVD-style (%), regions from {what}", note,
-                             ["checkpoint", "hard", "medium", "easy", *cfg.attributes],
-                             rows + [["chance", *(chance["fgovd"].get(d, math.nan) for d in ("hard", "medium", "easy")),
-                                      *[50.0] * len(cfg.attributes)]]))
+            note = (
+                f"The true label vs up to {cfg.num_negatives} negatives changing 1 (hard), 2 (medium) or 3 "
+                "(easy) attributes; per attribute: true vs each single swap of it (chance 50)."
+            )
+            sections.append(
+                (
+                    f"FG-OVD-style (%), regions from {what}",
+                    note,
+                    ["checkpoint", "hard", "medium", "easy", *cfg.attributes],
+                    rows
+                    + [
+                        [
+                            "chance",
+                            *(chance["fgovd"].get(d, math.nan) for d in ("hard", "medium", "easy")),
+                            *[50.0] * len(cfg.attributes),
+                        ]
+                    ],
+                )
+            )
     return sections
 
 
@@ -97,8 +153,16 @@ def _cell(value) -> str:
 def _markdown(sections: list[tuple], plots: list[str]) -> str:
     lines = ["# Evaluation report", ""]
     for title, note, header, rows in sections:
-        lines += [f"## {title}", "", note, "", "| " + " | ".join(header) + " |",
-                  "|" + "---|" * len(header), *("| " + " | ".join(map(_cell, row)) + " |" for row in rows), ""]
+        lines += [
+            f"## {title}",
+            "",
+            note,
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+            *("| " + " | ".join(map(_cell, row)) + " |" for row in rows),
+            "",
+        ]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -106,15 +170,24 @@ def _markdown(sections: list[tuple], plots: list[str]) -> str:
 def _html(sections: list[tuple], plots: list[str]) -> str:
     body = ["<h1>Evaluation report</h1>"]
     for title, note, header, rows in sections:
-        body += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(note)}</p>", "<table>",
-                 "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
-                 *("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows),
-                 "</table>"]
+        body += [
+            f"<h2>{html.escape(title)}</h2>",
+            f"<p>{html.escape(note)}</p>",
+            "<table>",
+            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
+            *("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows),
+            "</table>",
+        ]
     body += [f'<h2>{html.escape(p)}</h2><img src="{html.escape(p)}">' for p in plots]
-    style = "body{font-family:sans-serif;max-width:70em}table{border-collapse:collapse}" \
-            "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}img{max-width:100%}"
-    return f"<!doctype html><meta charset=utf-8><title>Evaluation report</title><style>{style}</style>\n" \
-           + "\n".join(body) + "\n"
+    style = (
+        "body{font-family:sans-serif;max-width:70em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><meta charset=utf-8><title>Evaluation report</title><style>{style}</style>\n"
+        + "\n".join(body)
+        + "\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,8 +222,12 @@ def _attribute_plot(out: Path, results: list[ModelResult]) -> str | None:
     fig = Figure(figsize=(2 + 1.5 * len(groups), 4))
     ax = fig.subplots()
     for i, r in enumerate(scored):
-        ax.bar([g + i * width for g in range(len(groups))],
-               [r.fgovd["roi"]["by_attribute"].get(g, math.nan) for g in groups], width, label=r.name)
+        ax.bar(
+            [g + i * width for g in range(len(groups))],
+            [r.fgovd["roi"]["by_attribute"].get(g, math.nan) for g in groups],
+            width,
+            label=r.name,
+        )
     ax.axhline(50, color="gray", linestyle="--", linewidth=1)
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
     ax.set(ylabel="true label preferred (%)", ylim=(0, 100), title="FG-OVD pairs by swapped attribute (RoI)")
@@ -183,9 +260,18 @@ def _examples_plot(out: Path, results: list[ModelResult], images: list[EvalImage
                 guess = r.top_labels[offsets[i] + k] if r.top_labels else ""
                 colour = "lime" if guess == label.lower() else "red"
                 x0, y0, x1, y1 = box
-                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
-                ax.text(x0, y0, guess, color="black", fontsize=6, va="bottom",
-                        bbox={"facecolor": colour, "alpha": 0.7, "pad": 1, "linewidth": 0})
+                ax.add_patch(
+                    Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5)
+                )
+                ax.text(
+                    x0,
+                    y0,
+                    guess,
+                    color="black",
+                    fontsize=6,
+                    va="bottom",
+                    bbox={"facecolor": colour, "alpha": 0.7, "pad": 1, "linewidth": 0},
+                )
     return _save(fig, out / "examples.png")
 
 

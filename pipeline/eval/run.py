@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: EvalConfig) -> Path:
     """Run every task for every checkpoint; returns the report folder."""
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = torch.device(
+        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     checkpoints = [parse_checkpoint(entry) for entry in cfg.checkpoints]
     for _, spec in checkpoints:  # before any work: every checkpoint is there
         if not spec.startswith(OPENCLIP_PREFIX):
@@ -35,23 +36,37 @@ def evaluate(cfg: EvalConfig) -> Path:
     trials, unparsed = metrics.make_trials(labels, cfg.attributes, cfg.num_negatives, cfg.seed)
     pairs = metrics.attribute_pairs(labels, cfg.attributes)
     label_texts = sorted({*classes, *(n for t in trials for n in t.negatives), *(p[2] for p in pairs)})
-    log.info("%d images, %d boxes, %d classes, %d FG-OVD trials (%d boxes' labels not parsed into %s)",
-             len(images), len(labels), len(classes), len(trials), unparsed, "/".join(cfg.attributes))
+    log.info(
+        "%d images, %d boxes, %d classes, %d FG-OVD trials (%d boxes' labels not parsed into %s)",
+        len(images),
+        len(labels),
+        len(classes),
+        len(trials),
+        unparsed,
+        "/".join(cfg.attributes),
+    )
 
     results = []
     for name, spec in checkpoints:
         started = time.time()
         model = load_model(spec, device)
-        result = _evaluate_model(name, spec, model, images, cfg,
-                                 classes, targets, trials, pairs, label_texts)
+        result = _evaluate_model(name, spec, model, images, cfg, classes, targets, trials, pairs, label_texts)
         log.info("%s: %s (%.0f s)", result.name, result.headline(), time.time() - started)
         results.append(result)
         del model
-    data = {"path": cfg.data, "images": len(images), "boxes": len(labels), "classes": len(classes),
-            "fgovd_trials": len(trials), "fgovd_unparsed_boxes": unparsed,
-            "chance": metrics.chance_levels(len(images), len(classes), trials, cfg.recall_ks)}
-    lineage = {**make_lineage([cfg.data], to_dict(cfg)),
-               "checkpoints": {r.name: _checkpoint_lineage(r.spec) for r in results}}
+    data = {
+        "path": cfg.data,
+        "images": len(images),
+        "boxes": len(labels),
+        "classes": len(classes),
+        "fgovd_trials": len(trials),
+        "fgovd_unparsed_boxes": unparsed,
+        "chance": metrics.chance_levels(len(images), len(classes), trials, cfg.recall_ks),
+    }
+    lineage = {
+        **make_lineage([cfg.data], to_dict(cfg)),
+        "checkpoints": {r.name: _checkpoint_lineage(r.spec) for r in results},
+    }
     return write_report(Path(cfg.out), cfg, data, results, images, classes, lineage)
 
 
@@ -65,13 +80,16 @@ def _checkpoint_lineage(spec: str) -> dict:
         return {"path": spec}
 
 
-def _evaluate_model(name, spec, model, images: list[EvalImage], cfg: EvalConfig, classes, targets, trials,
-                    pairs, label_texts) -> ModelResult:
+def _evaluate_model(
+    name, spec, model, images: list[EvalImage], cfg: EvalConfig, classes, targets, trials, pairs, label_texts
+) -> ModelResult:
     embedded = embed_images(model, images, cfg.batch_size)
     captions = embed_texts(model, [im.caption for im in images])
     text = dict(zip(label_texts, embed_texts(model, [cfg.prompt.format(t) for t in label_texts])))
     class_emb = torch.stack([text[c] for c in classes])
-    result = ModelResult(name, spec, retrieval=metrics.retrieval_recall(embedded.image, captions, cfg.recall_ks))
+    result = ModelResult(
+        name, spec, retrieval=metrics.retrieval_recall(embedded.image, captions, cfg.recall_ks)
+    )
     views = {"roi": embedded.regions, "head": embedded.head_regions}
     for view, per_image in views.items():
         if per_image is None or not len(targets):
@@ -79,8 +97,12 @@ def _evaluate_model(name, spec, model, images: list[EvalImage], cfg: EvalConfig,
         regions = torch.cat(per_image)
         result.boxes[view] = metrics.topk_accuracy(regions, class_emb, targets)
         if trials:
-            result.fgovd[view] = {**metrics.trial_accuracy(trials, regions, text),
-                                  "by_attribute": metrics.pair_accuracy(pairs, regions, text)}
+            result.fgovd[view] = {
+                **metrics.trial_accuracy(trials, regions, text),
+                "by_attribute": metrics.pair_accuracy(pairs, regions, text),
+            }
         if view == "roi":
-            result.top_labels = [classes[row[0]] for row in metrics.top_labels(regions, class_emb, 1).tolist()]
+            result.top_labels = [
+                classes[row[0]] for row in metrics.top_labels(regions, class_emb, 1).tolist()
+            ]
     return result

@@ -30,8 +30,9 @@ def ground_request(request: GroundingRequest) -> Grounding:
     for i, lexeme in enumerate(request.lexemes):
         match = best_match(lexeme, request.annotations) if lexeme else []
         links.append([named[i]] if len(match) > 1 and named.get(i) in match else match)
-    return Grounding(regions, [m[0] if len(m) == 1 else None for m in links],
-                     ambiguous=sum(len(m) > 1 for m in links))
+    return Grounding(
+        regions, [m[0] if len(m) == 1 else None for m in links], ambiguous=sum(len(m) > 1 for m in links)
+    )
 
 
 def best_match(phrase: Lexeme, annotations: list[Annotation]) -> list[int]:
@@ -42,8 +43,11 @@ def best_match(phrase: Lexeme, annotations: list[Annotation]) -> list[int]:
     "large red circle", "blue circle" does not); a bare label ("circle") fits any phrase with
     that head. The best fits share the most attributes with the phrase.
     """
-    shared = {i: len(set(phrase.modifiers) & set(a.lexeme.modifiers))
-              for i, a in enumerate(annotations) if phrase.head and _fits(phrase, a.lexeme)}
+    shared = {
+        i: len(set(phrase.modifiers) & set(a.lexeme.modifiers))
+        for i, a in enumerate(annotations)
+        if phrase.head and _fits(phrase, a.lexeme)
+    }
     top = max(shared.values(), default=0)
     return [i for i, n in shared.items() if n == top]
 

@@ -46,5 +46,6 @@ class GroundingConfig:
         if self.name == "detector" and self.detector is None:
             object.__setattr__(self, "detector", DetectorConfig())
         if self.name != "detector" and self.detector is not None:
-            raise ValueError(f"detector: set, but name is {self.name!r}; the section is read only by "
-                             "name=detector")
+            raise ValueError(
+                f"detector: set, but name is {self.name!r}; the section is read only by name=detector"
+            )

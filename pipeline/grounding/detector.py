@@ -46,7 +46,8 @@ class DetectorGrounder:
         from transformers import AutoModelForZeroShotObjectDetection
 
         model = AutoModelForZeroShotObjectDetection.from_pretrained(
-            self.cfg.model, revision=self.cfg.revision, dtype=self.dtype)
+            self.cfg.model, revision=self.cfg.revision, dtype=self.dtype
+        )
         log.info("detector %s on %s (%s)", self.cfg.model, self.device, self.dtype)
         return model.to(self.device).eval()
 
@@ -55,29 +56,45 @@ class DetectorGrounder:
         groundings = [Grounding([], [None] * len(r.phrases)) for r in requests]
         todo = [i for i, q in enumerate(queries) if q]  # an image with nothing to look for costs nothing
         for start in range(0, len(todo), self.cfg.batch_size):
-            chunk = todo[start:start + self.cfg.batch_size]
-            logits, boxes = self.detect([requests[i].image for i in chunk],
-                                        [[requests[i].phrases[p].text for p in queries[i]] for i in chunk])
+            chunk = todo[start : start + self.cfg.batch_size]
+            logits, boxes = self.detect(
+                [requests[i].image for i in chunk],
+                [[requests[i].phrases[p].text for p in queries[i]] for i in chunk],
+            )
             for k, i in enumerate(chunk):  # queries beyond an image's own are padding: cut off
-                groundings[i] = ground_detections(requests[i], queries[i], logits[k, :, :len(queries[i])],
-                                                  boxes[k], self.cfg.score_threshold, self.cfg.nms_iou)
+                groundings[i] = ground_detections(
+                    requests[i],
+                    queries[i],
+                    logits[k, :, : len(queries[i])],
+                    boxes[k],
+                    self.cfg.score_threshold,
+                    self.cfg.nms_iou,
+                )
         return groundings
 
     @torch.inference_mode()
     def detect(self, images: list, texts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass: logits (images, boxes, max queries) and boxes (images, boxes, 4) as
         OWLv2 gives them (cx, cy, w, h relative to the padded square), float32 on the CPU."""
-        inputs = self.processor(images=images, text=texts, return_tensors="pt", truncation=True,
-                                device=self.device)  # OWLv2's text encoder has 16 positions
+        inputs = self.processor(
+            images=images, text=texts, return_tensors="pt", truncation=True, device=self.device
+        )  # OWLv2's text encoder has 16 positions
         out = self.model(**inputs.to(self.device, dtype=self.dtype))
         return out.logits.float().cpu(), out.pred_boxes.float().cpu()
 
     def provenance(self) -> dict:
-        return {"name": self.name, "model": self.cfg.model, "revision": self.cfg.revision,
-                "commit": getattr(self.model_config, "_commit_hash", None),
-                "architecture": self.model_config.model_type, "queries": "noun chunks, reading order",
-                "max_queries": self.cfg.max_queries, "score_threshold": self.cfg.score_threshold,
-                "nms_iou": self.cfg.nms_iou, "dtype": str(self.dtype).removeprefix("torch.")}
+        return {
+            "name": self.name,
+            "model": self.cfg.model,
+            "revision": self.cfg.revision,
+            "commit": getattr(self.model_config, "_commit_hash", None),
+            "architecture": self.model_config.model_type,
+            "queries": "noun chunks, reading order",
+            "max_queries": self.cfg.max_queries,
+            "score_threshold": self.cfg.score_threshold,
+            "nms_iou": self.cfg.nms_iou,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
 
 
 def _load_config_and_processor(cfg: DetectorConfig):
@@ -91,8 +108,9 @@ def _load_config_and_processor(cfg: DetectorConfig):
     except (OSError, ValueError) as e:
         raise ConfigError(f"{key}: cannot load {cfg.model!r}: {e}") from e
     if config.model_type not in ARCHITECTURES:
-        raise ConfigError(f"{key}: {cfg.model!r} is a {config.model_type!r} model; "
-                          f"supported: {', '.join(ARCHITECTURES)}")
+        raise ConfigError(
+            f"{key}: {cfg.model!r} is a {config.model_type!r} model; supported: {', '.join(ARCHITECTURES)}"
+        )
     try:
         return config, AutoProcessor.from_pretrained(cfg.model, revision=cfg.revision)
     except (OSError, ValueError) as e:
@@ -100,12 +118,19 @@ def _load_config_and_processor(cfg: DetectorConfig):
 
 
 def query_phrases(lexemes: list[Lexeme | None], max_queries: int) -> list[int]:
-    """Indices of the phrases sent as queries: those with a lexeme (noun chunks), the first ``max_queries``."""
+    """Indices of the phrases sent as queries: those with a lexeme (noun chunks), the first
+    ``max_queries``."""
     return [i for i, lexeme in enumerate(lexemes) if lexeme is not None][:max_queries]
 
 
-def ground_detections(request: GroundingRequest, queries: list[int], logits: torch.Tensor, boxes: torch.Tensor,
-                      score_threshold: float, nms_iou: float) -> Grounding:
+def ground_detections(
+    request: GroundingRequest,
+    queries: list[int],
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    score_threshold: float,
+    nms_iou: float,
+) -> Grounding:
     """One image's detections → regions and phrase links.
 
     ``logits`` (boxes, len(queries)) and ``boxes`` (boxes, 4) are the model's outputs for this

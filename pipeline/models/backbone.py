@@ -37,11 +37,16 @@ def _check_supported(clip: object, name: str) -> None:
     supported = (
         isinstance(clip, open_clip.CLIP)
         and isinstance(visual, VisionTransformer)
-        and visual.attn_pool is None and visual.pool_type == "tok" and not visual.final_ln_after_pool
+        and visual.attn_pool is None
+        and visual.pool_type == "tok"
+        and not visual.final_ln_after_pool
         and isinstance(visual.transformer.resblocks[-1], ResidualAttentionBlock)
-        and clip.text_pool_type == "argmax" and clip.attn_mask is not None
+        and clip.text_pool_type == "argmax"
+        and clip.attn_mask is not None
         and clip.context_length == 77
     )
     if not supported:
-        raise ValueError(f"model.name: {name!r} is not an open_clip CLIP with a class-token ViT and a "
-                         "causal 77-token text transformer (what dense features and Long-CLIP need)")
+        raise ValueError(
+            f"model.name: {name!r} is not an open_clip CLIP with a class-token ViT and a "
+            "causal 77-token text transformer (what dense features and Long-CLIP need)"
+        )

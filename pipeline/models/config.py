@@ -33,7 +33,9 @@ class ModelConfig:
         if self.pooler_heads < 1:
             raise ValueError(f"model.pooler_heads: must be >= 1, got {self.pooler_heads}")
         if self.region_head not in REGION_HEADS:
-            raise ValueError(f"model.region_head: {self.region_head!r} is not one of {'|'.join(REGION_HEADS)}")
+            raise ValueError(
+                f"model.region_head: {self.region_head!r} is not one of {'|'.join(REGION_HEADS)}"
+            )
         if self.num_pseudo_tokens < 1:
             raise ValueError(f"model.num_pseudo_tokens: must be >= 1, got {self.num_pseudo_tokens}")
         if self.num_pseudo_tokens + 2 > self.context_length:  # + start and end tokens

@@ -14,8 +14,9 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch.utils.checkpoint import checkpoint
 
 
-def encode_image_dense(visual: VisionTransformer, images: torch.Tensor, variant: str
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_image_dense(
+    visual: VisionTransformer, images: torch.Tensor, variant: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [B, 3, H, W] → (global embedding [B, D], patch grid [B, h, w, C]).
 
     The grid is after the final LayerNorm and before the projection ``visual.proj`` (C → D), so
@@ -26,7 +27,11 @@ def encode_image_dense(visual: VisionTransformer, images: torch.Tensor, variant:
         x = visual.transformer(x)
     else:
         for block in visual.transformer.resblocks[:-1]:
-            x = checkpoint(block, x, use_reentrant=False) if visual.transformer.grad_checkpointing else block(x)
+            x = (
+                checkpoint(block, x, use_reentrant=False)
+                if visual.transformer.grad_checkpointing
+                else block(x)
+            )
         x = _value_only_block(visual.transformer.resblocks[-1], x)
     x = visual.ln_post(x)
     h, w = images.shape[-2] // visual.patch_size[0], images.shape[-1] // visual.patch_size[1]
@@ -38,6 +43,6 @@ def _value_only_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.T
     h = block.ln_1(x)
     cls = block.attention(h[:, :1], h, h)
     width = h.shape[-1]
-    values = F.linear(h[:, 1:], block.attn.in_proj_weight[2 * width:], block.attn.in_proj_bias[2 * width:])
+    values = F.linear(h[:, 1:], block.attn.in_proj_weight[2 * width :], block.attn.in_proj_bias[2 * width :])
     x = x + block.ls_1(torch.cat([cls, block.attn.out_proj(values)], dim=1))
     return x + block.ls_2(block.mlp(block.ln_2(x)))

@@ -62,12 +62,21 @@ class FineGrainedCLIP(nn.Module):
             pooled_scale = capped_scale(self.pooler.logit_scale)
         if self.region_head is not None:
             features = pool_regions(grid, batch.boxes, batch.images.shape[-2:])
-            regions = _scatter(F.normalize(self.region_head(self.clip, features[batch.region_mask]), dim=-1),
-                               batch.region_mask)
+            regions = _scatter(
+                F.normalize(self.region_head(self.clip, features[batch.region_mask]), dim=-1),
+                batch.region_mask,
+            )
             phrases = slots.gather(1, batch.region_slot[..., None].expand(-1, -1, slots.shape[-1]))
-        return Embeddings(image=F.normalize(image, dim=-1), text=slots[:, 0], slots=slots,
-                          logit_scale=capped_scale(self.clip.logit_scale), pooled=pooled,
-                          pooled_logit_scale=pooled_scale, regions=regions, phrases=phrases)
+        return Embeddings(
+            image=F.normalize(image, dim=-1),
+            text=slots[:, 0],
+            slots=slots,
+            logit_scale=capped_scale(self.clip.logit_scale),
+            pooled=pooled,
+            pooled_logit_scale=pooled_scale,
+            regions=regions,
+            phrases=phrases,
+        )
 
     def _encode_slots(self, batch: Batch) -> torch.Tensor:
         """Encode, in one packed pass, the caption and the slots a head reads: all valid slots for

@@ -31,7 +31,9 @@ class TextTokenRegionHead(nn.Module):
         self.register_buffer("ends", torch.tensor([sot_id, eot_id]), persistent=False)
         self.proj = nn.Linear(in_width, num_tokens * text_width)
         # Pseudo tokens start at the scale of real token embeddings (features are LayerNormed: ~unit).
-        nn.init.normal_(self.proj.weight, std=float(clip.token_embedding.weight.detach().std()) / in_width ** 0.5)
+        nn.init.normal_(
+            self.proj.weight, std=float(clip.token_embedding.weight.detach().std()) / in_width**0.5
+        )
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, clip: open_clip.CLIP, features: torch.Tensor) -> torch.Tensor:

@@ -29,15 +29,18 @@ class TextConditionedPooler(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln = LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, 4 * width)),
-            ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(4 * width, width)),
-        ]))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, 4 * width)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(4 * width, width)),
+                ]
+            )
+        )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def forward(self, texts: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """Texts [B, K, D] and patches [B, P, D] (both L2-normalised) → pooled [B, K, D]."""
         pooled = self.attn(texts, patches, patches, need_weights=False)[0]
         return pooled + self.mlp(self.ln(pooled))
-

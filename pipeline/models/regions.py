@@ -15,6 +15,12 @@ def pool_regions(grid: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
     b, h, w, c = grid.shape
     height, width = image_size
     scale = boxes.new_tensor([w / width, h / height, w / width, h / height])
-    pooled = roi_align(grid.permute(0, 3, 1, 2), list((boxes * scale).to(grid.dtype)), output_size=1,
-                       spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    pooled = roi_align(
+        grid.permute(0, 3, 1, 2),
+        list((boxes * scale).to(grid.dtype)),
+        output_size=1,
+        spatial_scale=1.0,
+        sampling_ratio=-1,
+        aligned=True,
+    )
     return pooled.view(b, -1, c)

@@ -20,7 +20,7 @@ def encode_tokens(clip: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
     every_bucket = hasattr(next(clip.transformer.parameters()), "ds_id")
     eot = tokens.argmax(dim=-1)  # the end token has the largest id (open_clip's "argmax" pooling)
     # One lookup for all buckets: each lookup's backward writes a dense vocabulary-sized gradient.
-    embedded = clip.token_embedding(tokens[:, :int(eot.max()) + 1])
+    embedded = clip.token_embedding(tokens[:, : int(eot.max()) + 1])
     parts, rows_of, lower = [], [], 0
     for upper in _buckets(tokens.shape[1]):
         rows = ((eot >= lower) & (eot < upper)).nonzero().squeeze(1)

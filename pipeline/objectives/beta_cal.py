@@ -24,8 +24,16 @@ from pipeline.objectives.clip import cross_entropy
 from pipeline.objectives.distributed import gather, masked_mean, world
 
 
-def beta_cal_loss(pooled: torch.Tensor, texts: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor,
-                  alpha: float, beta: float, variant: str, across_ranks: bool) -> torch.Tensor:
+def beta_cal_loss(
+    pooled: torch.Tensor,
+    texts: torch.Tensor,
+    mask: torch.Tensor,
+    scale: torch.Tensor,
+    alpha: float,
+    beta: float,
+    variant: str,
+    across_ranks: bool,
+) -> torch.Tensor:
     """Pooled and text embeddings [B, K, D] (L2-normalised), slot mask [B, K] → scalar loss.
 
     ``across_ranks`` compares with every rank's queries (gathered); otherwise each rank's own batch,
@@ -49,9 +57,13 @@ def beta_cal_loss(pooled: torch.Tensor, texts: torch.Tensor, mask: torch.Tensor,
         target = target / target.sum(dim=-1, keepdim=True).clamp(min=1e-12)
         to_texts = cross_entropy(logits, target, exclude)
         to_pooled = cross_entropy(scale * t @ v_all.T, target, exclude)
-        return 0.5 * (masked_mean(to_texts, valid, across_ranks) + masked_mean(to_pooled, valid, across_ranks))
+        return 0.5 * (
+            masked_mean(to_texts, valid, across_ranks) + masked_mean(to_pooled, valid, across_ranks)
+        )
     # BCE is elementwise and its targets symmetric, so the text → pooled direction (the transpose)
     # would sum the same terms again: one direction is the reference's average of both.
     weight = torch.where(same_image & ~diagonal, beta, 1.0).to(logits.dtype).masked_fill(exclude, 0)
-    pairs = F.binary_cross_entropy_with_logits(logits, same_image.to(logits.dtype), weight=weight, reduction="none")
+    pairs = F.binary_cross_entropy_with_logits(
+        logits, same_image.to(logits.dtype), weight=weight, reduction="none"
+    )
     return masked_mean(pairs.sum(dim=-1) / valid_all.sum().clamp(min=1), valid, across_ranks)

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from pipeline.objectives.distributed import gather, masked_mean, world
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-row −Σ_j p_ij log softmax_j(logits_i) for class indices [N] or probabilities [N, M].
 
     ``exclude`` [N, M] takes columns out of the softmax (padding, duplicates of the positive). A
@@ -19,8 +21,13 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, exclude: torch.Ten
     return F.cross_entropy(logits, target, reduction="none")
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
-             valid: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Symmetric InfoNCE over pairs (a_i, b_i), [N, D] each, L2-normalised.
 
     L = ½ [ mean_i −log softmax_j(s⟨a_i, b_j⟩)[i] + mean_i −log softmax_j(s⟨b_i, a_j⟩)[i] ]

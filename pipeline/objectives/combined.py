@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from pipeline.models.fine_clip import Embeddings
 
 
-def compute_loss(out: Embeddings, batch: Batch, cfg: ObjectiveConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def compute_loss(
+    out: Embeddings, batch: Batch, cfg: ObjectiveConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(weighted total, {term name: detached value}). Losses are computed in float32.
 
     Under several ranks each rank returns its share; the engine's average over ranks is the loss
@@ -29,9 +31,16 @@ def compute_loss(out: Embeddings, batch: Batch, cfg: ObjectiveConfig) -> tuple[t
     image, text = out.image.float(), out.text.float()
     terms = {"clip": (1.0, clip_loss(image, text, scale))}
     if cfg.uses_beta_cal:
-        loss = beta_cal_loss(out.pooled.float(), out.slots.float(), batch.token_mask,
-                             out.pooled_logit_scale.float(), cfg.alpha, cfg.beta, cfg.variant,
-                             across_ranks=cfg.beta_cal_scope == "global")
+        loss = beta_cal_loss(
+            out.pooled.float(),
+            out.slots.float(),
+            batch.token_mask,
+            out.pooled_logit_scale.float(),
+            cfg.alpha,
+            cfg.beta,
+            cfg.variant,
+            across_ranks=cfg.beta_cal_scope == "global",
+        )
         terms["beta_cal"] = (cfg.beta_cal_weight, loss)
     if cfg.uses_regions:
         regions, phrases = out.regions.float(), out.phrases.float()

@@ -14,17 +14,24 @@ import torch.nn.functional as F
 from pipeline.objectives.clip import info_nce
 
 
-def lrc_loss(regions: torch.Tensor, phrases: torch.Tensor, mask: torch.Tensor, phrase_ids: torch.Tensor,
-             scale: torch.Tensor) -> torch.Tensor:
+def lrc_loss(
+    regions: torch.Tensor,
+    phrases: torch.Tensor,
+    mask: torch.Tensor,
+    phrase_ids: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
     """Lexeme-Region Contrastive: InfoNCE between every region embedding and its phrase's, [B, R, D],
     across all ranks' regions. Regions whose phrase string is identical (``phrase_ids`` [B, R])
     describe the same thing, so they are not negatives of each other ("a dog" in two images)."""
-    return info_nce(regions.flatten(0, 1), phrases.flatten(0, 1), scale,
-                    valid=mask.flatten(), ids=phrase_ids.flatten())
+    return info_nce(
+        regions.flatten(0, 1), phrases.flatten(0, 1), scale, valid=mask.flatten(), ids=phrase_ids.flatten()
+    )
 
 
-def gr_loss(regions: torch.Tensor, mask: torch.Tensor, image: torch.Tensor, text: torch.Tensor,
-            scale: torch.Tensor) -> torch.Tensor:
+def gr_loss(
+    regions: torch.Tensor, mask: torch.Tensor, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """Global-Region alignment: an image's regions, pooled with weights from the caption, should
     retrieve the image's global embedding among the batch's, and back.
 

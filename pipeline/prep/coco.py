@@ -44,14 +44,21 @@ from pipeline.prep.records import (
 from pipeline.shards import storage
 
 
-def read_coco(captions: str, instances: str, images: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
+def read_coco(
+    captions: str, instances: str, images: str, max_caption_chars: int
+) -> Iterator[InputRecord | Drop]:
     """The records of a COCO captions file (+ instances file, when given); images under ``images``."""
-    yield from coco_items(_load(captions, "captions"), _load(instances, "instances") if instances else None,
-                          images, max_caption_chars)
+    yield from coco_items(
+        _load(captions, "captions"),
+        _load(instances, "instances") if instances else None,
+        images,
+        max_caption_chars,
+    )
 
 
-def coco_items(captions: dict, instances: dict | None, images_dir: str,
-               max_caption_chars: int) -> Iterator[InputRecord | Drop]:
+def coco_items(
+    captions: dict, instances: dict | None, images_dir: str, max_caption_chars: int
+) -> Iterator[InputRecord | Drop]:
     """Parsed COCO files → every image as a record or a drop, then every annotation not attached."""
     images = _section(captions, "images", "captions")
     texts: dict[str, list[str]] = {}
@@ -70,9 +77,11 @@ def coco_items(captions: dict, instances: dict | None, images_dir: str,
         else:
             texts[rid].append(ann["caption"])
     if instances is not None:
-        categories = {record_id(c.get("id")): c.get("name")
-                      for c in _section(instances, "categories", "instances")
-                      if isinstance(c, dict) and isinstance(c.get("name"), str)}
+        categories = {
+            record_id(c.get("id")): c.get("name")
+            for c in _section(instances, "categories", "instances")
+            if isinstance(c, dict) and isinstance(c.get("name"), str)
+        }
         for ann in _section(instances, "annotations", "instances"):
             rid, what = _target(ann, "instances")
             category = record_id(ann.get("category_id")) if isinstance(ann, dict) else None
@@ -97,9 +106,17 @@ def coco_items(captions: dict, instances: dict | None, images_dir: str,
             else:
                 caption = join_captions(texts[rid])
                 problem = caption_problem(caption, max_caption_chars)
-                yield Drop(ordinal, rid, *problem) if problem else InputRecord(
-                    ordinal, rid, storage.resolve(images_dir, image["file_name"]), caption,
-                    boxes[rid] if instances is not None else None)
+                yield (
+                    Drop(ordinal, rid, *problem)
+                    if problem
+                    else InputRecord(
+                        ordinal,
+                        rid,
+                        storage.resolve(images_dir, image["file_name"]),
+                        caption,
+                        boxes[rid] if instances is not None else None,
+                    )
+                )
 
     yield from unique_ids(records())
     for ordinal, (rid, reason, detail) in enumerate(loose, start=len(images)):

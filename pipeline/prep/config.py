@@ -24,7 +24,9 @@ class InputConfig:
 
     format: Literal["index", "webdataset", "coco", "sharegpt4v", "visual_genome"] = "index"
     index: str = ""  # index: JSONL or Parquet; image paths inside are relative to it
-    shards: str = ""  # webdataset: tar URLs as webdataset writes them ({00000..00099}, ::), or folders of .tar
+    shards: str = (
+        ""  # webdataset: tar URLs as webdataset writes them ({00000..00099}, ::), or folders of .tar
+    )
     captions: str = ""  # coco: captions_*.json; sharegpt4v: the caption JSON list
     instances: str = ""  # coco, optional: instances_*.json, whose boxes become the annotations
     regions: str = ""  # visual_genome: region_descriptions.json

@@ -52,7 +52,9 @@ def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as e:
-        raise ImageRejected("image_not_decodable", f"not one of {', '.join(FORMATS)}") from e  # PIL's text names an address
+        raise ImageRejected(
+            "image_not_decodable", f"not one of {', '.join(FORMATS)}"
+        ) from e  # PIL's text names an address
     except Exception as e:  # PIL raises many types on garbage headers
         raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}"[:200]) from e
     width, height = img.size
@@ -75,8 +77,13 @@ def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
         rgb = rgb.resize(target, Image.Resampling.BICUBIC)
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=cfg.jpeg_quality)
-    return StoredImage(out.getvalue(), target[0], target[1], (target[0] / width, target[1] / height),
-                       "" if mode in ("RGB", "L") else f"mode:{mode}")
+    return StoredImage(
+        out.getvalue(),
+        target[0],
+        target[1],
+        (target[0] / width, target[1] / height),
+        "" if mode in ("RGB", "L") else f"mode:{mode}",
+    )
 
 
 def _decode_jpeg(data: bytes, header: Image.Image, target: tuple[int, int]) -> Image.Image:
@@ -86,8 +93,13 @@ def _decode_jpeg(data: bytes, header: Image.Image, target: tuple[int, int]) -> I
         simplejpeg.decode_jpeg(data, colorspace="CMYK", min_factor=8, strict=True)  # the check alone
         header.draft("RGB", target)
         return header
-    pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if header.mode == "L" else "RGB",
-                                    min_width=target[0], min_height=target[1], strict=True)
+    pixels = simplejpeg.decode_jpeg(
+        data,
+        colorspace="GRAY" if header.mode == "L" else "RGB",
+        min_width=target[0],
+        min_height=target[1],
+        strict=True,
+    )
     return Image.fromarray(pixels[..., 0] if header.mode == "L" else pixels)
 
 
@@ -127,8 +139,11 @@ def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[d
             reason = "box_label_too_long"
         else:
             box = item.get("box")
-            if isinstance(box, list) and len(box) == 4 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+            if (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+            ):
                 box = [round(v * s, 2) for v, s in zip(box, (sx, sy, sx, sy))]
             clean, reason = clean_box(box, stored.width, stored.height)
             if clean is not None:

@@ -54,8 +54,14 @@ def locate(cfg: InputConfig) -> InputFiles:
     return [(url, FileStat(*file_digest(url))) for _, url in named if url]
 
 
-def read_input(cfg: InputConfig, files: InputFiles, max_caption_chars: int, max_sentences: int,
-               max_boxes: int, list_tars: tars.Lister = tars.list_locally) -> Iterator[InputRecord | Drop]:
+def read_input(
+    cfg: InputConfig,
+    files: InputFiles,
+    max_caption_chars: int,
+    max_sentences: int,
+    max_boxes: int,
+    list_tars: tars.Lister = tars.list_locally,
+) -> Iterator[InputRecord | Drop]:
     """Every input of the slice, in order (the ordinals), as a valid record or a drop with its reason;
     a record's boxes after the first ``max_boxes`` are cut here, where they are read, and counted.
     ``list_tars`` lists the tars of a ``webdataset`` input (the job lists them as Ray tasks)."""
@@ -80,8 +86,9 @@ def cap_boxes(item: InputRecord | Drop, max_boxes: int) -> InputRecord | Drop:
     return dataclasses.replace(item, boxes=item.boxes[:max_boxes], boxes_cut=len(item.boxes) - max_boxes)
 
 
-def ordinal_slice(items: Iterator[InputRecord | Drop], skip: int,
-                  limit: int | None) -> Iterator[InputRecord | Drop]:
+def ordinal_slice(
+    items: Iterator[InputRecord | Drop], skip: int, limit: int | None
+) -> Iterator[InputRecord | Drop]:
     """The inputs whose ordinal is in ``[skip, skip + limit)``; reading stops after the last.
     Every reader yields ordinals in increasing order, and decides drops (duplicate ids too) over
     what it has read, so a slice holds exactly what the whole input's run has in that range."""
@@ -117,8 +124,13 @@ def describe(cfg: InputConfig, files: InputFiles) -> dict:
     if cfg.format == "index":
         return {"format": index_format(cfg.index), "index": cfg.index, **window}
     if cfg.format == "coco":
-        return {"format": "coco", "captions": cfg.captions, "instances": cfg.instances or None,
-                "images": cfg.images, **window}
+        return {
+            "format": "coco",
+            "captions": cfg.captions,
+            "instances": cfg.instances or None,
+            "images": cfg.images,
+            **window,
+        }
     if cfg.format == "webdataset":
         return {"format": "webdataset", "shards": cfg.shards, "tars": len(files), **window}
     return {"format": cfg.format, **{key: getattr(cfg, key) for key in INPUT_KEYS[cfg.format][0]}, **window}

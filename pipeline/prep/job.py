@@ -63,8 +63,14 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     pool = WorkerPool(cfg, root, source, run_id)
     provenance = pool.provenance()  # fails fast: a missing spaCy model, a detector that does not load
     planner = ShardPlanner(cfg.samples_per_shard, skip=set(done))
-    items = inputs.read_input(cfg.input, files, cfg.max_caption_chars, cfg.text.max_sentences,
-                              cfg.image.max_boxes, list_tars=_list_tars_on_ray)
+    items = inputs.read_input(
+        cfg.input,
+        files,
+        cfg.max_caption_chars,
+        cfg.text.max_sentences,
+        cfg.image.max_boxes,
+        list_tars=_list_tars_on_ray,
+    )
     resumed = sum(record["stats"]["inputs"] for record in done.values())
     progress = Progress(inputs.count(cfg.input, files), resumed)
     shard_rows = [record["stats"] for record in done.values()]
@@ -74,17 +80,25 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         drops.extend(result.drops)
         progress.shard_done(result.stats, planner)
     drops += planner.read_drops
-    log.info("input (%s): %d records, %d dropped on read, %d shards", cfg.input.format,
-             planner.records_read, len(planner.read_drops), planner.shards)
+    log.info(
+        "input (%s): %d records, %d dropped on read, %d shards",
+        cfg.input.format,
+        planner.records_read,
+        len(planner.read_drops),
+        planner.shards,
+    )
     shard_rows.sort(key=lambda s: s["name"])
     _remove_leftover_temp_files(root)
 
     manifest = {
-        "schema": SCHEMA_VERSION, "name": name, "run_id": run_id,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "schema": SCHEMA_VERSION,
+        "name": name,
+        "run_id": run_id,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "input": {**inputs.describe(cfg.input, files), "source": source},
-        **provenance, "config": to_dict(cfg),
+        **provenance,
+        "config": to_dict(cfg),
         "totals": _totals(shard_rows, drops),
         "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shard_rows],
         "shard_stats": shard_rows,
@@ -93,8 +107,13 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     flat = [{k: v for k, v in s.items() if not k.endswith("_by_reason")} for s in shard_rows]
     mf.write_manifest(root, manifest, flat, drops)
     _clear_progress(root)
-    log.info("wrote %s in %.1f s; driver peak RSS %d MB; object store: %s", root, time.time() - started,
-             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, _object_store_stats())
+    log.info(
+        "wrote %s in %.1f s; driver peak RSS %d MB; object store: %s",
+        root,
+        time.time() - started,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        _object_store_stats(),
+    )
     return mf.load_manifest(root)
 
 
@@ -115,8 +134,15 @@ class ShardPlanner:
         for item in items:
             self.records_read += 1
             if isinstance(item, Drop):
-                self.read_drops.append({"ordinal": item.ordinal, "id": item.id, "reason": item.reason,
-                                        "detail": item.detail, "shard": None})
+                self.read_drops.append(
+                    {
+                        "ordinal": item.ordinal,
+                        "id": item.id,
+                        "reason": item.reason,
+                        "detail": item.detail,
+                        "shard": None,
+                    }
+                )
                 continue
             chunk.append(item)
             if len(chunk) == self.samples_per_shard:
@@ -141,8 +167,11 @@ class WorkerPool:
         gpus = worker_num_gpus(cfg, resources.get("GPU", 0))
         size = pool_size(cfg, resources, gpus)
         actor = ray.remote(ShardWorker).options(
-            num_cpus=cfg.ray.worker_num_cpus, num_gpus=gpus,
-            max_restarts=WORKER_RESTARTS, max_task_retries=WORKER_RESTARTS)
+            num_cpus=cfg.ray.worker_num_cpus,
+            num_gpus=gpus,
+            max_restarts=WORKER_RESTARTS,
+            max_task_retries=WORKER_RESTARTS,
+        )
         self.workers = [actor.remote(cfg, root, source, run_id) for _ in range(size)]
         log.info("%d workers (%g CPU, %g GPU each)", size, cfg.ray.worker_num_cpus, gpus)
 
@@ -228,11 +257,16 @@ def _totals(shard_rows: list[dict], drops: list[dict]) -> dict:
 
     written = sum(s["samples"] for s in shard_rows)
     return {
-        "inputs": written + len(drops), "written": written, "dropped": len(drops),
+        "inputs": written + len(drops),
+        "written": written,
+        "dropped": len(drops),
         "dropped_by_reason": dict(sorted(Counter(d["reason"] for d in drops).items())),
         "repaired_by_reason": summed("repaired_by_reason"),
         "boxes_dropped_by_reason": summed("boxes_dropped_by_reason"),
-        **{k: sum(s[k] for s in shard_rows) for k in ("phrases", "regions", "linked_phrases", "ambiguous_phrases", "bytes")},
+        **{
+            k: sum(s[k] for s in shard_rows)
+            for k in ("phrases", "regions", "linked_phrases", "ambiguous_phrases", "bytes")
+        },
     }
 
 
@@ -241,8 +275,10 @@ def _prepare_output(root: str, existing: str) -> None:
     manifest and completion records name), nothing else."""
     names = storage.list_names(root)
     if names and existing == "fail":
-        raise OutputInTheWay(f"output: {root} is not empty; set existing_output=overwrite to replace it, "
-                              "or resume to finish a killed run of this job")
+        raise OutputInTheWay(
+            f"output: {root} is not empty; set existing_output=overwrite to replace it, "
+            "or resume to finish a killed run of this job"
+        )
     if existing == "overwrite":
         for name in sorted(_written_by_us(root, names)):
             storage.remove(f"{root}/{name}")
@@ -289,7 +325,9 @@ def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
     and every config value that shapes the output's content (not where it goes, not
     ``existing_output``, not the Ray resources)."""
     config = {k: v for k, v in to_dict(cfg).items() if k not in ("output", "existing_output", "ray")}
-    key = json.dumps({"config": config, "input": inputs.identity(files), "version": __version__}, sort_keys=True)
+    key = json.dumps(
+        {"config": config, "input": inputs.identity(files), "version": __version__}, sort_keys=True
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -298,8 +336,10 @@ def _completed_shards(root: str, run_id: str) -> dict[str, dict]:
     done = {}
     for record in _progress_records(root):
         if record["run_id"] != run_id:
-            raise OutputInTheWay(f"output: {root} holds shards of a different job (input or config changed); "
-                                  "set existing_output=overwrite to replace them")
+            raise OutputInTheWay(
+                f"output: {root} holds shards of a different job (input or config changed); "
+                "set existing_output=overwrite to replace them"
+            )
         stats = record["stats"]
         url = f"{root}/{stats['name']}"
         if storage.exists(url) and file_digest(url) == (stats["bytes"], stats["sha256"]):
@@ -327,8 +367,10 @@ def _progress_records(root: str) -> Iterator[dict]:
 def _finished_earlier(root: str, run_id: str) -> mf.Manifest:
     manifest = mf.load_manifest(root)
     if manifest.data.get("run_id") != run_id:
-        raise OutputInTheWay(f"output: {root} holds a finished dataset of a different job; "
-                              "set existing_output=overwrite to replace it")
+        raise OutputInTheWay(
+            f"output: {root} holds a finished dataset of a different job; "
+            "set existing_output=overwrite to replace it"
+        )
     log.info("%s: this job already finished; nothing to do", root)
     _clear_progress(root)
     return manifest

@@ -62,8 +62,10 @@ def index_format(url: str) -> str:
 def read_index(url: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
     """Every row of the index, in order, as a valid record or a drop; duplicate ids are dropped."""
     base = storage.parent(url)
-    yield from unique_ids(row if isinstance(row, Drop) else validate(row, ordinal, base, max_caption_chars)
-                          for ordinal, row in enumerate(_rows(url)))
+    yield from unique_ids(
+        row if isinstance(row, Drop) else validate(row, ordinal, base, max_caption_chars)
+        for ordinal, row in enumerate(_rows(url))
+    )
 
 
 def unique_ids(items: Iterable[InputRecord | Drop]) -> Iterator[InputRecord | Drop]:
@@ -117,8 +119,11 @@ def as_sentence(text: str) -> str:
 
 def xywh_to_xyxy(bbox: Any) -> Any:
     """COCO's ``[x, y, w, h]`` → ``[x0, y0, x1, y1]``; anything else as given (dropped as malformed)."""
-    if isinstance(bbox, list) and len(bbox) == 4 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+    if (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+    ):
         x, y, w, h = bbox
         return [x, y, x + w, y + h]
     return bbox
@@ -143,7 +148,9 @@ def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> I
     problem = caption_problem(row["caption"], max_caption_chars)
     if problem:
         return Drop(ordinal, rid, *problem)
-    return InputRecord(ordinal, rid, storage.resolve(base_dir, row["image"]), row["caption"], row.get("boxes"))
+    return InputRecord(
+        ordinal, rid, storage.resolve(base_dir, row["image"]), row["caption"], row.get("boxes")
+    )
 
 
 def count_index_rows(url: str) -> int:

@@ -26,7 +26,8 @@ def read_sharegpt4v(captions: str, images: str, max_caption_chars: int) -> Itera
     """The records of a ShareGPT4V caption file, streamed; images under ``images``."""
     yield from unique_ids(
         item if isinstance(item, Drop) else sharegpt4v_record(item, ordinal, images, max_caption_chars)
-        for ordinal, item in enumerate(read_json_list(captions, "captions")))
+        for ordinal, item in enumerate(read_json_list(captions, "captions"))
+    )
 
 
 def sharegpt4v_record(item: Any, ordinal: int, images: str, max_caption_chars: int) -> InputRecord | Drop:
@@ -53,5 +54,7 @@ def first_gpt_turn(conversations: Any) -> Any:
     """The value of the first model turn, as given; None when there is none."""
     if not isinstance(conversations, list):
         return None
-    return next((turn.get("value") for turn in conversations
-                 if isinstance(turn, dict) and turn.get("from") == "gpt"), None)
+    return next(
+        (turn.get("value") for turn in conversations if isinstance(turn, dict) and turn.get("from") == "gpt"),
+        None,
+    )

@@ -109,7 +109,9 @@ def locate(spec: str) -> list[Tar]:
             tars.append((url, files(storage.parent(url)).get(url.rsplit("/", 1)[-1])))
         else:
             folder = url.rstrip("/")
-            tars += [(f"{folder}/{name}", stat) for name, stat in files(folder).items() if name.endswith(".tar")]
+            tars += [
+                (f"{folder}/{name}", stat) for name, stat in files(folder).items() if name.endswith(".tar")
+            ]
     return tars
 
 
@@ -119,7 +121,9 @@ def list_locally(tars: list[Tar]) -> Iterator[TarListing]:
         yield from pool.map(list_tar, tars)
 
 
-def read_tars(tars: list[Tar], max_caption_chars: int, list_tars: Lister = list_locally) -> Iterator[InputRecord | Drop]:
+def read_tars(
+    tars: list[Tar], max_caption_chars: int, list_tars: Lister = list_locally
+) -> Iterator[InputRecord | Drop]:
     """Every sample of every tar, in order, as a record or a drop; ordinals run across the tars."""
     yield from unique_ids(_items(list_tars(tars), max_caption_chars))
 
@@ -181,7 +185,7 @@ def list_tar(tar: Tar) -> TarListing:
             if attempt == LISTING_ATTEMPTS:
                 raise
             log.warning("%s: %s: %s; listing it again", url, type(e).__name__, e)
-            time.sleep(2 ** attempt)
+            time.sleep(2**attempt)
             attempt += 1
 
 
@@ -211,7 +215,10 @@ def _samples(url: str, tar: tarfile.TarFile, size: int) -> tuple[list[Sample], t
             if not samples or samples[-1].key != key or ext in samples[-1].members:
                 samples.append(Sample(key))
             if info.offset_data + info.size > size:
-                samples[-1].problem = ("tar_truncated", f"{url}: the file ends at byte {size}, inside {info.name}")
+                samples[-1].problem = (
+                    "tar_truncated",
+                    f"{url}: the file ends at byte {size}, inside {info.name}",
+                )
                 break
             data = tar.extractfile(info).read() if ext in TEXT_EXTENSIONS else None
             samples[-1].members[ext] = Member(info.offset_data, info.size, data)
@@ -224,9 +231,14 @@ def _end_problem(url: str, size: int, end: int, error: Exception | None) -> tupl
     """Why the listing stopped at ``end``, unless that is the end-of-archive marker (a zero block).
     tarfile ends the iteration quietly at a bad or missing header; this tells those apart."""
     if end + BLOCK > size or str(error) in _CUT_SHORT:
-        return "tar_truncated", (f"{url}: the file ends at byte {size} without an end-of-archive marker; "
-                                 f"whatever followed byte {end} is lost")
+        return "tar_truncated", (
+            f"{url}: the file ends at byte {size} without an end-of-archive marker; "
+            f"whatever followed byte {end} is lost"
+        )
     if error is not None or storage.read_range(url, end, BLOCK) != bytes(BLOCK):
         reason = f" ({error})" if error is not None else ""
-        return "tar_corrupt", f"{url}: no valid tar header at byte {end}{reason}; its last {size - end} bytes are skipped"
+        return (
+            "tar_corrupt",
+            f"{url}: no valid tar header at byte {end}{reason}; its last {size - end} bytes are skipped",
+        )
     return None

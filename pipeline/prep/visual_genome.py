@@ -40,14 +40,18 @@ from pipeline.shards import storage
 IMAGE_FOLDERS = ("", "VG_100K", "VG_100K_2")  # under input.images; the first holding <id>.jpg wins
 
 
-def read_visual_genome(regions: str, images: str, max_caption_chars: int,
-                       max_sentences: int) -> Iterator[InputRecord | Drop]:
+def read_visual_genome(
+    regions: str, images: str, max_caption_chars: int, max_sentences: int
+) -> Iterator[InputRecord | Drop]:
     """The records of a region descriptions file, streamed; images found under ``images``."""
     found = image_files(images)
     items = enumerate(read_json_list(regions, "regions"))
-    yield from unique_ids(item if isinstance(item, Drop) else
-                          vg_record(item, ordinal, found, images, max_caption_chars, max_sentences)
-                          for ordinal, item in items)
+    yield from unique_ids(
+        item
+        if isinstance(item, Drop)
+        else vg_record(item, ordinal, found, images, max_caption_chars, max_sentences)
+        for ordinal, item in items
+    )
 
 
 def image_files(images: str) -> dict[str, str]:
@@ -60,8 +64,9 @@ def image_files(images: str) -> dict[str, str]:
     return found
 
 
-def vg_record(item: Any, ordinal: int, found: dict[str, str], images: str, max_caption_chars: int,
-              max_sentences: int) -> InputRecord | Drop:
+def vg_record(
+    item: Any, ordinal: int, found: dict[str, str], images: str, max_caption_chars: int, max_sentences: int
+) -> InputRecord | Drop:
     """One image's entry as a record (caption and boxes from its regions), or a drop."""
     if not isinstance(item, dict):
         return Drop(ordinal, None, "unparseable_record", f"expected an object, got {type(item).__name__}")

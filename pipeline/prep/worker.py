@@ -121,8 +121,11 @@ class ShardWorker:
     def image_stage(self, items: list[Item]) -> None:
         """Fetch (``ray.io_threads`` reads ahead: S3 latency) and re-encode each image."""
         max_bytes = self.cfg.image.max_bytes
-        fetches = prefetch(lambda record: _image_bytes(record, max_bytes), [item.record for item in items],
-                           self.cfg.ray.io_threads)
+        fetches = prefetch(
+            lambda record: _image_bytes(record, max_bytes),
+            [item.record for item in items],
+            self.cfg.ray.io_threads,
+        )
         for item, fetch in zip(items, fetches):
             try:
                 stored = encode(fetch.result(), self.cfg.image)
@@ -152,8 +155,9 @@ class ShardWorker:
             else:
                 item.hierarchy = hierarchy
         labelled = [(item, a) for item in items if not item.error for a in item.annotations]
-        for (item, annotation), lexeme in zip(labelled, each_or_alone(
-                self.parser.lexemes, [a["label"] for _, a in labelled])):
+        for (item, annotation), lexeme in zip(
+            labelled, each_or_alone(self.parser.lexemes, [a["label"] for _, a in labelled])
+        ):
             if isinstance(lexeme, Exception):
                 item.error, item.detail = "box_label_unparseable", _describe(lexeme)
             else:
@@ -162,7 +166,7 @@ class ShardWorker:
     def grounding_stage(self, items: list[Item]) -> None:
         items = [item for item in items if not item.error]
         for start in range(0, len(items), GROUND_CHUNK):
-            chunk = items[start:start + GROUND_CHUNK]
+            chunk = items[start : start + GROUND_CHUNK]
             for item, sample in zip(chunk, each_or_alone(self._samples, chunk)):
                 if isinstance(sample, Exception):
                     item.error, item.detail = "grounding_failed", _describe(sample)
@@ -174,11 +178,20 @@ class ShardWorker:
         samples = []
         for item, grounding in zip(items, self.grounder.ground([self._request(item) for item in items])):
             h = item.hierarchy
-            phrases = [Phrase(p.text, p.sentence, p.start, p.end, p.kind, region)
-                       for p, region in zip(h.phrases, grounding.phrase_regions)]
-            sample = Sample(id=item.record.id, source=self.source, width=item.stored.width,
-                            height=item.stored.height, caption=item.record.caption, sentences=h.sentences,
-                            phrases=phrases, regions=grounding.regions)
+            phrases = [
+                Phrase(p.text, p.sentence, p.start, p.end, p.kind, region)
+                for p, region in zip(h.phrases, grounding.phrase_regions)
+            ]
+            sample = Sample(
+                id=item.record.id,
+                source=self.source,
+                width=item.stored.width,
+                height=item.stored.height,
+                caption=item.record.caption,
+                sentences=h.sentences,
+                phrases=phrases,
+                regions=grounding.regions,
+            )
             samples.append((sample.to_json(), grounding.ambiguous))
         return samples
 
@@ -186,8 +199,9 @@ class ShardWorker:
         annotations = [Annotation(tuple(a["box"]), a["label"], a["lexeme"]) for a in item.annotations]
         stored, h = item.stored, item.hierarchy
         image = Image.open(io.BytesIO(stored.jpg)).convert("RGB") if self.grounder.needs_image else None
-        return GroundingRequest(stored.width, stored.height, h.phrases, h.lexemes, annotations, image,
-                                h.sentences)
+        return GroundingRequest(
+            stored.width, stored.height, h.phrases, h.lexemes, annotations, image, h.sentences
+        )
 
     def write(self, index: int, items: list[Item]) -> ShardResult:
         """The tar (good items, in input order), then its completion record: what a resumed run
@@ -196,12 +210,23 @@ class ShardWorker:
         good = [item for item in items if not item.error]
         samples = ((sample_key(self.source, item.record.id), item.stored.jpg, item.sample) for item in good)
         shard = write_shard(f"{self.root}/{name}", _maybe_die_halfway(samples, index, len(good)))
-        drops = [{"ordinal": item.record.ordinal, "id": item.record.id, "reason": item.error,
-                  "detail": item.detail, "shard": name} for item in items if item.error]
+        drops = [
+            {
+                "ordinal": item.record.ordinal,
+                "id": item.record.id,
+                "reason": item.error,
+                "detail": item.detail,
+                "shard": name,
+            }
+            for item in items
+            if item.error
+        ]
         stats = shard_stats(name, shard.samples, shard.bytes, shard.sha256, items, good)
         stats["node"] = self.node
-        storage.write_atomic(progress_url(self.root, name), json.dumps(
-            {"run_id": self.run_id, "stats": stats, "drops": drops}, ensure_ascii=False).encode())
+        storage.write_atomic(
+            progress_url(self.root, name),
+            json.dumps({"run_id": self.run_id, "stats": stats, "drops": drops}, ensure_ascii=False).encode(),
+        )
         return ShardResult(stats, drops)
 
 
@@ -212,8 +237,12 @@ def shard_stats(name: str, samples: int, size: int, sha256: str, items: list[Ite
     phrases = [p for item in good for p in item.sample["phrases"]]
     repaired = [item.stored.repaired for item in good if item.stored.repaired]
     return {
-        "name": name, "samples": samples, "bytes": size, "sha256": sha256,
-        "inputs": len(items), "dropped": len(items) - len(good),
+        "name": name,
+        "samples": samples,
+        "bytes": size,
+        "sha256": sha256,
+        "inputs": len(items),
+        "dropped": len(items) - len(good),
         "repaired": len(repaired),
         "boxes_dropped": sum(box_drops.values()),
         "phrases": len(phrases),

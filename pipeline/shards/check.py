@@ -31,8 +31,11 @@ def inspect(m: Manifest) -> str:
         f"text      {t['phrases']} phrases, {t['regions']} regions, {t['linked_phrases']} phrases grounded "
         f"({t['ambiguous_phrases']} left unlinked as ambiguous)",
     ]
-    for title, key in (("dropped", "dropped_by_reason"), ("repaired", "repaired_by_reason"),
-                       ("boxes dropped", "boxes_dropped_by_reason")):
+    for title, key in (
+        ("dropped", "dropped_by_reason"),
+        ("repaired", "repaired_by_reason"),
+        ("boxes dropped", "boxes_dropped_by_reason"),
+    ):
         if t[key]:
             lines.append(f"{title}:")
             lines += [f"  {reason:<28} {count:>8}" for reason, count in t[key].items()]
@@ -55,8 +58,10 @@ def verify(m: Manifest) -> list[str]:
             continue
         size, sha = file_digest(shard.url)
         if (size, sha) != (shard.bytes, shard.sha256):
-            problems.append(f"{shard.name}: {size} bytes sha256 {sha[:12]}…, manifest says "
-                            f"{shard.bytes} bytes sha256 {shard.sha256[:12]}…")
+            problems.append(
+                f"{shard.name}: {size} bytes sha256 {sha[:12]}…, manifest says "
+                f"{shard.bytes} bytes sha256 {shard.sha256[:12]}…"
+            )
         elif (n := sum(1 for _ in _samples(shard.url))) != shard.samples:
             problems.append(f"{shard.name}: {n} samples, manifest says {shard.samples}")
     return problems[:MAX_PROBLEMS]
@@ -80,7 +85,7 @@ def validate(m: Manifest) -> list[str]:
                 problems.append(f"{where}: key is not sample_key(source, id)")
             try:
                 size = Image.open(io.BytesIO(files["jpg"])).size
-            except Exception as e:  # any decoder failure is the finding
+            except Exception as e:  # noqa: BLE001 (any decoder failure is the finding)
                 problems.append(f"{where}: jpg does not decode: {e}")
                 continue
             if size != (sample.width, sample.height):
@@ -88,7 +93,6 @@ def validate(m: Manifest) -> list[str]:
             if len(problems) >= MAX_PROBLEMS:
                 return problems
     return problems
-
 
 
 def _samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:

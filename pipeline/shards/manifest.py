@@ -23,13 +23,32 @@ MANIFEST_FILE = "dataset.json"
 SHARDS_TABLE = "shards.parquet"
 DROPPED_TABLE = "dropped.parquet"
 
-SHARDS_SCHEMA = pa.schema([("name", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()),
-                           ("sha256", pa.string()), ("inputs", pa.int64()), ("dropped", pa.int64()),
-                           ("repaired", pa.int64()), ("boxes_dropped", pa.int64()), ("phrases", pa.int64()),
-                           ("regions", pa.int64()), ("linked_phrases", pa.int64()),
-                           ("ambiguous_phrases", pa.int64()), ("node", pa.string())])
-DROPPED_SCHEMA = pa.schema([("ordinal", pa.int64()), ("id", pa.string()), ("reason", pa.string()),
-                            ("detail", pa.string()), ("shard", pa.string())])
+SHARDS_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("samples", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("inputs", pa.int64()),
+        ("dropped", pa.int64()),
+        ("repaired", pa.int64()),
+        ("boxes_dropped", pa.int64()),
+        ("phrases", pa.int64()),
+        ("regions", pa.int64()),
+        ("linked_phrases", pa.int64()),
+        ("ambiguous_phrases", pa.int64()),
+        ("node", pa.string()),
+    ]
+)
+DROPPED_SCHEMA = pa.schema(
+    [
+        ("ordinal", pa.int64()),
+        ("id", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("shard", pa.string()),
+    ]
+)
 
 
 class ManifestError(UserError, ValueError):
@@ -40,8 +59,13 @@ def is_plain_name(name: object) -> bool:
     """A file name with no folder in it: what a manifest may name. ``../x.tar`` or ``/etc/x``
     in someone else's manifest must not make a reader open (or a rerun delete) a file outside
     the dataset's folder."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and "\0" not in name)
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
 
 
 @dataclass(frozen=True)
@@ -66,8 +90,10 @@ class Manifest:
 
     @property
     def shards(self) -> list[ShardEntry]:
-        return [ShardEntry(s["name"], f"{self.root}/{s['name']}", s["samples"], s["bytes"], s["sha256"])
-                for s in self.data["shards"]]
+        return [
+            ShardEntry(s["name"], f"{self.root}/{s['name']}", s["samples"], s["bytes"], s["sha256"])
+            for s in self.data["shards"]
+        ]
 
     @property
     def num_samples(self) -> int:
@@ -92,18 +118,25 @@ def load_manifest(path: str) -> Manifest:
         raise ManifestError(f"{url}: not valid JSON: {e}") from e
     if data.get("schema") != SCHEMA_VERSION:
         raise ManifestError(f"{url}: schema {data.get('schema')!r}, this code reads {SCHEMA_VERSION}")
-    bad = next((s for s in data.get("shards", []) if not isinstance(s, dict) or not is_plain_name(s.get("name"))),
-               None)
+    bad = next(
+        (s for s in data.get("shards", []) if not isinstance(s, dict) or not is_plain_name(s.get("name"))),
+        None,
+    )
     if bad is not None:
-        raise ManifestError(f"{url}: shard entry {str(bad)[:100]!r} does not name a file in the dataset's folder")
+        raise ManifestError(
+            f"{url}: shard entry {str(bad)[:100]!r} does not name a file in the dataset's folder"
+        )
     return Manifest(root, data)
 
 
 def write_manifest(root: str, manifest: dict[str, Any], shard_rows: list[dict], drops: list[dict]) -> None:
     """Write both tables, then ``dataset.json`` last, each atomically."""
-    storage.write_atomic(f"{root}/{SHARDS_TABLE}", _parquet(pa.Table.from_pylist(shard_rows, schema=SHARDS_SCHEMA)))
-    storage.write_atomic(f"{root}/{DROPPED_TABLE}",
-                         _parquet(pa.Table.from_pylist(drops, schema=DROPPED_SCHEMA)))
+    storage.write_atomic(
+        f"{root}/{SHARDS_TABLE}", _parquet(pa.Table.from_pylist(shard_rows, schema=SHARDS_SCHEMA))
+    )
+    storage.write_atomic(
+        f"{root}/{DROPPED_TABLE}", _parquet(pa.Table.from_pylist(drops, schema=DROPPED_SCHEMA))
+    )
     body = json.dumps(manifest, indent=1, sort_keys=False, ensure_ascii=False).encode()
     storage.write_atomic(f"{root}/{MANIFEST_FILE}", body)
 

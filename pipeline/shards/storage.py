@@ -233,7 +233,7 @@ def _s3_objects(url: str) -> Iterator[tuple[str, dict]]:
     bucket, key = _split(url.rstrip("/") + "/")
     for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key, Delimiter="/"):
         for obj in page.get("Contents", []):
-            yield obj["Key"][len(key):], obj
+            yield obj["Key"][len(key) :], obj
 
 
 def _split(url: str) -> tuple[str, str]:

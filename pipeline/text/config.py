@@ -9,8 +9,22 @@ FRAME_NOUNS = ("image", "picture", "photo", "photograph", "pic", "scene", "view"
 
 # Nouns that name a place in the picture, not a thing in it: "the upper left" is kept inside
 # the spatial phrase "in the upper left", never as a noun chunk of its own.
-LOCATION_NOUNS = ("left", "right", "top", "bottom", "middle", "center", "centre", "front", "back",
-                  "side", "corner", "edge", "foreground", "distance")
+LOCATION_NOUNS = (
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "middle",
+    "center",
+    "centre",
+    "front",
+    "back",
+    "side",
+    "corner",
+    "edge",
+    "foreground",
+    "distance",
+)
 
 
 @dataclass(frozen=True)

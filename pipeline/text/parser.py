@@ -37,6 +37,11 @@ class CaptionParser:
     def provenance(self) -> dict:
         """What the manifest records to reproduce the text stage."""
         nlp = self.model.nlp
-        return {"model": self.model.name, "model_version": self.model.version,
-                "spacy_version": spacy.__version__, "pipes": list(nlp.pipe_names),
-                "disabled_pipes": list(nlp.disabled), "config": dataclasses.asdict(self.cfg)}
+        return {
+            "model": self.model.name,
+            "model_version": self.model.version,
+            "spacy_version": spacy.__version__,
+            "pipes": list(nlp.pipe_names),
+            "disabled_pipes": list(nlp.disabled),
+            "config": dataclasses.asdict(self.cfg),
+        }

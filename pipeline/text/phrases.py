@@ -45,10 +45,12 @@ def candidates(sent: Span, cfg: TextConfig) -> list[Candidate]:
     chunks = [_chunk(c) for c in sent.noun_chunks if _names_a_thing(c.root, cfg)]
     preps = [p for p in sent if _is_phrase_prep(p, cfg)]
     relations = [span for p in preps if (span := _relation(p)) is not None]
-    spatial = [_trim(sent.doc[_pp_start(p):p.right_edge.i + 1]) for p in preps]
-    return ([Candidate(c, "noun_chunk", lexeme_of(c.root)) for c in filter_spans(chunks)]
-            + [Candidate(s, "relation", None) for s in filter_spans(relations)]
-            + [Candidate(s, "spatial", None) for s in filter_spans(spatial)])
+    spatial = [_trim(sent.doc[_pp_start(p) : p.right_edge.i + 1]) for p in preps]
+    return (
+        [Candidate(c, "noun_chunk", lexeme_of(c.root)) for c in filter_spans(chunks)]
+        + [Candidate(s, "relation", None) for s in filter_spans(relations)]
+        + [Candidate(s, "spatial", None) for s in filter_spans(spatial)]
+    )
 
 
 def _names_a_thing(root: Token, cfg: TextConfig) -> bool:
@@ -62,10 +64,13 @@ def _chunk(chunk: Span) -> Span:
     sentence adverb or conjunction in front ("Then a red circle", "and the cat")."""
     root, doc = chunk.root, chunk.doc
     start = chunk.start
-    while start < root.i and (doc[start].is_punct or doc[start].is_space
-                              or (doc[start].head == root and doc[start].dep_ in _OUTSIDE_NP_DEPS)):
+    while start < root.i and (
+        doc[start].is_punct
+        or doc[start].is_space
+        or (doc[start].head == root and doc[start].dep_ in _OUTSIDE_NP_DEPS)
+    ):
         start += 1
-    return doc[start:chunk.end]
+    return doc[start : chunk.end]
 
 
 def _is_phrase_prep(token: Token, cfg: TextConfig) -> bool:
@@ -98,7 +103,7 @@ def _relation(prep: Token) -> Span | None:
         first -= 1
     while doc[first].dep_ == "advmod" and first < verb.i:
         first += 1
-    return _trim(doc[first:prep.right_edge.i + 1])
+    return _trim(doc[first : prep.right_edge.i + 1])
 
 
 def _trim(span: Span) -> Span:
@@ -106,4 +111,4 @@ def _trim(span: Span) -> Span:
     end = span.end
     while end > span.start + 1 and (span.doc[end - 1].is_punct or span.doc[end - 1].is_space):
         end -= 1
-    return span.doc[span.start:end]
+    return span.doc[span.start : end]

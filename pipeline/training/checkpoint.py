@@ -84,8 +84,10 @@ def latest_progress(run_dir: Path) -> Progress | None:
         return None
     path = ckpt_dir / latest_tag(ckpt_dir) / PROGRESS_FILE
     if not path.exists():
-        raise InputNotFound(f"{path}: missing, so this checkpoint cannot be resumed (an older format?); "
-                                "checkpoint.resume=false starts the run over")
+        raise InputNotFound(
+            f"{path}: missing, so this checkpoint cannot be resumed (an older format?); "
+            "checkpoint.resume=false starts the run over"
+        )
     return Progress(**json.loads(path.read_text()))
 
 
@@ -111,8 +113,12 @@ def resume(engine, run_dir: Path, progress: Progress, world: World) -> None:
         return
     universal = ckpt_dir / "universal"
     if world.is_main:
-        log.info("%s was saved on %d ranks, this run has %d: converting it to a universal checkpoint",
-                 ckpt_dir / tag, progress.world_size, world.size)
+        log.info(
+            "%s was saved on %d ranks, this run has %d: converting it to a universal checkpoint",
+            ckpt_dir / tag,
+            progress.world_size,
+            world.size,
+        )
         shutil.rmtree(universal, ignore_errors=True)  # a conversion an earlier attempt left behind
         to_universal(ckpt_dir / tag, universal / tag)
     barrier()
@@ -124,17 +130,30 @@ def resume(engine, run_dir: Path, progress: Progress, world: World) -> None:
     barrier()
     if world.is_main:
         shutil.rmtree(universal)
-    log.info("resumed from %s (step %d), re-partitioned from %d to %d ranks", ckpt_dir / tag, progress.step,
-             progress.world_size, world.size)
+    log.info(
+        "resumed from %s (step %d), re-partitioned from %d to %d ranks",
+        ckpt_dir / tag,
+        progress.step,
+        progress.world_size,
+        world.size,
+    )
 
 
 def to_universal(tag_dir: Path, out: Path) -> Path:
     """DeepSpeed's ``ds_to_universal`` on one checkpoint tag, in this process (CPU only)."""
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-    ds_to_universal(argparse.Namespace(input_folder=str(tag_dir), output_folder=str(out),
-                                       num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
-                                       strict=True, inject_missing_state=True))
+    ds_to_universal(
+        argparse.Namespace(
+            input_folder=str(tag_dir),
+            output_folder=str(out),
+            num_extract_workers=1,
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,
+        )
+    )
     return out
 
 
@@ -151,8 +170,10 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, zero_stage: i
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     state = {k: v.reshape(shapes[k]) for k, v in state.items()}  # 0-d parameters trained as [1]
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")},
-               out / "open_clip_model.pt")
+    torch.save(
+        {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")},
+        out / "open_clip_model.pt",
+    )
     heads = {k: v for k, v in state.items() if not k.startswith("clip.")}
     if heads:
         torch.save(heads, out / "heads.pt")
@@ -166,7 +187,8 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, zero_stage: i
         f"{model_cfg.name} trained to {tag}.\n"
         "open_clip model: from pipeline.training.checkpoint import load_exported; load_exported(this)\n"
         "with its heads:  from pipeline.training.checkpoint import load_fine_grained; "
-        "load_fine_grained(this)\n")
+        "load_fine_grained(this)\n"
+    )
     log.info("exported %s", out)
     return out
 
@@ -219,8 +241,11 @@ def _untrained(model_cfg: ModelConfig, heads: set[str]) -> FineGrainedCLIP:
     unknown = heads - {"pooler", "region_head"}
     if unknown:
         raise ValueError(f"checkpoint: unexpected modules {sorted(unknown)}")
-    return FineGrainedCLIP(dataclasses.replace(model_cfg, pretrained=None), with_pooler="pooler" in heads,
-                           with_region_head="region_head" in heads)
+    return FineGrainedCLIP(
+        dataclasses.replace(model_cfg, pretrained=None),
+        with_pooler="pooler" in heads,
+        with_region_head="region_head" in heads,
+    )
 
 
 def _repair_zero3_universal_groups(optimizer: torch.optim.Optimizer, universal_tag: Path) -> None:
@@ -256,8 +281,10 @@ def _fp32_weights(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, 
                 return {k: v.float() for k, v in states["module"].items()}
             return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
     except pickle.UnpicklingError as e:
-        raise UserError(f"{checkpoint_dir / tag}: holds objects other than tensors and DeepSpeed's "
-                        f"metadata, refused unread ({str(e).splitlines()[-1][:200]})") from None
+        raise UserError(
+            f"{checkpoint_dir / tag}: holds objects other than tensors and DeepSpeed's "
+            f"metadata, refused unread ({str(e).splitlines()[-1][:200]})"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -275,8 +302,15 @@ def tensors_only() -> Iterator[None]:
     from deepspeed.utils.tensor_fragment import fragment_address
     from numpy._core.multiarray import _reconstruct
 
-    allowed = [LossScaler, ZeroStageEnum, fragment_address, _reconstruct, np.ndarray, np.dtype,
-               np.dtypes.UInt32DType]
+    allowed = [
+        LossScaler,
+        ZeroStageEnum,
+        fragment_address,
+        _reconstruct,
+        np.ndarray,
+        np.dtype,
+        np.dtypes.UInt32DType,
+    ]
     load = torch.load
 
     def load_tensors(*args, **kwargs):
@@ -293,8 +327,12 @@ def tensors_only() -> Iterator[None]:
 def _rng_state() -> dict:
     """Every generator's state as tensors and plain values: it loads with ``weights_only=True``."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
-                   "gauss": gauss}
+    numpy_state = {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": pos,
+        "has_gauss": has_gauss,
+        "gauss": gauss,
+    }
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -305,8 +343,13 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     saved = state["numpy"]
     if isinstance(saved, dict):
-        saved = ("MT19937", saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
-                 saved["gauss"])
+        saved = (
+            "MT19937",
+            saved["keys"].numpy().astype(np.uint32),
+            saved["pos"],
+            saved["has_gauss"],
+            saved["gauss"],
+        )
     np.random.set_state(saved)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

@@ -71,12 +71,15 @@ class TrainConfig:
         if self.replica_check_every < 0:
             raise ValueError(f"replica_check_every: must be >= 0, got {self.replica_check_every}")
         if self.replica_check_every and self.zero_stage == 3:
-            raise ValueError("replica_check_every: ZeRO-3 partitions the parameters, so ranks hold no "
-                             "replicas to compare; use it with zero_stage 0-2")
+            raise ValueError(
+                "replica_check_every: ZeRO-3 partitions the parameters, so ranks hold no "
+                "replicas to compare; use it with zero_stage 0-2"
+            )
         if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
             raise ValueError(f"stop_after: must be in 1..steps ({self.steps}), got {self.stop_after}")
         if self.device == "cpu" and self.precision == "bf16":
-            raise ValueError("precision: bf16 on CPU is not supported here (AVX2 CPUs run it ~6x slower); "
-                             "use fp32 or auto")
+            raise ValueError(
+                "precision: bf16 on CPU is not supported here (AVX2 CPUs run it ~6x slower); use fp32 or auto"
+            )
         if self.peak_tflops <= 0:
             raise ValueError(f"peak_tflops: must be > 0, got {self.peak_tflops}")

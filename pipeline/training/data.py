@@ -92,10 +92,19 @@ class DataConfig:
         if self.mode not in ("epochs", "resampled"):
             raise ValueError(f"data.mode: {self.mode!r} is not one of 'epochs', 'resampled'")
         if self.weights and self.mode == "epochs":
-            raise ValueError("data.weights: mixing weights need mode=resampled (an epoch reads every "
-                             "sample of every dataset once)")
-        for name, low in (("batch_size", 1), ("workers", 0), ("shuffle_buffer", 1), ("num_sentences", 0),
-                          ("num_phrases", 0), ("num_regions", 0), ("seed", 0)):
+            raise ValueError(
+                "data.weights: mixing weights need mode=resampled (an epoch reads every "
+                "sample of every dataset once)"
+            )
+        for name, low in (
+            ("batch_size", 1),
+            ("workers", 0),
+            ("shuffle_buffer", 1),
+            ("num_sentences", 0),
+            ("num_phrases", 0),
+            ("num_regions", 0),
+            ("seed", 0),
+        ):
             if getattr(self, name) < low:
                 raise ValueError(f"data.{name}: must be >= {low}, got {getattr(self, name)}")
 
@@ -134,8 +143,9 @@ def shard_probabilities(shards: Sequence[Shard], weights: Sequence[float]) -> np
     return p / p.sum()
 
 
-def epoch_order(shards: Sequence[Shard], probs: np.ndarray | None, seed: int, epoch: int,
-                need: int) -> list[int]:
+def epoch_order(
+    shards: Sequence[Shard], probs: np.ndarray | None, seed: int, epoch: int, need: int
+) -> list[int]:
     """The epoch's global shard order, identical on every rank and worker: a permutation
     (``probs`` None: epochs mode) or draws with replacement until ``need`` samples are covered."""
     rng = np.random.default_rng([seed, epoch])
@@ -191,15 +201,20 @@ def read_piece(piece: Piece) -> Iterator[dict[str, Any]]:
         return False
 
     delivered = 0
-    for sample in itertools.islice(read_samples(piece.url, handler=stop_reading),
-                                   piece.start, piece.stop):
+    for sample in itertools.islice(read_samples(piece.url, handler=stop_reading), piece.start, piece.stop):
         delivered += 1
         yield sample
     missing = piece.stop - piece.start - delivered
     if missing:
         why = repr(errors[-1]) if errors else "the shard ended early"
-        log.warning("shard %s: samples %d..%d unreadable (%s); skipping and counting %d samples",
-                    piece.url, piece.start + delivered, piece.stop - 1, why, missing)
+        log.warning(
+            "shard %s: samples %d..%d unreadable (%s); skipping and counting %d samples",
+            piece.url,
+            piece.start + delivered,
+            piece.stop - 1,
+            why,
+            missing,
+        )
         for i in range(piece.start + delivered, piece.stop):
             yield {"__key__": f"#{i}", "__url__": piece.url, _SKIP: "shard_unreadable"}
 
@@ -223,8 +238,9 @@ class Example:
     regions: list[tuple[Box, int]]  # (box in model-input pixels, index into texts)
 
 
-def select_texts(sample: Sample, cfg: DataConfig,
-                 scale: tuple[float, float]) -> tuple[list[str], list[tuple[Box, int]]]:
+def select_texts(
+    sample: Sample, cfg: DataConfig, scale: tuple[float, float]
+) -> tuple[list[str], list[tuple[Box, int]]]:
     """Caption + first S sentences + first P phrases; the regions of the kept phrases that have
     one (the first R), scaled by ``(sx, sy)`` and grounded to their phrase's slot."""
     sentences = sample.sentences[: cfg.num_sentences]
@@ -282,9 +298,14 @@ def tokenize_once(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
 
 def collate(examples: list[Example], tokenizer: Tokenizer, cfg: DataConfig) -> dict[str, torch.Tensor]:
     """A :class:`Batch` as a dict of tensors: what DataLoader can move between processes and pin."""
-    batch = Batch.from_lists(torch.stack([e.image for e in examples]), [e.texts for e in examples],
-                             [e.regions for e in examples], functools.partial(tokenize_once, tokenizer),
-                             cfg.num_slots, cfg.num_regions)
+    batch = Batch.from_lists(
+        torch.stack([e.image for e in examples]),
+        [e.texts for e in examples],
+        [e.regions for e in examples],
+        functools.partial(tokenize_once, tokenizer),
+        cfg.num_slots,
+        cfg.num_regions,
+    )
     return {f.name: getattr(batch, f.name) for f in fields(batch)}
 
 
@@ -295,15 +316,28 @@ def collate(examples: list[Example], tokenizer: Tokenizer, cfg: DataConfig) -> d
 class RankStream(IterableDataset):
     """Yields ``(batch fields, {reason: skipped slots})`` for one rank, endlessly."""
 
-    def __init__(self, cfg: DataConfig, shards: list[Shard], batches_per_epoch: int, *,
-                 tokenizer: Tokenizer, transform: Transform, image_size: int, rank: int, world_size: int,
-                 start_batch: int):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        shards: list[Shard],
+        batches_per_epoch: int,
+        *,
+        tokenizer: Tokenizer,
+        transform: Transform,
+        image_size: int,
+        rank: int,
+        world_size: int,
+        start_batch: int,
+    ):
         super().__init__()
         self.cfg, self.shards, self.batches_per_epoch = cfg, shards, batches_per_epoch
         self.tokenizer, self.transform, self.image_size = tokenizer, transform, image_size
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
-        self.probs = shard_probabilities(shards, cfg.weights or [1.0] * len(cfg.manifests)) \
-            if cfg.mode == "resampled" else None
+        self.probs = (
+            shard_probabilities(shards, cfg.weights or [1.0] * len(cfg.manifests))
+            if cfg.mode == "resampled"
+            else None
+        )
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, int]]]:
         info = get_worker_info()
@@ -320,12 +354,13 @@ class RankStream(IterableDataset):
             start = (self.rank * bpe + before) * size
             order = epoch_order(self.shards, self.probs, self.cfg.seed, epoch, self.world_size * bpe * size)
             raw = itertools.chain.from_iterable(
-                map(read_piece, pieces(self.shards, order, start, start + len(mine) * size)))
+                map(read_piece, pieces(self.shards, order, start, start + len(mine) * size))
+            )
             rng = random.Random(stream_seed(self.cfg.seed, epoch, self.rank, stream))
             shuffled = wds.shuffle(self.cfg.shuffle_buffer, self.cfg.shuffle_buffer, rng=rng)(raw)
             skip = len(range(mine.start, first_index, streams)) if epoch == first_epoch else 0
             rest = itertools.islice(shuffled, skip * size, None)
-            for chunk in iter(lambda: list(itertools.islice(rest, size)), []):
+            while chunk := list(itertools.islice(rest, size)):
                 yield self.make_batch(chunk)
 
     def make_batch(self, chunk: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
@@ -342,8 +377,10 @@ class RankStream(IterableDataset):
                 decoded.append(None)
         good = [e for e in decoded if e is not None]
         if not good:
-            raise RuntimeError(f"no usable sample in a batch of {len(chunk)} ({dict(skipped)}), e.g. "
-                               f"{chunk[0].get('__url__')}: is the data reachable?")
+            raise RuntimeError(
+                f"no usable sample in a batch of {len(chunk)} ({dict(skipped)}), e.g. "
+                f"{chunk[0].get('__url__')}: is the data reachable?"
+            )
         spare = itertools.cycle(good)
         examples = [e if e is not None else next(spare) for e in decoded]
         return collate(examples, self.tokenizer, self.cfg), dict(skipped)
@@ -372,16 +409,25 @@ class Loader:
         return self.stream.start_batch
 
     def __iter__(self) -> Iterator[Batch]:
-        loader = DataLoader(self.stream, batch_size=None, num_workers=self.workers,
-                            pin_memory=self.pin_memory)
+        loader = DataLoader(
+            self.stream, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory
+        )
         for tensors, skipped in loader:
             self.skipped.update(skipped)
             yield Batch(**tensors)
 
 
-def build_loader(cfg: DataConfig, *, tokenizer: Tokenizer, transform: Transform, image_size: int,
-                 rank: int = 0, world_size: int = 1, start_batch: int = 0,
-                 pin_memory: bool = False) -> Loader:
+def build_loader(
+    cfg: DataConfig,
+    *,
+    tokenizer: Tokenizer,
+    transform: Transform,
+    image_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_batch: int = 0,
+    pin_memory: bool = False,
+) -> Loader:
     """The loader of rank ``rank`` of ``world_size``, from global batch ``start_batch`` on.
 
     ``tokenizer``: strings → [N, L] token ids (``open_clip.get_tokenizer(name, context_length)``);
@@ -402,22 +448,36 @@ def build_loader(cfg: DataConfig, *, tokenizer: Tokenizer, transform: Transform,
     num_samples = sum(m.num_samples for m in manifests)
     batches_per_epoch = num_samples // (cfg.batch_size * world_size)
     if batches_per_epoch == 0:
-        raise ValueError(f"data.batch_size: {cfg.batch_size} × {world_size} ranks is more than the "
-                         f"{num_samples} samples")
+        raise ValueError(
+            f"data.batch_size: {cfg.batch_size} × {world_size} ranks is more than the {num_samples} samples"
+        )
     streams = max(cfg.workers, 1)
     if cfg.mode == "epochs" and len(shards) < world_size * streams:
-        raise ValueError(f"data.workers: {len(shards)} shards cannot give each of {world_size} rank(s) × "
-                         f"{streams} worker(s) a shard of its own; lower data.workers or set "
-                         "data.mode=resampled")
+        raise ValueError(
+            f"data.workers: {len(shards)} shards cannot give each of {world_size} rank(s) × "
+            f"{streams} worker(s) a shard of its own; lower data.workers or set "
+            "data.mode=resampled"
+        )
     _check_transform(transform, image_size)
-    stream = RankStream(cfg, shards, batches_per_epoch, tokenizer=tokenizer, transform=transform,
-                        image_size=image_size, rank=rank, world_size=world_size, start_batch=start_batch)
+    stream = RankStream(
+        cfg,
+        shards,
+        batches_per_epoch,
+        tokenizer=tokenizer,
+        transform=transform,
+        image_size=image_size,
+        rank=rank,
+        world_size=world_size,
+        start_batch=start_batch,
+    )
     return Loader(stream, num_samples, cfg.workers, pin_memory)
 
 
 def _check_transform(transform: Transform, image_size: int) -> None:
     out = transform(Image.new("RGB", (image_size, image_size)))
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (3, image_size, image_size):
-        raise ValueError(f"transform: returned {getattr(out, 'shape', type(out))} for a {image_size}² "
-                         f"image, expected [3, {image_size}, {image_size}]: the loader resizes, the "
-                         "transform only converts and normalises")
+        raise ValueError(
+            f"transform: returned {getattr(out, 'shape', type(out))} for a {image_size}² "
+            f"image, expected [3, {image_size}, {image_size}]: the loader resizes, the "
+            "transform only converts and normalises"
+        )

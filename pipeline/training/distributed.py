@@ -48,8 +48,15 @@ def init_distributed(device: str) -> World:
     import deepspeed  # heavy import: only once a run really starts
 
     deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False)
-    log.info("rank %d/%d (local %d) on %s, rendezvous %s:%s", rank, size, local_rank, target,
-             os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+    log.info(
+        "rank %d/%d (local %d) on %s, rendezvous %s:%s",
+        rank,
+        size,
+        local_rank,
+        target,
+        os.environ["MASTER_ADDR"],
+        os.environ["MASTER_PORT"],
+    )
     return World(rank, size, local_rank, target)
 
 
@@ -99,8 +106,13 @@ def check_replicas(module: torch.nn.Module, step: int) -> None:
         raise RuntimeError(f"step {step}: parameters differ across ranks ({detail})")
     if dist.get_rank() == 0:
         hosts = sorted({host for _, host in everyone})
-        log.info("step %d: parameters sha256 %s on all %d rank(s) (hosts %s)", step, mine[0][:16],
-                 len(everyone), ",".join(hosts))
+        log.info(
+            "step %d: parameters sha256 %s on all %d rank(s) (hosts %s)",
+            step,
+            mine[0][:16],
+            len(everyone),
+            ",".join(hosts),
+        )
 
 
 def barrier() -> None:

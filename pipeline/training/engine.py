@@ -42,8 +42,12 @@ def build_engine(cfg: TrainConfig, model: nn.Module, world: World, load_universa
         register_external_parameters(model)
     optimizer = build_optimizer(model, cfg.optim, world.device)
     schedule = build_schedule(optimizer, cfg.optim, cfg.steps)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=deepspeed_config(cfg, world, load_universal))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=deepspeed_config(cfg, world, load_universal),
+    )
     return engine
 
 
@@ -71,9 +75,15 @@ def register_external_parameters(model: nn.Module) -> None:
     from deepspeed.runtime.zero import register_external_parameter
 
     clip = model.clip
-    external = [clip.positional_embedding, clip.text_projection, clip.logit_scale,
-                clip.visual.class_embedding, clip.visual.positional_embedding, clip.visual.proj,
-                *clip.visual.transformer.resblocks[-1].attn.parameters()]
+    external = [
+        clip.positional_embedding,
+        clip.text_projection,
+        clip.logit_scale,
+        clip.visual.class_embedding,
+        clip.visual.positional_embedding,
+        clip.visual.proj,
+        *clip.visual.transformer.resblocks[-1].attn.parameters(),
+    ]
     if model.pooler is not None:
         external.append(model.pooler.logit_scale)  # read after the pooler's forward returns
     for p in external:

@@ -47,8 +47,9 @@ def train(cfg: TrainConfig) -> RunResult:
     preemption = PreemptionFlag()
 
     torch.manual_seed(cfg.seed)  # every rank builds the same initial model
-    model = FineGrainedCLIP(cfg.model, with_pooler=cfg.objective.uses_beta_cal,
-                            with_region_head=cfg.objective.uses_regions)
+    model = FineGrainedCLIP(
+        cfg.model, with_pooler=cfg.objective.uses_beta_cal, with_region_head=cfg.objective.uses_regions
+    )
     saved = checkpoint.latest_progress(run_dir) if cfg.checkpoint.resume else None
     resized = saved is not None and saved.world_size != world.size
     engine = build_engine(cfg, model, world, load_universal=resized)
@@ -64,19 +65,32 @@ def train(cfg: TrainConfig) -> RunResult:
         check_replicas(engine.module, step)
 
     # the loader continues at the samples trained on: the same batches follow on the same ranks
-    loader = build_run_loader(cfg, model, world.rank, world.size,
-                              start_batch=samples // (cfg.data.batch_size * world.size))
+    loader = build_run_loader(
+        cfg, model, world.rank, world.size, start_batch=samples // (cfg.data.batch_size * world.size)
+    )
     if world.is_main:
-        log.info("%d samples in %d manifest(s); %d batches per rank per epoch; steps %d → %d",
-                 loader.num_samples, len(cfg.data.manifests), loader.batches_per_epoch, step, cfg.steps)
+        log.info(
+            "%d samples in %d manifest(s); %d batches per rank per epoch; steps %d → %d",
+            loader.num_samples,
+            len(cfg.data.manifests),
+            loader.batches_per_epoch,
+            step,
+            cfg.steps,
+        )
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main, start_step=step)
     flops = FlopCount(enabled=world.device.type == "cuda")
     last_saved: Path | None = None
     batches = iter(loader)
     stop_at = cfg.stop_after or cfg.steps
-    bar = tqdm(total=cfg.steps, initial=step, disable=not world.is_main, file=sys.stderr,
-                    dynamic_ncols=True, mininterval=5)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        disable=not world.is_main,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=5,
+    )
     while step < stop_at:
         terms_sum: dict[str, float] = {}
         for _ in range(cfg.grad_accum):
@@ -98,8 +112,16 @@ def train(cfg: TrainConfig) -> RunResult:
             lrs = {g["name"]: g["lr"] for g in engine.optimizer.param_groups}
             losses = mean_over_ranks({**terms_sum, "skipped": sum(loader.skipped.values())}, world.device)
             skipped = round(losses.pop("skipped") * world.size)
-            record = metrics.write(step, losses, lrs, world.size, _flops_per_sample(flops, cfg),
-                                   cfg.peak_tflops, world.device.type == "cuda", skipped_samples=skipped)
+            record = metrics.write(
+                step,
+                losses,
+                lrs,
+                world.size,
+                _flops_per_sample(flops, cfg),
+                cfg.peak_tflops,
+                world.device.type == "cuda",
+                skipped_samples=skipped,
+            )
             bar.set_postfix(loss=f"{record['loss']:.4f}", sps=record["samples_per_s"])
         preempted = any_rank(preemption.requested, world.device)
         if step % cfg.checkpoint.every == 0 or step == stop_at or preempted:
@@ -115,33 +137,47 @@ def train(cfg: TrainConfig) -> RunResult:
     finished = step >= cfg.steps
     exported = None
     if finished and world.is_main:
-        exported = checkpoint.export(run_dir / "checkpoints", checkpoint.tag_of(step), cfg.model,
-                                     cfg.zero_stage, run_dir / "export")
+        exported = checkpoint.export(
+            run_dir / "checkpoints", checkpoint.tag_of(step), cfg.model, cfg.zero_stage, run_dir / "export"
+        )
     return RunResult(step, finished, last_saved, exported, world.is_main)
 
 
-def build_run_loader(cfg: TrainConfig, model: FineGrainedCLIP, rank: int, world_size: int,
-                     start_batch: int) -> Loader:
+def build_run_loader(
+    cfg: TrainConfig, model: FineGrainedCLIP, rank: int, world_size: int, start_batch: int
+) -> Loader:
     """The loader with the model's tokenizer, input size and normalisation."""
     visual = model.clip.visual
     return build_loader(
-        cfg.data, tokenizer=open_clip.get_tokenizer(cfg.model.name, context_length=cfg.model.context_length),
-        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize(visual.image_mean,
-                                                                                  visual.image_std)]),
-        image_size=visual.image_size[0], rank=rank, world_size=world_size, start_batch=start_batch)
+        cfg.data,
+        tokenizer=open_clip.get_tokenizer(cfg.model.name, context_length=cfg.model.context_length),
+        transform=transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize(visual.image_mean, visual.image_std)]
+        ),
+        image_size=visual.image_size[0],
+        rank=rank,
+        world_size=world_size,
+        start_batch=start_batch,
+    )
 
 
 def _warn_on_resize(saved: checkpoint.Progress, world_size: int, global_batch: int) -> None:
     """What a resumed run on another number of ranks, or with another global batch, changes."""
     if saved.world_size != world_size:
-        log.warning("resumed on %d ranks from a checkpoint saved on %d: the rest of the current epoch is "
-                    "split over the new ranks, so within it some samples may come twice and others not at "
-                    "all; from the next epoch on, every sample once per epoch again", world_size,
-                    saved.world_size)
+        log.warning(
+            "resumed on %d ranks from a checkpoint saved on %d: the rest of the current epoch is "
+            "split over the new ranks, so within it some samples may come twice and others not at "
+            "all; from the next epoch on, every sample once per epoch again",
+            world_size,
+            saved.world_size,
+        )
     if saved.global_batch != global_batch:
-        log.warning("global batch is %d samples per step, the checkpoint's was %d (batch_size × grad_accum × "
-                    "ranks): the learning rate schedule counts steps, so set grad_accum to keep it",
-                    global_batch, saved.global_batch)
+        log.warning(
+            "global batch is %d samples per step, the checkpoint's was %d (batch_size × grad_accum × "
+            "ranks): the learning rate schedule counts steps, so set grad_accum to keep it",
+            global_batch,
+            saved.global_batch,
+        )
 
 
 def _flops_per_sample(flops: FlopCount, cfg: TrainConfig) -> float | None:

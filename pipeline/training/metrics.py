@@ -50,8 +50,11 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, start_step: int = 0) -> None:
         self.enabled = enabled
         if enabled and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start_step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= start_step
+            ]
             path.write_text("".join(f"{line}\n" for line in kept))
         self._file = path.open("a") if enabled else None
         self._since = time.perf_counter()
@@ -61,16 +64,29 @@ class MetricsLog:
         self._samples += samples
         self._tokens += tokens
 
-    def write(self, step: int, losses: dict[str, float], lrs: dict[str, float], world_size: int,
-              flops_per_sample: float | None, peak_tflops: float, gpu: bool, skipped_samples: int) -> dict:
+    def write(
+        self,
+        step: int,
+        losses: dict[str, float],
+        lrs: dict[str, float],
+        world_size: int,
+        flops_per_sample: float | None,
+        peak_tflops: float,
+        gpu: bool,
+        skipped_samples: int,
+    ) -> dict:
         """Rates since the last write, over all ranks (every rank sees the same batch size);
         ``skipped_samples``: bad samples the loaders have replaced so far, all ranks."""
         elapsed = max(time.perf_counter() - self._since, 1e-9)
         samples_s = self._samples * world_size / elapsed
-        record = {"step": step, **losses, **{f"lr_{k}": v for k, v in lrs.items()},
-                  "samples_per_s": round(samples_s, 2),
-                  "tokens_per_s": round(self._tokens * world_size / elapsed, 1),
-                  "skipped_samples": skipped_samples}
+        record = {
+            "step": step,
+            **losses,
+            **{f"lr_{k}": v for k, v in lrs.items()},
+            "samples_per_s": round(samples_s, 2),
+            "tokens_per_s": round(self._tokens * world_size / elapsed, 1),
+            "skipped_samples": skipped_samples,
+        }
         if gpu and flops_per_sample:
             record["mfu"] = round(samples_s * flops_per_sample / (peak_tflops * 1e12 * world_size), 4)
         if self._file is not None:
@@ -82,4 +98,3 @@ class MetricsLog:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-

@@ -24,15 +24,21 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         head = not name.startswith("clip.")
         decay = p.ndim >= 2 and "logit_scale" not in name and "positional_embedding" not in name
         groups.setdefault((head, decay), []).append(p)
-    return [{"params": params, "lr": cfg.head_lr if head else cfg.lr,
-             "weight_decay": cfg.weight_decay if decay else 0.0, "name": f"{'heads' if head else 'backbone'}"
-             f"{'' if decay else '_no_decay'}"}
-            for (head, decay), params in sorted(groups.items())]
+    return [
+        {
+            "params": params,
+            "lr": cfg.head_lr if head else cfg.lr,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+            "name": f"{'heads' if head else 'backbone'}{'' if decay else '_no_decay'}",
+        }
+        for (head, decay), params in sorted(groups.items())
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, cfg), betas=cfg.betas, eps=cfg.eps,
-                             fused=device.type == "cuda")
+    return torch.optim.AdamW(
+        param_groups(model, cfg), betas=cfg.betas, eps=cfg.eps, fused=device.type == "cuda"
+    )
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -43,6 +49,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
-                   ) -> torch.optim.lr_scheduler.LambdaLR:
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps))

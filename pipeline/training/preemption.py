@@ -39,7 +39,7 @@ def requeue() -> bool:
     if not job:
         log.warning("not a Slurm job: stopping after the checkpoint, nothing to requeue")
         return False
-    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         log.error("scontrol requeue %s failed: %s", job, result.stderr.strip())
         return False
