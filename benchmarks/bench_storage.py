@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from botocore.exceptions import EndpointConnectionError
 
-from pipeline.shards import storage
+from pipeline import storage
 from pipeline.shards.writer import shard_name, write_shard
 
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(record, indent=1) if args.json else describe(record))
             return 0
         if args.command == "export":
-            from pipeline.training.checkpoint import export_checkpoint
+            from pipeline.training.export import export_checkpoint
 
             print(export_checkpoint(args.checkpoint, args.out))
             return 0

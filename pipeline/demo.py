@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -28,6 +29,7 @@ TRAIN_CONFIG = (
     "configs/train/beta_tiny.yaml"  # K = 36 text slots and 16 regions: what every objective may read
 )
 OBJECTIVES = ("clip", "beta", "harmo", "beta+harmo")
+EVAL_PRESET = REPO / "configs/eval/synthetic.yaml"  # the generated corpus's FG-OVD attributes
 
 
 def run_demo(
@@ -69,10 +71,14 @@ def run_demo(
             return 1
         runs.append(f"{objective}={run_dir}")
 
+    given = {
+        "data": str(heldout_set),
+        "out": str(work / "report"),
+        "checkpoints": runs,
+        "max_images": heldout,
+    }
     report = evaluate(
-        EvalConfig(
-            data=str(heldout_set), out=str(work / "report"), checkpoints=tuple(runs), max_images=heldout
-        )
+        load_config(EvalConfig, EVAL_PRESET, [f"{k}={json.dumps(v)}" for k, v in given.items()])
     )
     print((report / "report.md").read_text())
     print(f"report: {report / 'report.html'}")

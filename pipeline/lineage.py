@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
-from pipeline.shards import storage
+from pipeline import __version__, storage
 from pipeline.shards.manifest import MANIFEST_FILE, load_manifest
 
 LINEAGE_FILE = "lineage.json"

@@ -14,7 +14,7 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import EndpointConnectionError
 
-from pipeline.shards import storage
+from pipeline import storage
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pipeline.config import UserError
-from pipeline.training.checkpoint import export_checkpoint, latest_tag
+from pipeline.training.checkpoint import latest_tag
+from pipeline.training.export import export_checkpoint
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]

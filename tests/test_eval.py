@@ -213,6 +213,8 @@ def test_eval_command_writes_a_report(generated_shards, tmp_path):
             str(out),
             "--checkpoint",
             "untrained=openclip:FG-Tiny-16",
+            "--config",
+            "configs/eval/synthetic.yaml",
             "max_images=40",
             "examples=2",
         ],

@@ -16,9 +16,9 @@ import ray
 from ray_jobs import BIN, submit
 from s3_server import s3_server
 
+from pipeline import storage
 from pipeline.config import load_config
 from pipeline.prep import PrepConfig, run
-from pipeline.shards import storage
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
 pytestmark = pytest.mark.integration

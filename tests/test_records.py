@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import storage
 from pipeline.prep.records import Drop, InputRecord, read_index
-from pipeline.shards import storage
 
 
 def _write_jsonl(path, lines):

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline.prep.records import Drop, read_index
-from pipeline.synthetic import BROKEN_KINDS, COLOURS, SyntheticConfig, write_corpus
+from pipeline.synthetic import BROKEN_KINDS, COLOURS, SHAPES, SIZES, SyntheticConfig, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _digest(root: Path) -> str:
@@ -92,3 +95,9 @@ def test_huge_caption_is_one_mebibyte_and_bomb_is_small_on_disk(tmp_path):
     path = tmp_path / broken("decompression_bomb")["image"]
     assert path.stat().st_size < 100_000
     assert Image.open(io.BytesIO(path.read_bytes())).size == (8000, 6000)
+
+
+def test_the_eval_preset_names_the_generators_vocabulary():
+    """configs/eval/synthetic.yaml is data the demo passes to eval; it must match what is drawn."""
+    preset = yaml.safe_load((REPO / "configs/eval/synthetic.yaml").read_text())
+    assert preset["attributes"] == {"size": list(SIZES), "colour": list(COLOURS), "shape": list(SHAPES)}

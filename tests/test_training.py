@@ -16,7 +16,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 from pipeline.batch import Batch
 from pipeline.config import load_config
 from pipeline.models import FineGrainedCLIP
-from pipeline.training.checkpoint import load_exported, load_fine_grained
+from pipeline.models.loading import load_exported, load_fine_grained
 from pipeline.training.config import TrainConfig
 
 pytestmark = pytest.mark.integration

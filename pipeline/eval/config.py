@@ -5,12 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.synthetic import COLOURS, SHAPES, SIZES
-
-
-def _synthetic_attributes() -> dict[str, list[str]]:
-    return {"size": list(SIZES), "colour": list(COLOURS), "shape": list(SHAPES)}
-
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -24,8 +18,9 @@ class EvalConfig:
     prompt: str = "a photo of a {}."  # label → text, for box classification and FG-OVD
     recall_ks: tuple[int, ...] = (1, 5, 10)
     # FG-OVD: attribute groups and their values; a box label is parsed into one value per group, and
-    # negatives swap 1 (hard), 2 (medium) or 3 (easy) of them. Default: the generated corpus's.
-    attributes: dict[str, list[str]] = field(default_factory=_synthetic_attributes)
+    # negatives swap 1 (hard), 2 (medium) or 3 (easy) of them. None given: FG-OVD is not scored.
+    # The generated corpus's: configs/eval/synthetic.yaml.
+    attributes: dict[str, list[str]] = field(default_factory=dict)
     num_negatives: int = 5  # per box and difficulty (fewer where fewer exist)
     examples: int = 4  # images drawn in the report, with their boxes and top labels
     seed: int = 0  # which negatives are drawn

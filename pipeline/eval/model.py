@@ -10,15 +10,14 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from torchvision import transforms
 
 from pipeline.eval.data import EvalImage
 from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.models.dense import encode_image_dense
+from pipeline.models.loading import CLIP_WEIGHTS, load_fine_grained
 from pipeline.models.regions import pool_regions
 from pipeline.models.text import encode_tokens
-from pipeline.training.checkpoint import load_fine_grained
-from pipeline.training.data import model_input_image
+from pipeline.models.transform import model_input_image, normalizer
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def export_folder(spec: str) -> Path:
     """The export a run-folder or export spec names; fails naming the key when there is none."""
     path = Path(spec)
     export = path / "export" if (path / "export").is_dir() else path
-    if not (export / "open_clip_model.pt").exists():
+    if not (export / CLIP_WEIGHTS).exists():
         raise FileNotFoundError(
             f"checkpoints: {spec} is neither a run folder with export/ nor an export "
             "(python -m pipeline export RUN OUT makes one from any checkpoint)"
@@ -64,9 +63,7 @@ def embed_images(model: FineGrainedCLIP, images: list[EvalImage], batch_size: in
     to the model's square input (nothing cropped) and the boxes scaled with it."""
     visual = model.clip.visual
     size = visual.image_size[0]
-    to_tensor = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(visual.image_mean, visual.image_std)]
-    )
+    to_tensor = normalizer(visual)
     device = next(model.parameters()).device
     globals_, regions, head_regions = [], [], []
     for start in range(0, len(images), batch_size):

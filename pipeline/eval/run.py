@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,8 +16,30 @@ from pipeline.eval.data import EvalImage, load_eval_set
 from pipeline.eval.model import OPENCLIP_PREFIX, embed_images, embed_texts, export_folder, load_model
 from pipeline.eval.report import ModelResult, write_report
 from pipeline.lineage import make_lineage, read_lineage
+from pipeline.models import FineGrainedCLIP
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """What every checkpoint is scored on: the images, their box labels as classes, and the
+    FG-OVD trials and per-attribute pairs drawn from those labels (none without ``attributes``)."""
+
+    cfg: EvalConfig
+    images: list[EvalImage]
+    classes: list[str]
+    targets: torch.Tensor  # per box: its label's index in ``classes``
+    trials: list[metrics.Trial]
+    pairs: list[tuple[int, str, str, str]]
+    unparsed: int  # boxes whose label names no value of some attribute group
+
+    @property
+    def label_texts(self) -> list[str]:
+        """Every label text embedded: the classes and every negative."""
+        return sorted(
+            {*self.classes, *(n for t in self.trials for n in t.negatives), *(p[2] for p in self.pairs)}
+        )
 
 
 def evaluate(cfg: EvalConfig) -> Path:
@@ -28,46 +51,81 @@ def evaluate(cfg: EvalConfig) -> Path:
     for _, spec in checkpoints:  # before any work: every checkpoint is there
         if not spec.startswith(OPENCLIP_PREFIX):
             export_folder(spec)
-    images = load_eval_set(cfg.data, cfg.shards, cfg.max_images)
-    labels = [label.lower() for im in images for label in im.labels]
-    classes = sorted(set(labels))
-    class_of = {c: i for i, c in enumerate(classes)}
-    targets = torch.tensor([class_of[label] for label in labels], dtype=torch.long)
-    trials, unparsed = metrics.make_trials(labels, cfg.attributes, cfg.num_negatives, cfg.seed)
-    pairs = metrics.attribute_pairs(labels, cfg.attributes)
-    label_texts = sorted({*classes, *(n for t in trials for n in t.negatives), *(p[2] for p in pairs)})
-    log.info(
-        "%d images, %d boxes, %d classes, %d FG-OVD trials (%d boxes' labels not parsed into %s)",
-        len(images),
-        len(labels),
-        len(classes),
-        len(trials),
-        unparsed,
-        "/".join(cfg.attributes),
-    )
-
+    task = build_task(cfg)
     results = []
     for name, spec in checkpoints:
         started = time.time()
         model = load_model(spec, device)
-        result = _evaluate_model(name, spec, model, images, cfg, classes, targets, trials, pairs, label_texts)
+        result = score(name, spec, model, task)
         log.info("%s: %s (%.0f s)", result.name, result.headline(), time.time() - started)
         results.append(result)
         del model
     data = {
         "path": cfg.data,
-        "images": len(images),
-        "boxes": len(labels),
-        "classes": len(classes),
-        "fgovd_trials": len(trials),
-        "fgovd_unparsed_boxes": unparsed,
-        "chance": metrics.chance_levels(len(images), len(classes), trials, cfg.recall_ks),
+        "images": len(task.images),
+        "boxes": len(task.targets),
+        "classes": len(task.classes),
+        "fgovd_trials": len(task.trials),
+        "fgovd_unparsed_boxes": task.unparsed,
+        "chance": metrics.chance_levels(len(task.images), len(task.classes), task.trials, cfg.recall_ks),
     }
     lineage = {
         **make_lineage([cfg.data], to_dict(cfg)),
         "checkpoints": {r.name: _checkpoint_lineage(r.spec) for r in results},
     }
-    return write_report(Path(cfg.out), cfg, data, results, images, classes, lineage)
+    return write_report(Path(cfg.out), cfg, data, results, task.images, task.classes, lineage)
+
+
+def build_task(cfg: EvalConfig) -> EvalTask:
+    images = load_eval_set(cfg.data, cfg.shards, cfg.max_images)
+    labels = [label.lower() for im in images for label in im.labels]
+    classes = sorted(set(labels))
+    class_of = {c: i for i, c in enumerate(classes)}
+    targets = torch.tensor([class_of[label] for label in labels], dtype=torch.long)
+    trials, unparsed, pairs = [], 0, []
+    if cfg.attributes:
+        trials, unparsed = metrics.make_trials(labels, cfg.attributes, cfg.num_negatives, cfg.seed)
+        pairs = metrics.attribute_pairs(labels, cfg.attributes)
+    log.info(
+        "%d images, %d boxes, %d classes, %d FG-OVD trials (%s)",
+        len(images),
+        len(labels),
+        len(classes),
+        len(trials),
+        f"{unparsed} boxes' labels not parsed into {'/'.join(cfg.attributes)}"
+        if cfg.attributes
+        else "no attributes given: FG-OVD not scored",
+    )
+    return EvalTask(cfg, images, classes, targets, trials, pairs, unparsed)
+
+
+def score(name: str, spec: str, model: FineGrainedCLIP, task: EvalTask) -> ModelResult:
+    """One checkpoint on the task: retrieval, box classification and FG-OVD, per region view."""
+    cfg = task.cfg
+    embedded = embed_images(model, task.images, cfg.batch_size)
+    captions = embed_texts(model, [im.caption for im in task.images])
+    label_texts = task.label_texts
+    text = dict(zip(label_texts, embed_texts(model, [cfg.prompt.format(t) for t in label_texts])))
+    class_emb = torch.stack([text[c] for c in task.classes])
+    result = ModelResult(
+        name, spec, retrieval=metrics.retrieval_recall(embedded.image, captions, cfg.recall_ks)
+    )
+    views = {"roi": embedded.regions, "head": embedded.head_regions}
+    for view, per_image in views.items():
+        if per_image is None or not len(task.targets):
+            continue
+        regions = torch.cat(per_image)
+        result.boxes[view] = metrics.topk_accuracy(regions, class_emb, task.targets)
+        if task.trials:
+            result.fgovd[view] = {
+                **metrics.trial_accuracy(task.trials, regions, text),
+                "by_attribute": metrics.pair_accuracy(task.pairs, regions, text),
+            }
+        if view == "roi":
+            result.top_labels = [
+                task.classes[row[0]] for row in metrics.top_labels(regions, class_emb, 1).tolist()
+            ]
+    return result
 
 
 def _checkpoint_lineage(spec: str) -> dict:
@@ -78,31 +136,3 @@ def _checkpoint_lineage(spec: str) -> dict:
     except FileNotFoundError:
         log.warning("%s records no lineage", spec)
         return {"path": spec}
-
-
-def _evaluate_model(
-    name, spec, model, images: list[EvalImage], cfg: EvalConfig, classes, targets, trials, pairs, label_texts
-) -> ModelResult:
-    embedded = embed_images(model, images, cfg.batch_size)
-    captions = embed_texts(model, [im.caption for im in images])
-    text = dict(zip(label_texts, embed_texts(model, [cfg.prompt.format(t) for t in label_texts])))
-    class_emb = torch.stack([text[c] for c in classes])
-    result = ModelResult(
-        name, spec, retrieval=metrics.retrieval_recall(embedded.image, captions, cfg.recall_ks)
-    )
-    views = {"roi": embedded.regions, "head": embedded.head_regions}
-    for view, per_image in views.items():
-        if per_image is None or not len(targets):
-            continue
-        regions = torch.cat(per_image)
-        result.boxes[view] = metrics.topk_accuracy(regions, class_emb, targets)
-        if trials:
-            result.fgovd[view] = {
-                **metrics.trial_accuracy(trials, regions, text),
-                "by_attribute": metrics.pair_accuracy(pairs, regions, text),
-            }
-        if view == "roi":
-            result.top_labels = [
-                classes[row[0]] for row in metrics.top_labels(regions, class_emb, 1).tolist()
-            ]
-    return result

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.objectives.clip import cross_entropy
-from pipeline.objectives.distributed import gather, masked_mean, world
+from pipeline.objectives.collectives import gather, masked_mean, world
 
 
 def beta_cal_loss(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.objectives.distributed import gather, masked_mean, world
+from pipeline.objectives.collectives import gather, masked_mean, world
 
 
 def cross_entropy(

@@ -31,6 +31,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline import storage
 from pipeline.config import BadInput
 from pipeline.prep.records import (
     Drop,
@@ -41,7 +42,6 @@ from pipeline.prep.records import (
     unique_ids,
     xywh_to_xyxy,
 )
-from pipeline.shards import storage
 
 
 def read_coco(

@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.config import InputNotFound
 from pipeline.prep import tars
 from pipeline.prep.coco import read_coco
@@ -28,9 +29,8 @@ from pipeline.prep.config import INPUT_KEYS, InputConfig
 from pipeline.prep.records import Drop, InputRecord, count_index_rows, index_format, read_index
 from pipeline.prep.sharegpt4v import read_sharegpt4v
 from pipeline.prep.visual_genome import read_visual_genome
-from pipeline.shards import storage
-from pipeline.shards.storage import FileStat
 from pipeline.shards.writer import file_digest
+from pipeline.storage import FileStat
 
 InputFiles = list[tuple[str, FileStat | None]]  # URL, size and version; None: a named tar that is not there
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import ray
 
-from pipeline import __version__
+from pipeline import __version__, storage
 from pipeline.config import BadInput, OutputInTheWay, UserError, to_dict
 from pipeline.lineage import code_version
 from pipeline.prep import inputs, tars
@@ -33,7 +33,6 @@ from pipeline.prep.records import Drop, InputRecord
 from pipeline.prep.worker import PROGRESS_DIR, ShardResult, ShardTask, ShardWorker
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import manifest as mf
-from pipeline.shards import storage
 from pipeline.shards.writer import file_digest, is_shard_name, shard_name
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from pipeline import storage
 from pipeline.config import BadInput
 from pipeline.prep.records import Drop
-from pipeline.shards import storage
 
 CHUNK = 1 << 20
 _DECODER = json.JSONDecoder()

@@ -20,8 +20,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.config import BadInput
-from pipeline.shards import storage
 
 REQUIRED_FIELDS = ("id", "image", "caption")
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline import storage
 from pipeline.prep.jsonlist import read_json_list
 from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, unique_ids
-from pipeline.shards import storage
 
 
 def read_sharegpt4v(captions: str, images: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 
 import braceexpand
 
+from pipeline import storage
 from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, unique_ids
-from pipeline.shards import storage
-from pipeline.shards.storage import FileStat
+from pipeline.storage import FileStat
 
 log = logging.getLogger(__name__)
 

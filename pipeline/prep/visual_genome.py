@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline import storage
 from pipeline.prep.jsonlist import read_json_list
 from pipeline.prep.records import (
     Drop,
@@ -35,7 +36,6 @@ from pipeline.prep.records import (
     unique_ids,
     xywh_to_xyxy,
 )
-from pipeline.shards import storage
 
 IMAGE_FOLDERS = ("", "VG_100K", "VG_100K_2")  # under input.images; the first holding <id>.jpg wins
 

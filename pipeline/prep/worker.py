@@ -41,12 +41,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 from PIL import Image
 
+from pipeline import storage
 from pipeline.grounding.base import Annotation, GroundingRequest
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.images import ImageRejected, StoredImage, encode, map_boxes
 from pipeline.prep.records import InputRecord
 from pipeline.schema import Phrase, Sample, sample_key
-from pipeline.shards import storage
 from pipeline.shards.writer import shard_name, write_shard
 
 if TYPE_CHECKING:

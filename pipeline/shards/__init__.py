@@ -1,4 +1,4 @@
-"""WebDataset shards, manifests and the storage they live on."""
+"""WebDataset shards and their manifests (the storage they live on: ``pipeline.storage``)."""
 
 from pipeline.shards.manifest import Manifest, ManifestError, ShardEntry, load_manifest
 

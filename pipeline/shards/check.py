@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 from PIL import Image
 
+from pipeline import storage
 from pipeline.schema import Sample, SchemaError, sample_key
-from pipeline.shards import storage
 from pipeline.shards.manifest import Manifest
 from pipeline.shards.writer import file_digest, read_samples
 

@@ -15,9 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.config import UserError
 from pipeline.schema import SCHEMA_VERSION
-from pipeline.shards import storage
 
 MANIFEST_FILE = "dataset.json"
 SHARDS_TABLE = "shards.parquet"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from pipeline.shards import storage
+from pipeline import storage
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Checkpoints: DeepSpeed's sharded saves, exact resume, pruning, and an open_clip export.
+"""Checkpoints: DeepSpeed's sharded saves, exact resume, pruning; loading them as data only.
 
 Layout of a run folder::
 
@@ -6,8 +6,7 @@ Layout of a run folder::
                                  rng-rank<r>.pt (each rank's RNG states), progress.json,
                                  lineage.json
     checkpoints/latest           the newest complete tag (written last, so never a partial one)
-    export/                      open_clip_model.pt, open_clip_config.json, heads.pt,
-                                 model_config.json, lineage.json (see :func:`export`)
+    export/                      the finished run's export (``pipeline.training.export``)
 
 Resume restores model, optimizer, scheduler and RNGs; the loader continues at the number of
 samples trained on (``start_batch = samples / (batch_size × ranks)``), so the same batches
@@ -21,19 +20,16 @@ import contextlib
 import dataclasses
 import json
 import logging
-import pickle
 import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 
-from pipeline.config import InputNotFound, UserError, build, to_dict
+from pipeline.config import InputNotFound
 from pipeline.lineage import LINEAGE_FILE
-from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.training.distributed import World, barrier
 
 log = logging.getLogger(__name__)
@@ -157,95 +153,12 @@ def to_universal(tag_dir: Path, out: Path) -> Path:
     return out
 
 
-def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, zero_stage: int, out: Path) -> Path:
-    """Consolidate the ZeRO checkpoint ``checkpoint_dir/tag`` into fp32 weights open_clip loads.
-
-    ``open_clip_model.pt`` holds the CLIP state dict and ``open_clip_config.json`` its model
-    config (context length as trained): :func:`load_exported` needs nothing else.
-    ``heads.pt`` holds the β-CLIP pooler / region head when trained, ``model_config.json`` our
-    :class:`ModelConfig`: :func:`load_fine_grained` rebuilds the whole training model from them.
-    """
-    state = _fp32_weights(checkpoint_dir, tag, zero_stage)
-    model = _untrained(model_cfg, heads={k.partition(".")[0] for k in state if not k.startswith("clip.")})
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    state = {k: v.reshape(shapes[k]) for k, v in state.items()}  # 0-d parameters trained as [1]
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")},
-        out / "open_clip_model.pt",
-    )
-    heads = {k: v for k, v in state.items() if not k.startswith("clip.")}
-    if heads:
-        torch.save(heads, out / "heads.pt")
-    config = open_clip.get_model_config(model_cfg.name)
-    config["text_cfg"]["context_length"] = model_cfg.context_length
-    (out / "open_clip_config.json").write_text(json.dumps(config, indent=1))
-    (out / "model_config.json").write_text(json.dumps(to_dict(model_cfg), indent=1))
-    if (checkpoint_dir / tag / LINEAGE_FILE).exists():
-        shutil.copy(checkpoint_dir / tag / LINEAGE_FILE, out / LINEAGE_FILE)
-    (out / "README.txt").write_text(
-        f"{model_cfg.name} trained to {tag}.\n"
-        "open_clip model: from pipeline.training.checkpoint import load_exported; load_exported(this)\n"
-        "with its heads:  from pipeline.training.checkpoint import load_fine_grained; "
-        "load_fine_grained(this)\n"
-    )
-    log.info("exported %s", out)
-    return out
-
-
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """:func:`export` for a run folder (its latest checkpoint) or one checkpoint tag folder in it."""
-    path = Path(checkpoint)
-    if (path / "checkpoints").is_dir():
-        run_dir, checkpoint_dir, tag = path, path / "checkpoints", latest_tag(path / "checkpoints")
-    elif path.parent.name == "checkpoints" and path.is_dir():
-        run_dir, checkpoint_dir, tag = path.parent.parent, path.parent, path.name
-    else:
-        raise InputNotFound(f"{path}: neither a run folder (with checkpoints/) nor a checkpoint in one")
-    config = json.loads((run_dir / "config.json").read_text())
-    return export(checkpoint_dir, tag, build(ModelConfig, config["model"]), config["zero_stage"], Path(out))
-
-
 def latest_tag(checkpoint_dir: Path) -> str:
     """The tag DeepSpeed's ``latest`` pointer names: the newest complete checkpoint."""
     pointer = checkpoint_dir / "latest"
     if not pointer.exists():
         raise InputNotFound(f"{checkpoint_dir}: no checkpoint (no 'latest' file)")
     return pointer.read_text().strip()
-
-
-def load_exported(export_dir: str | Path) -> open_clip.CLIP:
-    """An open_clip model with the exported weights (strict: every key must match)."""
-    export_dir = Path(export_dir)
-    config = json.loads((export_dir / "open_clip_config.json").read_text())
-    model = open_clip.CLIP(**config)
-    model.load_state_dict(torch.load(export_dir / "open_clip_model.pt", weights_only=True), strict=True)
-    return model.eval()
-
-
-def load_fine_grained(export_dir: str | Path) -> FineGrainedCLIP:
-    """The training model (CLIP + the heads it trained) from an export (strict, in eval mode)."""
-    export_dir = Path(export_dir)
-    model_cfg = build(ModelConfig, json.loads((export_dir / "model_config.json").read_text()))
-    heads_file = export_dir / "heads.pt"
-    heads = torch.load(heads_file, weights_only=True) if heads_file.exists() else {}
-    model = _untrained(model_cfg, heads={k.partition(".")[0] for k in heads})
-    clip = torch.load(export_dir / "open_clip_model.pt", weights_only=True)
-    state = {f"clip.{k}": v for k, v in clip.items()}
-    model.load_state_dict({**state, **heads}, strict=True)
-    return model.eval()
-
-
-def _untrained(model_cfg: ModelConfig, heads: set[str]) -> FineGrainedCLIP:
-    """The model's skeleton: no pretrained download, since its weights are about to be replaced."""
-    unknown = heads - {"pooler", "region_head"}
-    if unknown:
-        raise ValueError(f"checkpoint: unexpected modules {sorted(unknown)}")
-    return FineGrainedCLIP(
-        dataclasses.replace(model_cfg, pretrained=None),
-        with_pooler="pooler" in heads,
-        with_region_head="region_head" in heads,
-    )
 
 
 def _repair_zero3_universal_groups(optimizer: torch.optim.Optimizer, universal_tag: Path) -> None:
@@ -266,25 +179,6 @@ def _repair_zero3_universal_groups(optimizer: torch.optim.Optimizer, universal_t
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()
-
-
-def _fp32_weights(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
-    """The whole model's fp32 weights: consolidated from ZeRO's partitions (stages 1-3), or the
-    module state that ZeRO-0 saves unpartitioned (in the training precision). The checkpoint
-    may be someone else's: it is read as data (:func:`tensors_only`)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    try:
-        with tensors_only():
-            if zero_stage == 0:
-                states = torch.load(checkpoint_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu")
-                return {k: v.float() for k, v in states["module"].items()}
-            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
-    except pickle.UnpicklingError as e:
-        raise UserError(
-            f"{checkpoint_dir / tag}: holds objects other than tensors and DeepSpeed's "
-            f"metadata, refused unread ({str(e).splitlines()[-1][:200]})"
-        ) from None
 
 
 @contextlib.contextmanager

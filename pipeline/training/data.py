@@ -39,7 +39,6 @@ flip would silently misplace the boxes, and random colour augmentation would bre
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import json
 import logging
@@ -57,6 +56,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.batch import Batch, Box
+from pipeline.models.transform import model_input_image
 from pipeline.schema import Sample
 from pipeline.shards.manifest import ManifestError, load_manifest
 from pipeline.shards.writer import read_samples
@@ -278,14 +278,6 @@ def decode(raw: dict[str, Any], cfg: DataConfig, image_size: int, transform: Tra
         raise BadSample("bad_sample", f"jpg is {size[0]}x{size[1]}, json says {sample.width}x{sample.height}")
     texts, regions = select_texts(sample, cfg, (image_size / sample.width, image_size / sample.height))
     return Example(transform(img), texts, regions)
-
-
-def model_input_image(jpg: bytes, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
-    """JPEG bytes → (the whole image resized to ``image_size``², RGB; its stored size)."""
-    with Image.open(io.BytesIO(jpg)) as img:
-        size = img.size
-        img.draft("RGB", (image_size, image_size))  # JPEG DCT scaling: decode no more than needed
-        return img.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC), size
 
 
 def tokenize_once(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:

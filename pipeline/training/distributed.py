@@ -71,7 +71,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Each value averaged over ranks: each rank's loss is its share of the global batch's loss
-    (see ``objectives.distributed.masked_mean``), so their mean is the global batch's loss."""
+    (see ``objectives.collectives.masked_mean``), so their mean is the global batch's loss."""
     if not dist.is_initialized() or not values:
         return values
     tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)

@@ -10,18 +10,19 @@ from pathlib import Path
 
 import open_clip
 import torch
-from torchvision import transforms
 from tqdm import tqdm
 
 from pipeline.config import to_dict
 from pipeline.lineage import make_lineage, write_lineage
 from pipeline.models import FineGrainedCLIP
+from pipeline.models.transform import normalizer
 from pipeline.objectives import compute_loss
 from pipeline.training import checkpoint
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Loader, build_loader
 from pipeline.training.distributed import any_rank, check_replicas, init_distributed, mean_over_ranks
 from pipeline.training.engine import build_engine, precision_of
+from pipeline.training.export import export
 from pipeline.training.metrics import FlopCount, MetricsLog, text_tokens
 from pipeline.training.preemption import PreemptionFlag, requeue
 
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig) -> RunResult:
     finished = step >= cfg.steps
     exported = None
     if finished and world.is_main:
-        exported = checkpoint.export(
+        exported = export(
             run_dir / "checkpoints", checkpoint.tag_of(step), cfg.model, cfg.zero_stage, run_dir / "export"
         )
     return RunResult(step, finished, last_saved, exported, world.is_main)
@@ -151,9 +152,7 @@ def build_run_loader(
     return build_loader(
         cfg.data,
         tokenizer=open_clip.get_tokenizer(cfg.model.name, context_length=cfg.model.context_length),
-        transform=transforms.Compose(
-            [transforms.ToTensor(), transforms.Normalize(visual.image_mean, visual.image_std)]
-        ),
+        transform=normalizer(visual),
         image_size=visual.image_size[0],
         rank=rank,
         world_size=world_size,

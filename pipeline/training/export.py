@@ -1,0 +1,82 @@
+"""A training checkpoint → an export folder that open_clip (and ``pipeline.models.loading``)
+loads: the ZeRO partitions consolidated into fp32 weights, read as data only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import shutil
+from pathlib import Path
+
+import open_clip
+import torch
+
+from pipeline.config import InputNotFound, UserError, build, to_dict
+from pipeline.lineage import LINEAGE_FILE
+from pipeline.models import ModelConfig
+from pipeline.models.loading import CLIP_CONFIG, CLIP_WEIGHTS, HEADS, MODEL_CONFIG, untrained
+from pipeline.training.checkpoint import latest_tag, tensors_only
+
+log = logging.getLogger(__name__)
+
+
+def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, zero_stage: int, out: Path) -> Path:
+    """Consolidate the ZeRO checkpoint ``checkpoint_dir/tag`` into the files of an export
+    (``pipeline.models.loading`` lists them); the run's lineage goes with them."""
+    state = _fp32_weights(checkpoint_dir, tag, zero_stage)
+    model = untrained(model_cfg, heads={k.partition(".")[0] for k in state if not k.startswith("clip.")})
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    state = {k: v.reshape(shapes[k]) for k, v in state.items()}  # 0-d parameters trained as [1]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")}, out / CLIP_WEIGHTS
+    )
+    heads = {k: v for k, v in state.items() if not k.startswith("clip.")}
+    if heads:
+        torch.save(heads, out / HEADS)
+    config = open_clip.get_model_config(model_cfg.name)
+    config["text_cfg"]["context_length"] = model_cfg.context_length
+    (out / CLIP_CONFIG).write_text(json.dumps(config, indent=1))
+    (out / MODEL_CONFIG).write_text(json.dumps(to_dict(model_cfg), indent=1))
+    if (checkpoint_dir / tag / LINEAGE_FILE).exists():
+        shutil.copy(checkpoint_dir / tag / LINEAGE_FILE, out / LINEAGE_FILE)
+    (out / "README.txt").write_text(
+        f"{model_cfg.name} trained to {tag}.\n"
+        "open_clip model: from pipeline.models.loading import load_exported; load_exported(this)\n"
+        "with its heads:  from pipeline.models.loading import load_fine_grained; load_fine_grained(this)\n"
+    )
+    log.info("exported %s", out)
+    return out
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """:func:`export` for a run folder (its latest checkpoint) or one checkpoint tag folder in it."""
+    path = Path(checkpoint)
+    if (path / "checkpoints").is_dir():
+        run_dir, checkpoint_dir, tag = path, path / "checkpoints", latest_tag(path / "checkpoints")
+    elif path.parent.name == "checkpoints" and path.is_dir():
+        run_dir, checkpoint_dir, tag = path.parent.parent, path.parent, path.name
+    else:
+        raise InputNotFound(f"{path}: neither a run folder (with checkpoints/) nor a checkpoint in one")
+    config = json.loads((run_dir / "config.json").read_text())
+    return export(checkpoint_dir, tag, build(ModelConfig, config["model"]), config["zero_stage"], Path(out))
+
+
+def _fp32_weights(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The whole model's fp32 weights: consolidated from ZeRO's partitions (stages 1-3), or the
+    module state that ZeRO-0 saves unpartitioned (in the training precision). The checkpoint
+    may be someone else's: it is read as data (``tensors_only``)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        with tensors_only():
+            if zero_stage == 0:
+                states = torch.load(checkpoint_dir / tag / "mp_rank_00_model_states.pt", map_location="cpu")
+                return {k: v.float() for k, v in states["module"].items()}
+            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    except pickle.UnpicklingError as e:
+        raise UserError(
+            f"{checkpoint_dir / tag}: holds objects other than tensors and DeepSpeed's "
+            f"metadata, refused unread ({str(e).splitlines()[-1][:200]})"
+        ) from None
