@@ -17,6 +17,7 @@ from pipeline.models.pooler import TextConditionedPooler
 from pipeline.models.regions import pool_regions
 from pipeline.models.text import encode_tokens
 from pipeline.objectives import ObjectiveConfig, beta_cal_loss, clip_loss, compute_loss, gr_loss, lrc_loss
+from pipeline.objectives.harmo import region_identity
 
 TOKENIZER = open_clip.get_tokenizer("ViT-B-16")
 PHRASES = ["a red ball", "a blue cube", "the small green cone", "a yellow star", "a large purple ring"]
@@ -268,9 +269,17 @@ TERMS = {
         out.phrases,
         batch.region_mask,
         batch.text_ids.gather(1, batch.region_slot),
+        region_identity(batch.boxes, batch.region_mask),
         out.logit_scale,
     ),
-    "gr": lambda out, batch: gr_loss(out.regions, batch.region_mask, out.image, out.text, out.logit_scale),
+    "gr": lambda out, batch: gr_loss(
+        out.regions,
+        batch.region_mask,
+        region_identity(batch.boxes, batch.region_mask),
+        out.image,
+        out.text,
+        out.logit_scale,
+    ),
 }
 
 

@@ -19,6 +19,7 @@ from pipeline.objectives import (
     info_nce,
     lrc_loss,
 )
+from pipeline.objectives.harmo import region_identity
 
 F64 = torch.float64  # exact comparisons with the python loops below
 
@@ -164,6 +165,18 @@ def test_beta_cal_padding_changes_nothing(lengths, extra, variant, seed):
 
 # --- HarmoCLIP -------------------------------------------------------------------------------------
 
+E1, E2, E3 = torch.eye(3, dtype=F64)
+ZERO = torch.zeros(3, dtype=F64)
+
+
+def test_region_identity_is_the_box_within_an_image():
+    x, y = [1.0, 2.0, 30.0, 40.0], [5.0, 5.0, 9.0, 9.0]
+    boxes = torch.tensor([[x, x, y, x], [x, [0.0] * 4, [0.0] * 4, [0.0] * 4]])
+    mask = torch.tensor([[True, True, True, True], [True, False, False, False]])
+    ids = region_identity(boxes, mask)
+    assert ids[0, 0] == ids[0, 1] == ids[0, 3]  # one box grounding three phrases
+    assert len({int(ids[0, 0]), int(ids[0, 2]), int(ids[1, 0])}) == 3  # the same box elsewhere is not
+
 
 def test_lrc_is_info_nce_over_valid_regions_without_duplicate_phrases():
     regions, phrases = unit(2, 3, 8, seed=8), unit(2, 3, 8, seed=9)
@@ -172,7 +185,43 @@ def test_lrc_is_info_nce_over_valid_regions_without_duplicate_phrases():
     expected = loop_info_nce(
         regions.flatten(0, 1), phrases.flatten(0, 1), 2.0, mask.flatten().tolist(), ids.flatten().tolist()
     )
-    assert lrc_loss(regions, phrases, mask, ids, torch.tensor(2.0)).item() == pytest.approx(expected)
+    distinct = torch.arange(6).view(2, 3)
+    assert lrc_loss(regions, phrases, mask, ids, distinct, torch.tensor(2.0)).item() == pytest.approx(
+        expected
+    )
+
+
+def test_lrc_by_hand_with_a_shared_region_and_a_shared_phrase():
+    # Pairs (region, phrase): 0 (A, "a dog"), 1 (A, "the animal"), 2 (C, "a ball") in image 0,
+    # 3 (D, "a dog") in image 1. Pairs 0 and 1 share a region, 0 and 3 a phrase string: those are
+    # out of each other's softmax. Phrase embeddings: e1, (.6, .8, 0), e2, (0, .6, .8).
+    regions = torch.stack([torch.stack([E1, E1, E2]), torch.stack([E3, ZERO, ZERO])])
+    animal, dog = torch.tensor([0.6, 0.8, 0.0], dtype=F64), torch.tensor([0.0, 0.6, 0.8], dtype=F64)
+    phrases = torch.stack([torch.stack([E1, animal, E2]), torch.stack([dog, ZERO, ZERO])])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    phrase_ids = torch.tensor([[7, 8, 9], [7, 0, 0]])
+    region_ids = torch.tensor([[0, 0, 2], [3, 4, 5]])
+    # s = 2; row i lists s⟨x_i, y_j⟩ over the columns j it keeps, in order.
+    region_to_phrase = nll([2, 0], 0) + nll([1.2, 0, 0], 0) + nll([0, 1.6, 2, 1.2], 2) + nll([0, 0, 1.6], 2)
+    phrase_to_region = nll([2, 0], 0) + nll([1.2, 1.6, 0], 0) + nll([0, 0, 2, 0], 2) + nll([0, 1.2, 1.6], 2)
+    expected = (region_to_phrase + phrase_to_region) / 8
+    loss = lrc_loss(regions, phrases, mask, phrase_ids, region_ids, torch.tensor(2.0))
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_lrc_of_a_region_shared_by_two_phrases_reaches_zero():
+    # Image 0: "a dog" and "the animal" grounded to one region, image 1: "a cat" to another; the
+    # embeddings are perfect (each phrase equals its region). Both directions are alike here.
+    regions = phrases = torch.stack([torch.stack([E1, E1]), torch.stack([E2, ZERO])])
+    mask = torch.tensor([[True, True], [True, False]])
+    phrase_ids, s = torch.tensor([[7, 8], [9, 0]]), 10.0
+    shared = lrc_loss(regions, phrases, mask, phrase_ids, torch.tensor([[0, 0], [2, 3]]), torch.tensor(s))
+    expected = (2 * math.log(1 + math.exp(-s)) + math.log(1 + 2 * math.exp(-s))) / 3
+    assert shared.item() == pytest.approx(expected) and shared.item() < 1e-3
+    # Each copy its own region (the old behaviour): the copies are each other's negatives, log 2 each.
+    copies = lrc_loss(regions, phrases, mask, phrase_ids, torch.tensor([[0, 1], [2, 3]]), torch.tensor(s))
+    expected = (2 * math.log(2 + math.exp(-s)) + math.log(1 + 2 * math.exp(-s))) / 3
+    assert copies.item() == pytest.approx(expected) and copies.item() > 2 / 3 * math.log(2)
 
 
 def test_gr_by_loop():
@@ -185,17 +234,32 @@ def test_gr_by_loop():
         w = torch.softmax(torch.tensor([scale * float(regions[b, r] @ text[b]) for r in k]), dim=0)
         summaries.append(F.normalize(sum(wi * regions[b, r] for wi, r in zip(w, k)), dim=0))
     expected = loop_info_nce(torch.stack(summaries), image[[0, 2]], scale, [True, True], [0, 1])
-    assert gr_loss(regions, mask, image, text, torch.tensor(scale)).item() == pytest.approx(expected)
+    ids = torch.arange(6).view(3, 2)
+    assert gr_loss(regions, mask, ids, image, text, torch.tensor(scale)).item() == pytest.approx(expected)
+
+
+def test_gr_by_hand_counts_a_shared_region_once():
+    # Image 0: region A = e1 grounding two phrases, region C = e2; caption (e1 + e2)/√2 weighs A and
+    # C alike, so ḡ0 = (e1 + e2)/√2 and ⟨ḡ0, g0 = e1⟩ = 1/√2 (counting A twice: 2/√5). Image 1:
+    # region e3, g1 = e3. Both directions have the logits [[s/√2, 0], [0, s]].
+    regions = torch.stack([torch.stack([E1, E1, E2]), torch.stack([E3, ZERO, ZERO])])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    text = torch.stack([(E1 + E2) / math.sqrt(2), E3])
+    image = torch.stack([E1, E3])
+    s = 2.0
+    expected = (nll([s / math.sqrt(2), 0], 0) + nll([0, s], 1)) / 2
+    loss = gr_loss(regions, mask, torch.tensor([[0, 0, 2], [3, 4, 5]]), image, text, torch.tensor(s))
+    assert loss.item() == pytest.approx(expected)
 
 
 def test_gr_padding_regions_change_nothing():
     regions, image, text = unit(2, 3, 8, seed=13), unit(2, 8, seed=14), unit(2, 8, seed=15)
     mask = torch.tensor([[True, True, False], [True, False, False]])
-    scale = torch.tensor(4.0)
+    ids, scale = torch.arange(6).view(2, 3), torch.tensor(4.0)
     garbage = regions.clone()
     garbage[~mask] = unit(3, 8, seed=16)
-    assert gr_loss(garbage, mask, image, text, scale).item() == pytest.approx(
-        gr_loss(regions, mask, image, text, scale).item()
+    assert gr_loss(garbage, mask, ids, image, text, scale).item() == pytest.approx(
+        gr_loss(regions, mask, ids, image, text, scale).item()
     )
 
 
@@ -234,6 +298,7 @@ def test_compute_loss_weights_terms_and_counts_the_global_term_once():
     batch = SimpleNamespace(
         token_mask=torch.ones(bsz, k, dtype=torch.bool),
         text_ids=torch.arange(bsz * k).view(bsz, k),
+        boxes=torch.arange(bsz * r * 4, dtype=F64).view(bsz, r, 4),
         region_slot=torch.ones(bsz, r, dtype=torch.long),
         region_mask=torch.ones(bsz, r, dtype=torch.bool),
     )

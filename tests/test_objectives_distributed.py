@@ -30,6 +30,17 @@ def shard(batch: Batch, rank: int) -> Batch:
     return Batch(**{f.name: getattr(batch, f.name).chunk(WORLD)[rank] for f in dataclasses.fields(batch)})
 
 
+def whole_batch() -> Batch:
+    """``tiny_batch`` with one region grounding two phrases on each rank (images 0 and 2), and
+    image 2's box equal to image 0's: the same box of another image, on another rank, is another
+    region."""
+    batch = tiny_batch(4, seed=1)
+    boxes = batch.boxes.clone()
+    boxes[0, 2] = boxes[2, 0] = boxes[2, 1] = boxes[0, 0]
+    assert batch.region_mask[[0, 0, 2, 2], [0, 2, 0, 1]].all()
+    return dataclasses.replace(batch, boxes=boxes)
+
+
 def step(batch: Batch, cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
     """Loss, terms and gradients of one forward/backward of the tiny model (same init everywhere)."""
     model = tiny_model(cfg.uses_beta_cal, cfg.uses_regions)
@@ -48,7 +59,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         timeout=timedelta(seconds=60),
     )
     torch.set_num_threads(1)
-    batch = shard(tiny_batch(4, seed=1), rank)
+    batch = shard(whole_batch(), rank)
     results = {}
     for i, cfg in enumerate(GLOBAL):
         for name, value in step(batch, cfg).items():
@@ -68,7 +79,7 @@ def free_port() -> int:
 def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    batch = tiny_batch(4, seed=1)
+    batch = whole_batch()
     counts = [int(shard(batch, r).region_mask.sum()) for r in range(WORLD)]
     assert counts[0] != counts[1]  # unequal valid rows per rank: the global normalisation matters
 

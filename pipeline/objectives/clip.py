@@ -33,8 +33,9 @@ def info_nce(
     L = ½ [ mean_i −log softmax_j(s⟨a_i, b_j⟩)[i] + mean_i −log softmax_j(s⟨b_i, a_j⟩)[i] ]
 
     Rows are this rank's pairs, columns every rank's (open_clip's ClipLoss with ``local_loss`` and
-    ``gather_with_grad``). Pairs outside ``valid`` [N] are neither rows nor columns; columns whose
-    ``ids`` [N] equal the row's (the same phrase string elsewhere) are not negatives.
+    ``gather_with_grad``). Pairs outside ``valid`` [N] are neither rows nor columns; columns that
+    share an id with the row, ``ids`` [N] or [N, C] (C kinds of identity: the same phrase string,
+    the same region), are not negatives.
     """
     rank, _ = world()
     labels = rank * a.shape[0] + torch.arange(a.shape[0], device=a.device)
@@ -46,7 +47,8 @@ def info_nce(
         if valid is not None:
             exclude |= ~gather(valid)[None, :]
         if ids is not None:
-            exclude |= ids[:, None] == gather(ids)[None, :]
+            ids = ids.reshape(ids.shape[0], -1)
+            exclude |= (ids[:, None] == gather(ids)[None, :]).any(dim=-1)
         exclude &= columns[None, :] != labels[:, None]  # the positive always stays
     rows = valid if valid is not None else torch.ones_like(labels, dtype=torch.bool)
     a_to_b = cross_entropy(scale * a @ b_all.T, labels, exclude)

@@ -13,7 +13,7 @@ from pipeline.batch import Batch
 from pipeline.objectives.beta_cal import beta_cal_loss
 from pipeline.objectives.clip import clip_loss
 from pipeline.objectives.config import ObjectiveConfig
-from pipeline.objectives.harmo import gr_loss, lrc_loss
+from pipeline.objectives.harmo import gr_loss, lrc_loss, region_identity
 
 if TYPE_CHECKING:
     from pipeline.models.fine_clip import Embeddings
@@ -44,8 +44,9 @@ def compute_loss(
         terms["beta_cal"] = (cfg.beta_cal_weight, loss)
     if cfg.uses_regions:
         regions, phrases = out.regions.float(), out.phrases.float()
-        phrase_ids = batch.text_ids.gather(1, batch.region_slot)
-        terms["lrc"] = (cfg.lambda_lrc, lrc_loss(regions, phrases, batch.region_mask, phrase_ids, scale))
-        terms["gr"] = (cfg.lambda_gr, gr_loss(regions, batch.region_mask, image, text, scale))
+        mask, phrase_ids = batch.region_mask, batch.text_ids.gather(1, batch.region_slot)
+        region_ids = region_identity(batch.boxes, mask)
+        terms["lrc"] = (cfg.lambda_lrc, lrc_loss(regions, phrases, mask, phrase_ids, region_ids, scale))
+        terms["gr"] = (cfg.lambda_gr, gr_loss(regions, mask, region_ids, image, text, scale))
     total = sum(weight * value for weight, value in terms.values())
     return total, {name: value.detach() for name, (_, value) in terms.items()}
