@@ -1,5 +1,6 @@
 """Ray job entry: build WebDataset shards + manifest from (image, caption[, boxes]) records: our
-index, img2dataset tars or COCO files (``input.format``).
+index (JSONL or Parquet), img2dataset tars, COCO, ShareGPT4V or Visual Genome files
+(``input.format``).
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \
         python data_prep/build_shards.py --config configs/prep/default.yaml \

@@ -15,11 +15,12 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 T = TypeVar("T")
+DeviceChoice = Literal["auto", "cuda", "cpu"]  # auto: the GPU when there is one (``pipeline.device``)
 
 
 class UserError(Exception):
@@ -124,6 +125,33 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     except (ValueError, TypeError) as e:  # from __post_init__, which names its own field
         message = str(e)
         raise ConfigError(message if message.startswith(prefix) else prefix + message) from e
+
+
+def at_least(config: Any, minimum: float, *names: str) -> None:
+    """Fail naming the first of the fields ``names`` whose value is below ``minimum`` (an unset
+    optional field, None, passes): the one way configs check their numbers."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+
+
+def positive(config: Any, *names: str) -> None:
+    """Fail naming the first of the fields ``names`` whose value is not > 0."""
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name}: must be > 0, got {getattr(config, name)}")
+
+
+def check_choices(config: Any) -> None:
+    """Every ``Literal`` field of the dataclass ``config`` holds one of its values. ``build``
+    checks YAML the same way; this covers configs made in code. The ``Literal`` is the one list."""
+    for name, tp in typing.get_type_hints(type(config)).items():
+        allowed = typing.get_args(tp)
+        if typing.get_origin(tp) is typing.Literal and getattr(config, name) not in allowed:
+            raise ValueError(
+                f"{name}: {getattr(config, name)!r} is not one of {', '.join(map(repr, allowed))}"
+            )
 
 
 def to_dict(config: Any) -> dict[str, Any]:

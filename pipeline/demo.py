@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.config import load_config
 from pipeline.eval import EvalConfig, evaluate
+from pipeline.objectives.config import NAMES
 from pipeline.prep import PrepConfig, run
 from pipeline.shards import check
 from pipeline.synthetic import SyntheticConfig, write_corpus
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = (
     "configs/train/beta_tiny.yaml"  # K = 36 text slots and 16 regions: what every objective may read
 )
-OBJECTIVES = ("clip", "beta", "harmo", "beta+harmo")
+OBJECTIVES = NAMES
 EVAL_PRESET = REPO / "configs/eval/synthetic.yaml"  # the generated corpus's FG-OVD attributes
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-PHRASE_KINDS = ("noun_chunk", "relation", "spatial")
+PHRASE_KINDS = ("noun_chunk", "relation", "spatial")  # in this order: reading order's tie break
 
 
 class SchemaError(ValueError):

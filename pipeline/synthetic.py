@@ -17,6 +17,7 @@ import io
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
+
+from pipeline.config import at_least, check_choices
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 COLOURS = {
@@ -83,12 +86,10 @@ class SyntheticConfig:
     index_format: Literal["jsonl", "parquet"] = "jsonl"
 
     def __post_init__(self) -> None:
-        if self.num_records < 1 or self.num_broken < 0:
-            raise ValueError(
-                f"num_records/num_broken: need >= 1 and >= 0, got {self.num_records}, {self.num_broken}"
-            )
-        if self.image_size < 64:
-            raise ValueError(f"image_size: must be >= 64, got {self.image_size}")
+        check_choices(self)
+        at_least(self, 1, "num_records")
+        at_least(self, 0, "num_broken")
+        at_least(self, 64, "image_size")
         if not 1 <= self.min_objects <= self.max_objects <= len(SHAPES) * len(COLOURS):
             raise ValueError(
                 f"min_objects: need 1 <= min_objects <= max_objects, got "
@@ -337,32 +338,13 @@ def _broken_record(kind: str, j: int, out: Path, original: dict, cfg: SyntheticC
         "boxes": original["boxes"],
     }
 
-    def image_file(data: bytes, suffix: str = "jpg") -> str:
-        name = f"images/{rid}.{suffix}"
-        (out / name).write_bytes(data)
-        return name
-
-    source = Image.open(out / original["image"])
-    if kind == "corrupt_image":
-        data = (out / original["image"]).read_bytes()
-        record["image"] = image_file(data[: len(data) // 2])
-    elif kind == "not_an_image":
-        record["image"] = image_file(b"<html><body>404 Not Found</body></html>\n")
+    source = out / original["image"]
+    if kind in _BROKEN_IMAGES:
+        data, suffix = _BROKEN_IMAGES[kind](source)
+        record["image"] = f"images/{rid}.{suffix}"
+        (out / record["image"]).write_bytes(data)
     elif kind == "missing_image":
         record["image"] = f"images/{rid}-not-there.jpg"
-    elif kind == "zero_pixel_image":
-        record["image"] = image_file(b"")  # a download that stopped before its first byte
-    elif kind == "decompression_bomb":  # 48 MP that compress to a few kB
-        record["image"] = image_file(_encode(Image.new("1", (8000, 6000)), "PNG"), "png")
-    elif kind == "cmyk_image":
-        record["image"] = image_file(_encode(source.convert("CMYK"), "JPEG"))
-    elif kind == "palette_image":
-        record["image"] = image_file(_encode(source.convert("P"), "PNG"), "png")
-    elif kind == "la_image":
-        record["image"] = image_file(_encode(source.convert("LA"), "PNG"), "png")
-    elif kind == "sixteen_bit_image":
-        grey = np.asarray(source.convert("L"), dtype=np.uint16) * 257
-        record["image"] = image_file(_encode(Image.fromarray(grey), "PNG"), "png")
     elif kind == "empty_caption":
         record["caption"] = ""
     elif kind == "whitespace_caption":
@@ -374,7 +356,7 @@ def _broken_record(kind: str, j: int, out: Path, original: dict, cfg: SyntheticC
     elif kind == "invalid_utf8":
         return json.dumps(record).encode().replace(b'"caption": "', b'"caption": "\xff\xfe', 1) + b"\n"
     elif kind == "bad_boxes":  # the record stays; each bad box is dropped and counted
-        w, h = source.size
+        w, h = Image.open(source).size
         record["boxes"] = original["boxes"] + [
             {"box": [-50, -50, -10, -10], "label": "small red circle"},
             {"box": [w * 2, 0, w * 3, h], "label": "large blue square"},
@@ -392,6 +374,27 @@ def _broken_record(kind: str, j: int, out: Path, original: dict, cfg: SyntheticC
     else:
         raise ValueError(f"unknown broken kind {kind!r}")
     return record
+
+
+def _sixteen_bit(source: Path) -> bytes:
+    grey = np.asarray(Image.open(source).convert("L"), dtype=np.uint16) * 257
+    return _encode(Image.fromarray(grey), "PNG")
+
+
+# broken kind → (a valid record's JPEG → the broken file's bytes, its suffix)
+_BROKEN_IMAGES: dict[str, Callable[[Path], tuple[bytes, str]]] = {
+    "corrupt_image": lambda src: (src.read_bytes()[: src.stat().st_size // 2], "jpg"),
+    "not_an_image": lambda src: (b"<html><body>404 Not Found</body></html>\n", "jpg"),
+    "zero_pixel_image": lambda src: (b"", "jpg"),  # a download that stopped before its first byte
+    "decompression_bomb": lambda src: (
+        _encode(Image.new("1", (8000, 6000)), "PNG"),
+        "png",
+    ),  # 48 MP, a few kB
+    "cmyk_image": lambda src: (_encode(Image.open(src).convert("CMYK"), "JPEG"), "jpg"),
+    "palette_image": lambda src: (_encode(Image.open(src).convert("P"), "PNG"), "png"),
+    "la_image": lambda src: (_encode(Image.open(src).convert("LA"), "PNG"), "png"),
+    "sixteen_bit_image": lambda src: (_sixteen_bit(src), "png"),
+}
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:

@@ -143,5 +143,5 @@ def test_grounders_are_batched_and_describe_themselves():
 
 
 def test_unknown_grounder_names_the_field():
-    with pytest.raises(ValueError, match="^name: 'owl' is not one of annotations, detector, none"):
+    with pytest.raises(ValueError, match="^name: 'owl' is not one of 'annotations', 'detector', 'none'"):
         GroundingConfig("owl")

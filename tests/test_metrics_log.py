@@ -1,15 +1,25 @@
-"""metrics.jsonl across restarts: every step appears once."""
+"""The training loop's components, each alone: metrics, checkpoint decisions, preemption."""
 
 import json
+import os
+import signal
 
-from pipeline.training.metrics import MetricsLog
+import torch
+
+from pipeline.batch import Batch
+from pipeline.training.checkpoint import CheckpointManager, prune, tag_of
+from pipeline.training.config import CheckpointConfig
+from pipeline.training.distributed import World
+from pipeline.training.metrics import MetricsLog, StepMetrics, text_tokens
+from pipeline.training.preemption import SIGNALS, Preemption
+
+WORLD = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
 
 
 def _log(path, steps, start_step):
     log = MetricsLog(path, enabled=True, start_step=start_step)
     for step in steps:
-        log.count(4, 40)
-        log.write(step, {"loss": float(step)}, {}, 1, None, 1.0, False, skipped_samples=0)
+        log.write({"step": step, "loss": float(step)})
     log.close()
 
 
@@ -20,3 +30,75 @@ def test_a_resumed_run_replaces_what_the_dead_run_logged_after_its_checkpoint(tm
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == list(range(1, 11))
     _log(path, [1, 2], start_step=0)  # a fresh run (no checkpoint) in the same folder starts over
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def _batch(lengths: list[int]) -> Batch:
+    """One image with a text slot per length; a slot's end token (the largest id) at its last position."""
+    tokens = torch.zeros(1, len(lengths), 8, dtype=torch.long)
+    for k, n in enumerate(lengths):
+        tokens[0, k, :n] = torch.arange(1, n + 1)
+    return Batch(
+        images=torch.zeros(1, 3, 4, 4),
+        tokens=tokens,
+        token_mask=torch.ones(1, len(lengths), dtype=torch.bool),
+        text_ids=torch.zeros(1, len(lengths), dtype=torch.long),
+        boxes=torch.zeros(1, 0, 4),
+        region_slot=torch.zeros(1, 0, dtype=torch.long),
+        region_mask=torch.zeros(1, 0, dtype=torch.bool),
+    )
+
+
+def test_text_tokens_counts_each_slot_up_to_its_end_token_and_stays_a_tensor():
+    count = text_tokens(_batch([3, 5]))
+    assert torch.is_tensor(count) and int(count) == 8
+
+
+def test_step_metrics_logs_every_n_steps_and_the_last_with_the_mean_over_micro_steps(tmp_path):
+    optimizer = torch.optim.SGD(
+        [{"params": [torch.zeros(1, requires_grad=True)], "name": "backbone"}], lr=0.5
+    )
+    metrics = StepMetrics(tmp_path, WORLD, log_every=2, peak_tflops=1.0, steps=(0, 5))
+    records = []
+    for step in range(1, 6):
+        for micro in range(2):  # grad_accum 2: the step's loss is the mean of its micro-steps'
+            metrics.count(_batch([3]), {"loss": torch.tensor(float(step + micro))})
+        records.append(metrics.end_step(step, optimizer, skipped=step, last=step == 5))
+    metrics.close()
+    assert [r is not None for r in records] == [False, True, False, True, True]
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [2, 4, 5]
+    assert [r["loss"] for r in logged] == [2.5, 4.5, 5.5]
+    assert logged[0]["lr_backbone"] == 0.5 and logged[-1]["skipped_samples"] == 5
+    assert logged[0]["tokens_per_s"] > 0 and "mfu" not in logged[0]  # MFU on GPUs only
+
+
+def test_checkpoints_are_due_every_n_steps_and_when_forced(tmp_path):
+    manager = CheckpointManager(tmp_path, CheckpointConfig(every=3, keep_last=1), WORLD)
+    assert [s for s in range(1, 8) if manager.due(s, force=s == 7)] == [3, 6, 7]
+    assert manager.latest() is None  # no checkpoint yet: a new run
+
+
+def test_pruning_keeps_the_newest_tags_and_touches_nothing_else(tmp_path):
+    for step in (5, 10, 15, 20):
+        (tmp_path / tag_of(step)).mkdir()
+    (tmp_path / "step-notes").mkdir()  # not a tag of ours
+    (tmp_path / "latest").write_text(tag_of(5))  # a pointer still naming an old tag: kept
+    prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest",
+        "step-00000005",
+        "step-00000015",
+        "step-00000020",
+        "step-notes",
+    ]
+
+
+def test_a_preemption_signal_is_acted_on_at_the_next_checking_step():
+    preemption = Preemption(torch.device("cpu"), check_every=3)
+    try:
+        assert not any(preemption.agreed(step) for step in range(1, 7))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert [preemption.agreed(step) for step in (7, 8, 9)] == [False, False, True]
+    finally:
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)

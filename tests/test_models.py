@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import random
-
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TOKENIZER, tiny_batch, tiny_model
 
 from pipeline.batch import Batch, text_id
 from pipeline.models import TINY_MODEL, FineGrainedCLIP, ModelConfig, create_backbone
@@ -15,40 +14,9 @@ from pipeline.models.dense import _value_only_block, encode_image_dense
 from pipeline.models.long_context import interpolate_positions
 from pipeline.models.pooler import TextConditionedPooler
 from pipeline.models.regions import pool_regions
-from pipeline.models.text import encode_tokens
+from pipeline.models.text import encode_tokens, text_positions
 from pipeline.objectives import ObjectiveConfig, beta_cal_loss, clip_loss, compute_loss, gr_loss, lrc_loss
 from pipeline.objectives.harmo import region_identity
-
-TOKENIZER = open_clip.get_tokenizer("ViT-B-16")
-PHRASES = ["a red ball", "a blue cube", "the small green cone", "a yellow star", "a large purple ring"]
-
-
-def tiny_batch(num_images: int = 4, seed: int = 0) -> Batch:
-    """Random images, 1 caption + 1-2 sentences + 1-3 phrases (shared vocabulary, so identical
-    phrases recur across images), most phrases grounded to a random box; K = 6, R = 3."""
-    rng = random.Random(seed)
-    images = torch.randn(num_images, 3, 128, 128, generator=torch.Generator().manual_seed(seed))
-    texts, regions = [], []
-    for i in range(num_images):
-        sentences = [f"sentence {j} about picture {i} with some objects." for j in range(rng.randint(1, 2))]
-        phrases = rng.sample(PHRASES, rng.randint(1, 3))
-        texts.append([f"picture {i}: " + " and ".join(phrases)] + sentences + phrases)
-        first_phrase = 1 + len(sentences)
-        boxes = []
-        for slot in range(first_phrase, len(texts[-1])):
-            if rng.random() < 0.8:
-                x0, y0 = rng.uniform(0, 90), rng.uniform(0, 90)
-                boxes.append(((x0, y0, x0 + rng.uniform(8, 38), y0 + rng.uniform(8, 38)), slot))
-        regions.append(boxes)
-    return Batch.from_lists(images, texts, regions, TOKENIZER, num_slots=6, num_regions=3)
-
-
-def tiny_model(with_pooler: bool = True, with_region_head: bool = True, **cfg) -> FineGrainedCLIP:
-    torch.manual_seed(0)
-    return FineGrainedCLIP(
-        ModelConfig(name=TINY_MODEL, pretrained=None, **cfg), with_pooler, with_region_head
-    )
-
 
 # --- batch -----------------------------------------------------------------------------------------
 
@@ -97,11 +65,11 @@ def test_batch_checks_shapes():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"context_length": 100}, "model.context_length: 100 is not one of 77|248"),
-        ({"freeze_first_20": True}, "model.freeze_first_20"),
-        ({"dense": "mean"}, "model.dense: 'mean'"),
-        ({"region_head": "mlp"}, "model.region_head: 'mlp'"),
-        ({"num_pseudo_tokens": 0}, "model.num_pseudo_tokens"),
+        ({"context_length": 100}, "^context_length: 100 is not one of 77, 248"),
+        ({"freeze_first_20": True}, "^freeze_first_20"),
+        ({"dense": "mean"}, "^dense: 'mean'"),
+        ({"region_head": "mlp"}, "^region_head: 'mlp'"),
+        ({"num_pseudo_tokens": 0}, "^num_pseudo_tokens"),
     ],
 )
 def test_model_config_names_the_bad_field(kwargs, message):
@@ -337,3 +305,29 @@ def test_every_parameter_of_the_model_gets_a_gradient(name, heads):
 def test_create_backbone_uses_open_clip_by_name():
     clip = create_backbone(ModelConfig(name=TINY_MODEL, pretrained=None))
     assert isinstance(clip, open_clip.CLIP) and clip.visual.proj.shape == (64, 64)
+
+
+def test_encode_tokens_equals_the_full_context_pass_with_long_clip_positions():
+    """Buckets trimmed to their longest text, one token lookup split between them: the outputs and
+    gradients of open_clip's pass over all 248 positions."""
+    clip = tiny_model(False, False, context_length=248).clip
+    texts = ["a", "a red ball", " ".join(["word"] * 20), " ".join(["word"] * 100)]
+    tokens = open_clip.get_tokenizer("ViT-B-16", context_length=248)(texts)
+    weights = [clip.token_embedding.weight, clip.positional_embedding, clip.text_projection]
+    ours, full = encode_tokens(clip, tokens), clip.encode_text(tokens)
+    torch.testing.assert_close(ours, full)
+    for a, b in zip(
+        torch.autograd.grad(ours.square().sum(), weights), torch.autograd.grad(full.square().sum(), weights)
+    ):
+        torch.testing.assert_close(a, b)
+
+
+def test_text_positions_count_what_encode_tokens_encodes():
+    clip = tiny_model(False, False).clip
+    tokens = TOKENIZER(["a", "a red ball", "a much longer text about a red ball left of a blue cube"])
+    shapes = []
+    clip.transformer.register_forward_hook(lambda module, args, out: shapes.append(args[0].shape[:2]))
+    encode_tokens(clip, tokens)
+    real, encoded = text_positions(tokens)
+    assert real == int((tokens.argmax(dim=-1) + 1).sum()) == 3 + 5 + real - 8
+    assert encoded == sum(rows * length for rows, length in shapes) == 2 * 5 + real - 8

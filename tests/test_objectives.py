@@ -269,11 +269,11 @@ def test_gr_padding_regions_change_nothing():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"name": "foo"}, "objective.name: 'foo' is not one of clip|beta|harmo|beta+harmo"),
-        ({"variant": "mse"}, "objective.variant: 'mse' is not one of ce|bce"),
-        ({"beta_cal_scope": "node"}, "objective.beta_cal_scope"),
-        ({"alpha": 0.0}, "objective.alpha"),
-        ({"lambda_gr": -1.0}, "objective.lambda_gr"),
+        ({"name": "foo"}, "^name: 'foo' is not one of 'clip', 'beta', 'harmo', 'beta+harmo'"),
+        ({"variant": "mse"}, "^variant: 'mse' is not one of 'ce', 'bce'"),
+        ({"beta_cal_scope": "node"}, "^beta_cal_scope"),
+        ({"alpha": 0.0}, "^alpha"),
+        ({"lambda_gr": -1.0}, "^lambda_gr"),
     ],
 )
 def test_objective_config_names_the_bad_field(kwargs, message):

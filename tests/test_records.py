@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import storage
-from pipeline.prep.records import Drop, InputRecord, read_index
+from pipeline.prep.index import read_index
+from pipeline.prep.records import Drop, InputRecord
 
 
 def _write_jsonl(path, lines):

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.prep.records import Drop, read_index
+from pipeline.prep.index import read_index
+from pipeline.prep.records import Drop
 from pipeline.synthetic import BROKEN_KINDS, COLOURS, SHAPES, SIZES, SyntheticConfig, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]

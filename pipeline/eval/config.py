@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+
+from pipeline.config import DeviceChoice, at_least, check_choices
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,7 @@ class EvalConfig:
     shards: tuple[str, ...] = ()  # evaluate only these shards of the dataset (held-out ones); default all
     max_images: int = 1000  # the first N images (0: all)
     batch_size: int = 32
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceChoice = "auto"
     prompt: str = "a photo of a {}."  # label → text, for box classification and FG-OVD
     recall_ks: tuple[int, ...] = (1, 5, 10)
     # FG-OVD: attribute groups and their values; a box label is parsed into one value per group, and
@@ -31,12 +32,9 @@ class EvalConfig:
         names = [parse_checkpoint(c)[0] for c in self.checkpoints]
         if len(set(names)) != len(names):
             raise ValueError(f"checkpoints: names must differ, got {names}; write them as name=spec")
-        for key in ("max_images", "examples", "seed"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("batch_size", "num_negatives"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        check_choices(self)
+        at_least(self, 0, "max_images", "examples", "seed")
+        at_least(self, 1, "batch_size", "num_negatives")
         if "{}" not in self.prompt:
             raise ValueError(f"prompt: {self.prompt!r} has no {{}} for the label")
         if not self.recall_ks or any(k < 1 for k in self.recall_ks):

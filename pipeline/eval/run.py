@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import to_dict
+from pipeline.device import pick_device
 from pipeline.eval import metrics
 from pipeline.eval.config import EvalConfig, parse_checkpoint
 from pipeline.eval.data import EvalImage, load_eval_set
@@ -44,9 +45,7 @@ class EvalTask:
 
 def evaluate(cfg: EvalConfig) -> Path:
     """Run every task for every checkpoint; returns the report folder."""
-    device = torch.device(
-        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = pick_device(cfg.device)
     checkpoints = [parse_checkpoint(entry) for entry in cfg.checkpoints]
     for _, spec in checkpoints:  # before any work: every checkpoint is there
         if not spec.startswith(OPENCLIP_PREFIX):

@@ -7,9 +7,12 @@ neither torch nor transformers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-GROUNDERS = ("annotations", "detector", "none")
+from pipeline.config import at_least, check_choices
+
+GrounderName = Literal["annotations", "detector", "none"]
+GROUNDERS: tuple[str, ...] = get_args(GrounderName)
 
 
 @dataclass(frozen=True)
@@ -30,19 +33,17 @@ class DetectorConfig:
         for name in ("score_threshold", "nms_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
-        for name in ("max_queries", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        check_choices(self)
+        at_least(self, 1, "max_queries", "batch_size")
 
 
 @dataclass(frozen=True)
 class GroundingConfig:
-    name: Literal["annotations", "detector", "none"] = "annotations"
+    name: GrounderName = "annotations"
     detector: DetectorConfig | None = None  # only with name=detector, which fills in the defaults
 
     def __post_init__(self) -> None:
-        if self.name not in GROUNDERS:
-            raise ValueError(f"name: {self.name!r} is not one of {', '.join(GROUNDERS)}")
+        check_choices(self)
         if self.name == "detector" and self.detector is None:
             object.__setattr__(self, "detector", DetectorConfig())
         if self.name != "detector" and self.detector is not None:

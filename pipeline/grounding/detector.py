@@ -19,6 +19,7 @@ import torch
 from torchvision.ops import box_iou, nms
 
 from pipeline.config import ConfigError
+from pipeline.device import pick_device
 from pipeline.grounding.base import Grounding, GroundingRequest
 from pipeline.grounding.config import DetectorConfig
 from pipeline.schema import Region, clean_box
@@ -37,7 +38,7 @@ class DetectorGrounder:
     def __init__(self, cfg: DetectorConfig):
         self.cfg = cfg
         self.model_config, self.processor = _load_config_and_processor(cfg)  # cheap; fails fast
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device("auto")
         self.dtype = DTYPES.get(cfg.dtype) or (torch.float16 if self.device.type == "cuda" else torch.float32)
 
     @functools.cached_property

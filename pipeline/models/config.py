@@ -1,13 +1,11 @@
-"""Typed configuration of the model (``configs/model/*.yaml``, key ``model``)."""
+"""Typed configuration of the model (the ``model:`` section of ``configs/train/*.yaml``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-CONTEXT_LENGTHS = (77, 248)
-DENSE_VARIANTS = ("value_only", "last_layer")
-REGION_HEADS = ("visual", "text_tokens")
+from pipeline.config import at_least, check_choices
 
 
 @dataclass(frozen=True)
@@ -23,20 +21,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not self.name:
-            raise ValueError("model.name: required (an open_clip model name)")
-        if self.context_length not in CONTEXT_LENGTHS:
-            raise ValueError(f"model.context_length: {self.context_length!r} is not one of 77|248")
+            raise ValueError("name: required (an open_clip model name)")
+        check_choices(self)
         if self.freeze_first_20 and self.context_length != 248:
-            raise ValueError("model.freeze_first_20: only applies with context_length 248")
-        if self.dense not in DENSE_VARIANTS:
-            raise ValueError(f"model.dense: {self.dense!r} is not one of {'|'.join(DENSE_VARIANTS)}")
-        if self.pooler_heads < 1:
-            raise ValueError(f"model.pooler_heads: must be >= 1, got {self.pooler_heads}")
-        if self.region_head not in REGION_HEADS:
-            raise ValueError(
-                f"model.region_head: {self.region_head!r} is not one of {'|'.join(REGION_HEADS)}"
-            )
-        if self.num_pseudo_tokens < 1:
-            raise ValueError(f"model.num_pseudo_tokens: must be >= 1, got {self.num_pseudo_tokens}")
+            raise ValueError("freeze_first_20: only applies with context_length 248")
+        at_least(self, 1, "pooler_heads", "num_pseudo_tokens")
         if self.num_pseudo_tokens + 2 > self.context_length:  # + start and end tokens
-            raise ValueError(f"model.num_pseudo_tokens: {self.num_pseudo_tokens} + 2 exceeds the context")
+            raise ValueError(f"num_pseudo_tokens: {self.num_pseudo_tokens} + 2 exceeds the context")

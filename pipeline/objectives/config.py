@@ -1,16 +1,19 @@
-"""Typed configuration of the training objective (``configs/objective/*.yaml``, key ``objective``)."""
+"""Typed configuration of the training objective (the ``objective:`` section of ``configs/train/*.yaml``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-NAMES = ("clip", "beta", "harmo", "beta+harmo")
+from pipeline.config import at_least, check_choices, positive
+
+ObjectiveName = Literal["clip", "beta", "harmo", "beta+harmo"]
+NAMES: tuple[str, ...] = get_args(ObjectiveName)
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    name: Literal["clip", "beta", "harmo", "beta+harmo"] = "clip"
+    name: ObjectiveName = "clip"
     # β-CAL (β-CLIP): soft targets alpha on a query's own pooled embedding, beta on its image's others
     variant: Literal["ce", "bce"] = "ce"
     alpha: float = 1.0
@@ -22,15 +25,9 @@ class ObjectiveConfig:
     lambda_gr: float = 0.5  # 0: a FineCLIP-style region-contrastive ablation
 
     def __post_init__(self) -> None:
-        choices = {"name": NAMES, "variant": ("ce", "bce"), "beta_cal_scope": ("rank", "global")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"objective.{key}: {getattr(self, key)!r} is not one of {'|'.join(allowed)}")
-        if self.alpha <= 0:
-            raise ValueError(f"objective.alpha: must be > 0, got {self.alpha}")
-        for key in ("beta", "beta_cal_weight", "lambda_lrc", "lambda_gr"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"objective.{key}: must be >= 0, got {getattr(self, key)}")
+        check_choices(self)
+        positive(self, "alpha")
+        at_least(self, 0, "beta", "beta_cal_weight", "lambda_lrc", "lambda_gr")
 
     @property
     def uses_beta_cal(self) -> bool:

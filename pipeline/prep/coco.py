@@ -77,22 +77,7 @@ def coco_items(
         else:
             texts[rid].append(ann["caption"])
     if instances is not None:
-        categories = {
-            record_id(c.get("id")): c.get("name")
-            for c in _section(instances, "categories", "instances")
-            if isinstance(c, dict) and isinstance(c.get("name"), str)
-        }
-        for ann in _section(instances, "annotations", "instances"):
-            rid, what = _target(ann, "instances")
-            category = record_id(ann.get("category_id")) if isinstance(ann, dict) else None
-            if rid not in boxes:
-                loose.append((rid, "unknown_image", f"{what}: image_id is not in images"))
-            elif ann.get("iscrowd"):
-                loose.append((rid, "crowd_annotation", f"{what}: a box around a group, not one object"))
-            elif category not in categories:
-                loose.append((rid, "unknown_category", f"{what}: category_id {ann.get('category_id')!r}"))
-            else:
-                boxes[rid].append({"box": xywh_to_xyxy(ann.get("bbox")), "label": categories[category]})
+        loose += _attach_instances(instances, boxes)
 
     def records() -> Iterator[InputRecord | Drop]:
         for ordinal, image in enumerate(images):
@@ -121,6 +106,29 @@ def coco_items(
     yield from unique_ids(records())
     for ordinal, (rid, reason, detail) in enumerate(loose, start=len(images)):
         yield Drop(ordinal, rid, reason, detail)
+
+
+def _attach_instances(instances: dict, boxes: dict[str, list[dict]]) -> list[tuple[str | None, str, str]]:
+    """Each instance annotation's box onto its image's list in ``boxes``; returns the ones that
+    attach to no image or name no known category, as (image id, reason, detail)."""
+    categories = {
+        record_id(c.get("id")): c.get("name")
+        for c in _section(instances, "categories", "instances")
+        if isinstance(c, dict) and isinstance(c.get("name"), str)
+    }
+    loose = []
+    for ann in _section(instances, "annotations", "instances"):
+        rid, what = _target(ann, "instances")
+        category = record_id(ann.get("category_id")) if isinstance(ann, dict) else None
+        if rid not in boxes:
+            loose.append((rid, "unknown_image", f"{what}: image_id is not in images"))
+        elif ann.get("iscrowd"):
+            loose.append((rid, "crowd_annotation", f"{what}: a box around a group, not one object"))
+        elif category not in categories:
+            loose.append((rid, "unknown_category", f"{what}: category_id {ann.get('category_id')!r}"))
+        else:
+            boxes[rid].append({"box": xywh_to_xyxy(ann.get("bbox")), "label": categories[category]})
+    return loose
 
 
 def join_captions(captions: list[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.config import at_least, positive
 from pipeline.grounding.config import GroundingConfig
 from pipeline.text.config import TextConfig
 
@@ -45,10 +46,8 @@ class InputConfig:
         for key in ("index", "shards", "captions", "instances", "regions", "images"):
             if getattr(self, key) and key not in required + optional:
                 raise ValueError(f"{key}: not read by format {self.format} (set input.format)")
-        if self.skip < 0:
-            raise ValueError(f"skip: must be >= 0, got {self.skip}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: must be >= 1 or null, got {self.limit}")
+        at_least(self, 0, "skip")
+        at_least(self, 1, "limit")
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,11 @@ class ImageConfig:
     max_label_chars: int = 200  # longer box labels drop their box
 
     def __post_init__(self) -> None:
-        if self.max_side < 16:
-            raise ValueError(f"max_side: {self.max_side} is below 16")
-        if not 1 <= self.jpeg_quality <= 100:
+        at_least(self, 16, "max_side")
+        at_least(self, self.max_side, "max_pixels")
+        at_least(self, 1, "jpeg_quality", "max_bytes", "max_boxes", "max_label_chars")
+        if self.jpeg_quality > 100:
             raise ValueError(f"jpeg_quality: {self.jpeg_quality} is not in 1..100")
-        if self.max_pixels < self.max_side:
-            raise ValueError(f"max_pixels: {self.max_pixels} is below image.max_side")
-        for name in ("max_bytes", "max_boxes", "max_label_chars"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -85,14 +80,9 @@ class RayConfig:
     io_threads: int = 8  # image reads in flight per worker (hides S3 latency)
 
     def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers: must be >= 1 or null, got {self.workers}")
-        if self.worker_num_cpus <= 0:
-            raise ValueError(f"worker_num_cpus: must be > 0, got {self.worker_num_cpus}")
-        if (self.worker_num_gpus or 0) < 0:
-            raise ValueError(f"worker_num_gpus: must be >= 0, got {self.worker_num_gpus}")
-        if self.io_threads < 1:
-            raise ValueError(f"io_threads: must be >= 1, got {self.io_threads}")
+        at_least(self, 1, "workers", "io_threads")
+        at_least(self, 0, "worker_num_gpus")
+        positive(self, "worker_num_cpus")
 
 
 @dataclass(frozen=True)
@@ -113,7 +103,4 @@ class PrepConfig:
     def __post_init__(self) -> None:
         if not self.output:
             raise ValueError("output: required (folder for shards and manifest)")
-        if self.samples_per_shard < 1:
-            raise ValueError(f"samples_per_shard: must be >= 1, got {self.samples_per_shard}")
-        if self.max_caption_chars < 1:
-            raise ValueError(f"max_caption_chars: must be >= 1, got {self.max_caption_chars}")
+        at_least(self, 1, "samples_per_shard", "max_caption_chars")

@@ -1,6 +1,6 @@
 """What the input is (``input.format``): where its files are, what identifies them, how to read them.
 
-Formats: ``index`` (our JSONL/Parquet index, ``records.py``), ``webdataset`` (img2dataset-style
+Formats: ``index`` (our JSONL/Parquet index, ``index.py``), ``webdataset`` (img2dataset-style
 tars, ``tars.py``), ``coco`` (captions + instances JSON, ``coco.py``), ``sharegpt4v`` (a caption
 JSON list, ``sharegpt4v.py``), ``visual_genome`` (region descriptions, ``visual_genome.py``).
 Each reads into the same ordered stream of records and drops; ``input.skip``/``input.limit``
@@ -26,7 +26,8 @@ from pipeline.config import InputNotFound
 from pipeline.prep import tars
 from pipeline.prep.coco import read_coco
 from pipeline.prep.config import INPUT_KEYS, InputConfig
-from pipeline.prep.records import Drop, InputRecord, count_index_rows, index_format, read_index
+from pipeline.prep.index import count_index_rows, index_format, read_index
+from pipeline.prep.records import Drop, InputRecord
 from pipeline.prep.sharegpt4v import read_sharegpt4v
 from pipeline.prep.visual_genome import read_visual_genome
 from pipeline.shards.writer import file_digest

@@ -48,7 +48,6 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     files = inputs.locate(cfg.input)
     source = cfg.input.source or inputs.default_source(cfg.input, files)
     root = cfg.output.rstrip("/") or "/"  # "/" is refused below, not read as ""
-    name = cfg.name or Path(root).name
     _refuse_output_over_input(root, inputs.urls(cfg.input, files))
     run_id = _run_id(cfg, files)
     if cfg.existing_output == "resume" and storage.exists(f"{root}/{mf.MANIFEST_FILE}"):
@@ -86,26 +85,14 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         len(planner.read_drops),
         planner.shards,
     )
-    shard_rows.sort(key=lambda s: s["name"])
-    _remove_leftover_temp_files(root)
-
-    manifest = {
-        "schema": SCHEMA_VERSION,
-        "name": name,
+    header = {
+        "name": cfg.name or Path(root).name,
         "run_id": run_id,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code_version": code_version(),
         "input": {**inputs.describe(cfg.input, files), "source": source},
         **provenance,
         "config": to_dict(cfg),
-        "totals": _totals(shard_rows, drops),
-        "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shard_rows],
-        "shard_stats": shard_rows,
     }
-    drops.sort(key=lambda d: d["ordinal"])
-    flat = [{k: v for k, v in s.items() if not k.endswith("_by_reason")} for s in shard_rows]
-    mf.write_manifest(root, manifest, flat, drops)
-    _clear_progress(root)
+    _write_manifest(root, header, shard_rows, drops)
     log.info(
         "wrote %s in %.1f s; driver peak RSS %d MB; object store: %s",
         root,
@@ -114,6 +101,28 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         _object_store_stats(),
     )
     return mf.load_manifest(root)
+
+
+def _write_manifest(root: str, header: dict, shard_rows: list[dict], drops: list[dict]) -> None:
+    """The manifest and its tables, written last: a dataset is complete once ``dataset.json`` is
+    there. Then the completion records of the run, no longer needed, go."""
+    shard_rows.sort(key=lambda s: s["name"])
+    _remove_leftover_temp_files(root)
+    manifest = {
+        "schema": SCHEMA_VERSION,
+        "name": header["name"],
+        "run_id": header["run_id"],
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        **{k: v for k, v in header.items() if k not in ("name", "run_id")},
+        "totals": _totals(shard_rows, drops),
+        "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shard_rows],
+        "shard_stats": shard_rows,
+    }
+    drops.sort(key=lambda d: d["ordinal"])
+    flat = [{k: v for k, v in s.items() if not k.endswith("_by_reason")} for s in shard_rows]
+    mf.write_manifest(root, manifest, flat, drops)
+    _clear_progress(root)
 
 
 class ShardPlanner:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config import at_least
+
 # Nouns that name the picture itself: "the image", "in this photo" say nothing about its content.
 FRAME_NOUNS = ("image", "picture", "photo", "photograph", "pic", "scene", "view", "frame", "shot")
 
@@ -42,12 +44,8 @@ class TextConfig:
             raise ValueError("spacy_model: must name a spaCy pipeline package")
         if not all(self.fallback_models):
             raise ValueError(f"fallback_models: empty name in {list(self.fallback_models)}")
-        if self.max_sentences < 1:
-            raise ValueError(f"max_sentences: must be >= 1, got {self.max_sentences}")
-        if self.max_phrases < 0:
-            raise ValueError(f"max_phrases: must be >= 0, got {self.max_phrases}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+        at_least(self, 1, "max_sentences", "batch_size")
+        at_least(self, 0, "max_phrases")
         for name in ("frame_nouns", "location_nouns"):
             bad = [w for w in getattr(self, name) if not w or w != w.lower() or " " in w]
             if bad:

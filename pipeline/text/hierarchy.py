@@ -7,10 +7,10 @@ from typing import Any
 
 from spacy.tokens import Doc
 
-from pipeline.schema import Phrase
+from pipeline.schema import PHRASE_KINDS, Phrase
 from pipeline.text.config import TextConfig
 from pipeline.text.lexeme import Lexeme
-from pipeline.text.phrases import KINDS, candidates
+from pipeline.text.phrases import candidates
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def build_hierarchy(doc: Doc, cfg: TextConfig) -> TextHierarchy:
     sents = [s for s in doc.sents if s.text.strip()][: cfg.max_sentences]
     found = sorted(
         ((i, c) for i, s in enumerate(sents) for c in candidates(s, cfg)),
-        key=lambda ic: (ic[1].span.start_char, -ic[1].span.end_char, KINDS.index(ic[1].kind)),
+        key=lambda ic: (ic[1].span.start_char, -ic[1].span.end_char, PHRASE_KINDS.index(ic[1].kind)),
     )
     seen: set[str] = set()
     phrases, lexemes = [], []

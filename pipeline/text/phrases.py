@@ -22,8 +22,6 @@ from spacy.util import filter_spans
 from pipeline.text.config import TextConfig
 from pipeline.text.lexeme import Lexeme, lexeme_of
 
-KINDS = ("noun_chunk", "relation", "spatial")  # reading-order tie break: the wider kind first
-
 _NOUNS = frozenset({"NOUN", "PROPN"})
 _VERBS = frozenset({"VERB", "AUX"})
 _VERB_GROUP_DEPS = frozenset({"aux", "auxpass", "neg", "advmod"})  # "can also be seen"

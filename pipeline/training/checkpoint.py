@@ -21,9 +21,11 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,9 +34,13 @@ from pipeline.config import InputNotFound
 from pipeline.lineage import LINEAGE_FILE
 from pipeline.training.distributed import World, barrier
 
+if TYPE_CHECKING:
+    from pipeline.training.config import CheckpointConfig
+
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "step-"
+TAG_PATTERN = re.compile(rf"{TAG_PREFIX}\d{{8}}")
 PROGRESS_FILE = "progress.json"
 
 
@@ -66,11 +72,43 @@ def save(engine, run_dir: Path, progress: Progress, world: World, keep_last: int
         pointer = ckpt_dir / "latest.tmp"
         pointer.write_text(tag)
         pointer.replace(ckpt_dir / "latest")  # atomic: a crash leaves the previous tag in force
-        for old in sorted(ckpt_dir.glob(f"{TAG_PREFIX}*"))[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune(ckpt_dir, keep_last)
         log.info("checkpoint %s", ckpt_dir / tag)
     barrier()
     return ckpt_dir / tag
+
+
+class CheckpointManager:
+    """The run's checkpoints: which one to resume, and when to save: every ``cfg.every`` steps,
+    at the run's last step and when preempted, keeping the newest ``cfg.keep_last``."""
+
+    def __init__(self, run_dir: Path, cfg: CheckpointConfig, world: World) -> None:
+        self.run_dir, self.cfg, self.world = run_dir, cfg, world
+        self.last_saved: Path | None = None
+
+    def latest(self) -> Progress | None:
+        """The progress to resume from: None for a new run, or with ``resume: false``."""
+        return latest_progress(self.run_dir) if self.cfg.resume else None
+
+    def resume(self, engine, progress: Progress) -> None:
+        resume(engine, self.run_dir, progress, self.world)
+
+    def due(self, step: int, force: bool) -> bool:
+        return force or step % self.cfg.every == 0
+
+    def maybe_save(self, engine, progress: Progress, force: bool) -> None:
+        if self.due(progress.step, force):
+            self.last_saved = save(engine, self.run_dir, progress, self.world, self.cfg.keep_last)
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> None:
+    """Remove all but the newest ``keep_last`` tags; only our tag folders, never what ``latest``
+    names (tags sort by step: the zero-padded step is in the name)."""
+    latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None
+    tags = sorted(p for p in ckpt_dir.glob(f"{TAG_PREFIX}*") if p.is_dir() and TAG_PATTERN.fullmatch(p.name))
+    for old in tags[:-keep_last]:
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_progress(run_dir: Path) -> Progress | None:

@@ -5,9 +5,43 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.config import DeviceChoice, at_least, check_choices, positive
 from pipeline.models import ModelConfig
 from pipeline.objectives import ObjectiveConfig
-from pipeline.training.data import DataConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifests: tuple[str, ...]  # dataset folders or dataset.json paths
+    batch_size: int  # per rank
+    weights: tuple[float, ...] = ()  # per dataset, resampled mode only; default: equal shares
+    workers: int = 2  # DataLoader worker processes; 0 decodes in the training process
+    mode: Literal["epochs", "resampled"] = "epochs"
+    shuffle_buffer: int = 1000  # samples; 1 keeps shard order
+    num_sentences: int = 5  # S: text slots K = 1 + S + P
+    num_phrases: int = 30  # P
+    num_regions: int = 16  # R
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.manifests or not all(self.manifests):
+            raise ValueError("manifests: required (one or more dataset folders or dataset.json paths)")
+        if self.weights and len(self.weights) != len(self.manifests):
+            raise ValueError(f"weights: {len(self.weights)} weights for {len(self.manifests)} manifests")
+        if any(not w > 0 for w in self.weights):
+            raise ValueError(f"weights: must all be > 0, got {list(self.weights)}")
+        check_choices(self)
+        if self.weights and self.mode == "epochs":
+            raise ValueError(
+                "weights: mixing weights need mode=resampled (an epoch reads every "
+                "sample of every dataset once)"
+            )
+        at_least(self, 1, "batch_size", "shuffle_buffer")
+        at_least(self, 0, "workers", "num_sentences", "num_phrases", "num_regions", "seed")
+
+    @property
+    def num_slots(self) -> int:
+        return 1 + self.num_sentences + self.num_phrases
 
 
 @dataclass(frozen=True)
@@ -23,11 +57,8 @@ class OptimConfig:
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
 
     def __post_init__(self) -> None:
-        for key in ("lr", "head_lr"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ValueError("weight_decay, grad_clip, warmup_steps: must be >= 0")
+        positive(self, "lr", "head_lr")
+        at_least(self, 0, "weight_decay", "grad_clip", "warmup_steps")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas: expected two values in [0, 1), got {list(self.betas)}")
 
@@ -37,10 +68,12 @@ class CheckpointConfig:
     every: int = 500  # steps between checkpoints (the last step is always saved)
     keep_last: int = 3
     resume: bool = True  # continue from the run folder's latest checkpoint when there is one
+    # steps between the ranks' checks for a preemption signal (SIGUSR1/SIGTERM): a signalled run
+    # saves within this many steps; each check is one all-reduce that waits for the device
+    preemption_check_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.every < 1 or self.keep_last < 1:
-            raise ValueError(f"every, keep_last: must be >= 1, got {self.every}, {self.keep_last}")
+        at_least(self, 1, "every", "keep_last", "preemption_check_every")
 
 
 @dataclass(frozen=True)
@@ -54,7 +87,7 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps of the whole run (the schedule's length)
     grad_accum: int = 1  # micro-batches per optimizer step
     zero_stage: Literal[0, 1, 2, 3] = 2
-    device: Literal["auto", "cuda", "cpu"] = "auto"  # cpu: gloo and fp32; auto: cuda when there is one
+    device: DeviceChoice = "auto"  # cpu: gloo and fp32; auto: cuda when there is one
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs, fp32 on CPUs
     seed: int = 0  # model initialisation; the loader has its own (data.seed)
     log_every: int = 10
@@ -65,11 +98,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.output:
             raise ValueError("output: required (run folder)")
-        for key in ("steps", "grad_accum", "log_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        if self.replica_check_every < 0:
-            raise ValueError(f"replica_check_every: must be >= 0, got {self.replica_check_every}")
+        check_choices(self)
+        at_least(self, 1, "steps", "grad_accum", "log_every")
+        at_least(self, 0, "replica_check_every")
         if self.replica_check_every and self.zero_stage == 3:
             raise ValueError(
                 "replica_check_every: ZeRO-3 partitions the parameters, so ranks hold no "
@@ -81,5 +112,4 @@ class TrainConfig:
             raise ValueError(
                 "precision: bf16 on CPU is not supported here (AVX2 CPUs run it ~6x slower); use fp32 or auto"
             )
-        if self.peak_tflops <= 0:
-            raise ValueError(f"peak_tflops: must be > 0, got {self.peak_tflops}")
+        positive(self, "peak_tflops")

@@ -47,7 +47,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ from pipeline.models.transform import model_input_image
 from pipeline.schema import Sample
 from pipeline.shards.manifest import ManifestError, load_manifest
 from pipeline.shards.writer import read_samples
+from pipeline.training.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,50 +68,6 @@ Tokenizer = Callable[[list[str]], torch.Tensor]
 Transform = Callable[[Image.Image], torch.Tensor]
 
 _SKIP = "__skip__"  # marks a placeholder for a sample its shard failed to deliver
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    manifests: tuple[str, ...]  # dataset folders or dataset.json paths
-    batch_size: int  # per rank
-    weights: tuple[float, ...] = ()  # per dataset, resampled mode only; default: equal shares
-    workers: int = 2  # DataLoader worker processes; 0 decodes in the training process
-    mode: Literal["epochs", "resampled"] = "epochs"
-    shuffle_buffer: int = 1000  # samples; 1 keeps shard order
-    num_sentences: int = 5  # S: text slots K = 1 + S + P
-    num_phrases: int = 30  # P
-    num_regions: int = 16  # R
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.manifests or not all(self.manifests):
-            raise ValueError("data.manifests: required (one or more dataset folders or dataset.json paths)")
-        if self.weights and len(self.weights) != len(self.manifests):
-            raise ValueError(f"data.weights: {len(self.weights)} weights for {len(self.manifests)} manifests")
-        if any(not w > 0 for w in self.weights):
-            raise ValueError(f"data.weights: must all be > 0, got {list(self.weights)}")
-        if self.mode not in ("epochs", "resampled"):
-            raise ValueError(f"data.mode: {self.mode!r} is not one of 'epochs', 'resampled'")
-        if self.weights and self.mode == "epochs":
-            raise ValueError(
-                "data.weights: mixing weights need mode=resampled (an epoch reads every "
-                "sample of every dataset once)"
-            )
-        for name, low in (
-            ("batch_size", 1),
-            ("workers", 0),
-            ("shuffle_buffer", 1),
-            ("num_sentences", 0),
-            ("num_phrases", 0),
-            ("num_regions", 0),
-            ("seed", 0),
-        ):
-            if getattr(self, name) < low:
-                raise ValueError(f"data.{name}: must be >= {low}, got {getattr(self, name)}")
-
-    @property
-    def num_slots(self) -> int:
-        return 1 + self.num_sentences + self.num_phrases
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.config import DeviceChoice
+from pipeline.device import pick_device
+
 log = logging.getLogger(__name__)
 
 
@@ -31,17 +34,15 @@ class World:
         return self.rank == 0
 
 
-def init_distributed(device: str) -> World:
+def init_distributed(device: DeviceChoice) -> World:
     """Initialise torch.distributed (nccl on GPUs, gloo on CPUs) and pick this rank's device."""
     rank = int(_env("RANK", "SLURM_PROCID", default="0"))
     size = int(_env("WORLD_SIZE", "SLURM_NTASKS", default="1"))
     local_rank = int(_env("LOCAL_RANK", "SLURM_LOCALID", default="0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    target = pick_device(device, local_rank)
+    use_cuda = target.type == "cuda"
     if use_cuda:
-        if not torch.cuda.is_available():
-            raise RuntimeError("device: cuda requested but no GPU is visible to this process")
         torch.cuda.set_device(local_rank)
-    target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(local_rank))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
@@ -69,14 +70,14 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Each value averaged over ranks: each rank's loss is its share of the global batch's loss
-    (see ``objectives.collectives.masked_mean``), so their mean is the global batch's loss."""
-    if not dist.is_initialized() or not values:
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` averaged element-wise over ranks: each rank's loss is its share of the global
+    batch's loss (see ``objectives.collectives.masked_mean``), so their mean is the global batch's."""
+    if not dist.is_initialized():
         return values
-    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return dict(zip(values, (tensor / dist.get_world_size()).tolist()))
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / dist.get_world_size()
 
 
 def parameter_digest(module: torch.nn.Module) -> str:
@@ -113,6 +114,18 @@ def check_replicas(module: torch.nn.Module, step: int) -> None:
             len(everyone),
             ",".join(hosts),
         )
+
+
+@dataclass(frozen=True)
+class ReplicaCheck:
+    """:func:`check_replicas` every ``every`` steps, and at the step a run starts or resumes from
+    (0: never)."""
+
+    every: int
+
+    def check(self, module: torch.nn.Module, step: int, start: bool = False) -> None:
+        if self.every and (start or step % self.every == 0):
+            check_replicas(module, step)
 
 
 def barrier() -> None:

@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
-from tqdm import tqdm
 
 from pipeline.config import to_dict
 from pipeline.lineage import make_lineage, write_lineage
 from pipeline.models import FineGrainedCLIP
 from pipeline.models.transform import normalizer
 from pipeline.objectives import compute_loss
-from pipeline.training import checkpoint
+from pipeline.training.checkpoint import CheckpointManager, Progress, tag_of
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Loader, build_loader
-from pipeline.training.distributed import any_rank, check_replicas, init_distributed, mean_over_ranks
+from pipeline.training.distributed import ReplicaCheck, World, init_distributed
 from pipeline.training.engine import build_engine, precision_of
 from pipeline.training.export import export
-from pipeline.training.metrics import FlopCount, MetricsLog, text_tokens
-from pipeline.training.preemption import PreemptionFlag, requeue
+from pipeline.training.metrics import StepMetrics
+from pipeline.training.preemption import Preemption, requeue
 
 log = logging.getLogger(__name__)
 
@@ -42,106 +41,81 @@ def train(cfg: TrainConfig) -> RunResult:
     world = init_distributed(cfg.device)
     run_dir = Path(cfg.output)
     if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
-        write_lineage(run_dir, make_lineage(cfg.data.manifests, to_dict(cfg)))  # copied into each checkpoint
-    preemption = PreemptionFlag()
+        _start_run_dir(run_dir, cfg)
+    checkpoints = CheckpointManager(run_dir, cfg.checkpoint, world)
+    preemption = Preemption(world.device, cfg.checkpoint.preemption_check_every)
 
-    torch.manual_seed(cfg.seed)  # every rank builds the same initial model
-    model = FineGrainedCLIP(
-        cfg.model, with_pooler=cfg.objective.uses_beta_cal, with_region_head=cfg.objective.uses_regions
-    )
-    saved = checkpoint.latest_progress(run_dir) if cfg.checkpoint.resume else None
-    resized = saved is not None and saved.world_size != world.size
-    engine = build_engine(cfg, model, world, load_universal=resized)
-    dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
+    model, engine, step, samples = _model_at_start(cfg, world, checkpoints)
     global_batch = cfg.data.batch_size * cfg.grad_accum * world.size
-    step, samples = 0, 0
-    if saved is not None:
-        checkpoint.resume(engine, run_dir, saved, world)
-        step, samples = saved.step, saved.samples
-        if world.is_main:
-            _warn_on_resize(saved, world.size, global_batch)
-    if cfg.replica_check_every:
-        check_replicas(engine.module, step)
-
+    replicas = ReplicaCheck(cfg.replica_check_every)
+    replicas.check(engine.module, step, start=True)
     # the loader continues at the samples trained on: the same batches follow on the same ranks
     loader = build_run_loader(
         cfg, model, world.rank, world.size, start_batch=samples // (cfg.data.batch_size * world.size)
     )
     if world.is_main:
-        log.info(
-            "%d samples in %d manifest(s); %d batches per rank per epoch; steps %d → %d",
-            loader.num_samples,
-            len(cfg.data.manifests),
-            loader.batches_per_epoch,
-            step,
-            cfg.steps,
-        )
-
-    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main, start_step=step)
-    flops = FlopCount(enabled=world.device.type == "cuda")
-    last_saved: Path | None = None
-    batches = iter(loader)
+        epoch = f"{loader.num_samples} samples, {loader.batches_per_epoch} batches per rank per epoch"
+        log.info("%s; steps %d → %d", epoch, step, cfg.steps)
     stop_at = cfg.stop_after or cfg.steps
-    bar = tqdm(
-        total=cfg.steps,
-        initial=step,
-        disable=not world.is_main,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=5,
-    )
+    metrics = StepMetrics(run_dir, world, cfg.log_every, cfg.peak_tflops, steps=(step, cfg.steps))
+    dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
+    batches = iter(loader)
     while step < stop_at:
-        terms_sum: dict[str, float] = {}
         for _ in range(cfg.grad_accum):
             batch = next(batches).to(world.device)
             batch.images = batch.images.to(dtype)
-            with flops:
+            with metrics.flops:
                 loss, terms = compute_loss(engine(batch), batch, cfg.objective)
                 engine.backward(loss)
             engine.step()
-            metrics.count(batch.images.shape[0], text_tokens(batch))
-            for name, value in {"loss": loss.detach(), **terms}.items():
-                terms_sum[name] = terms_sum.get(name, 0.0) + float(value) / cfg.grad_accum
+            metrics.count(batch, {"loss": loss, **terms})
         step += 1
         samples += global_batch
-        bar.update(1)
-        if cfg.replica_check_every and step % cfg.replica_check_every == 0:
-            check_replicas(engine.module, step)
-        if step % cfg.log_every == 0 or step == stop_at:
-            lrs = {g["name"]: g["lr"] for g in engine.optimizer.param_groups}
-            losses = mean_over_ranks({**terms_sum, "skipped": sum(loader.skipped.values())}, world.device)
-            skipped = round(losses.pop("skipped") * world.size)
-            record = metrics.write(
-                step,
-                losses,
-                lrs,
-                world.size,
-                _flops_per_sample(flops, cfg),
-                cfg.peak_tflops,
-                world.device.type == "cuda",
-                skipped_samples=skipped,
-            )
-            bar.set_postfix(loss=f"{record['loss']:.4f}", sps=record["samples_per_s"])
-        preempted = any_rank(preemption.requested, world.device)
-        if step % cfg.checkpoint.every == 0 or step == stop_at or preempted:
-            progress = checkpoint.Progress(step, samples, world.size, global_batch)
-            last_saved = checkpoint.save(engine, run_dir, progress, world, cfg.checkpoint.keep_last)
+        metrics.end_step(step, engine.optimizer, sum(loader.skipped.values()), last=step == stop_at)
+        replicas.check(engine.module, step)
+        preempted = preemption.agreed(step)
+        checkpoints.maybe_save(
+            engine, Progress(step, samples, world.size, global_batch), force=step == stop_at or preempted
+        )
         if preempted:
             if world.is_main:
                 requeue()
             break
-    bar.close()
     metrics.close()
 
     finished = step >= cfg.steps
     exported = None
     if finished and world.is_main:
         exported = export(
-            run_dir / "checkpoints", checkpoint.tag_of(step), cfg.model, cfg.zero_stage, run_dir / "export"
+            run_dir / "checkpoints", tag_of(step), cfg.model, cfg.zero_stage, run_dir / "export"
         )
-    return RunResult(step, finished, last_saved, exported, world.is_main)
+    return RunResult(step, finished, checkpoints.last_saved, exported, world.is_main)
+
+
+def _model_at_start(
+    cfg: TrainConfig, world: World, checkpoints: CheckpointManager
+) -> tuple[FineGrainedCLIP, Any, int, int]:
+    """(model, engine, step, samples trained on): a new model, or the latest checkpoint's state."""
+    torch.manual_seed(cfg.seed)  # every rank builds the same initial model
+    model = FineGrainedCLIP(
+        cfg.model, with_pooler=cfg.objective.uses_beta_cal, with_region_head=cfg.objective.uses_regions
+    )
+    saved = checkpoints.latest()
+    resized = saved is not None and saved.world_size != world.size
+    engine = build_engine(cfg, model, world, load_universal=resized)
+    if saved is None:
+        return model, engine, 0, 0
+    checkpoints.resume(engine, saved)
+    if world.is_main:
+        _warn_on_resize(saved, world.size, cfg.data.batch_size * cfg.grad_accum * world.size)
+    return model, engine, saved.step, saved.samples
+
+
+def _start_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    """The run's config and lineage, which every checkpoint copies (rank 0)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    write_lineage(run_dir, make_lineage(cfg.data.manifests, to_dict(cfg)))
 
 
 def build_run_loader(
@@ -160,7 +134,7 @@ def build_run_loader(
     )
 
 
-def _warn_on_resize(saved: checkpoint.Progress, world_size: int, global_batch: int) -> None:
+def _warn_on_resize(saved: Progress, world_size: int, global_batch: int) -> None:
     """What a resumed run on another number of ranks, or with another global batch, changes."""
     if saved.world_size != world_size:
         log.warning(
@@ -177,7 +151,3 @@ def _warn_on_resize(saved: checkpoint.Progress, world_size: int, global_batch: i
             global_batch,
             saved.global_batch,
         )
-
-
-def _flops_per_sample(flops: FlopCount, cfg: TrainConfig) -> float | None:
-    return flops.per_micro_step / cfg.data.batch_size if flops.per_micro_step else None

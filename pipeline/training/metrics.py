@@ -1,20 +1,28 @@
-"""Step metrics: throughput, MFU, and the JSONL log that curves are drawn from (rank 0 only)."""
+"""Step metrics: loss terms, throughput, MFU; the JSONL log curves are drawn from, and the bar.
+
+Loss terms stay on the device until a step is logged: reading a CUDA tensor's value waits for the
+GPU, and doing so per micro-step would stall the host from queueing the next one.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
+import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 from pipeline.batch import Batch
+from pipeline.training.distributed import World, mean_over_ranks
 
 
-def text_tokens(batch: Batch) -> int:
-    """Tokens of the valid text slots, up to and including each end token."""
+def text_tokens(batch: Batch) -> torch.Tensor:
+    """Tokens of the valid text slots, up to and including each end token (0-d, on the device)."""
     lengths = batch.tokens.argmax(dim=-1) + 1
-    return int((lengths * batch.token_mask).sum())
+    return (lengths * batch.token_mask).sum()
 
 
 class FlopCount:
@@ -57,44 +65,85 @@ class MetricsLog:
             ]
             path.write_text("".join(f"{line}\n" for line in kept))
         self._file = path.open("a") if enabled else None
-        self._since = time.perf_counter()
-        self._samples = self._tokens = 0
 
-    def count(self, samples: int, tokens: int) -> None:
-        self._samples += samples
-        self._tokens += tokens
-
-    def write(
-        self,
-        step: int,
-        losses: dict[str, float],
-        lrs: dict[str, float],
-        world_size: int,
-        flops_per_sample: float | None,
-        peak_tflops: float,
-        gpu: bool,
-        skipped_samples: int,
-    ) -> dict:
-        """Rates since the last write, over all ranks (every rank sees the same batch size);
-        ``skipped_samples``: bad samples the loaders have replaced so far, all ranks."""
-        elapsed = max(time.perf_counter() - self._since, 1e-9)
-        samples_s = self._samples * world_size / elapsed
-        record = {
-            "step": step,
-            **losses,
-            **{f"lr_{k}": v for k, v in lrs.items()},
-            "samples_per_s": round(samples_s, 2),
-            "tokens_per_s": round(self._tokens * world_size / elapsed, 1),
-            "skipped_samples": skipped_samples,
-        }
-        if gpu and flops_per_sample:
-            record["mfu"] = round(samples_s * flops_per_sample / (peak_tflops * 1e12 * world_size), 4)
+    def write(self, record: dict) -> None:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
-        self._since, self._samples, self._tokens = time.perf_counter(), 0, 0
-        return record
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+class StepMetrics:
+    """What the loop reports, and when: every ``log_every`` steps and at the run's last step.
+
+    It holds the run's constants (ranks, FLOPs per sample, the GPU's peak) so the loop only hands
+    it each micro-step's batch and loss terms. Logging is the one point where ranks exchange
+    values (an all-reduce of the last step's terms) and the host reads them.
+    """
+
+    def __init__(
+        self, run_dir: Path, world: World, log_every: int, peak_tflops: float, steps: tuple[int, int]
+    ):
+        start, total = steps
+        self.world, self.log_every, self.peak_tflops = world, log_every, peak_tflops
+        self.flops = FlopCount(enabled=world.device.type == "cuda")
+        self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main, start_step=start)
+        self.bar = tqdm(
+            total=total,
+            initial=start,
+            disable=not world.is_main,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=5,
+        )
+        self._terms: dict[str, torch.Tensor] = {}  # this step's, summed over its micro-steps
+        self._micro_steps = self._samples = self._batch_size = 0
+        self._tokens = torch.zeros((), dtype=torch.long, device=world.device)
+        self._since = time.perf_counter()
+
+    def count(self, batch: Batch, terms: dict[str, torch.Tensor]) -> None:
+        """One micro-step: its batch (samples, tokens) and its loss terms, kept on the device."""
+        for name, value in terms.items():
+            self._terms[name] = self._terms.get(name, 0) + value.detach()
+        self._micro_steps += 1
+        self._batch_size = batch.images.shape[0]
+        self._samples += self._batch_size
+        self._tokens += text_tokens(batch)
+
+    def end_step(self, step: int, optimizer: torch.optim.Optimizer, skipped: int, last: bool) -> dict | None:
+        """Close optimizer step ``step``; on a logged step, reduce over ranks and write a record.
+        ``skipped``: bad samples this rank's loader has replaced so far."""
+        self.bar.update(1)
+        terms, micro_steps = self._terms, self._micro_steps
+        self._terms, self._micro_steps = {}, 0
+        if step % self.log_every and not last:
+            return None
+        local = [*(terms[n].double() / micro_steps for n in terms), self._tokens.double()]
+        local.append(torch.tensor(float(skipped), dtype=torch.float64, device=self.world.device))
+        reduced = dict(zip([*terms, "tokens", "skipped"], mean_over_ranks(torch.stack(local)).tolist()))
+        elapsed = max(time.perf_counter() - self._since, 1e-9)
+        ranks = self.world.size
+        samples_s = self._samples * ranks / elapsed
+        record = {
+            "step": step,
+            **{n: reduced[n] for n in terms},
+            **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
+            "samples_per_s": round(samples_s, 2),
+            "tokens_per_s": round(reduced["tokens"] * ranks / elapsed, 1),
+            "skipped_samples": round(reduced["skipped"] * ranks),
+        }
+        if self.flops.per_micro_step:
+            flops_per_sample = self.flops.per_micro_step / self._batch_size
+            record["mfu"] = round(samples_s * flops_per_sample / (self.peak_tflops * 1e12 * ranks), 4)
+        self.log.write(record)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", sps=record["samples_per_s"])
+        self._since, self._samples = time.perf_counter(), 0
+        self._tokens.zero_()
+        return record
+
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()
