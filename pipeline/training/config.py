@@ -21,7 +21,15 @@ class DataConfig:
     num_sentences: int = 5  # S: text slots K = 1 + S + P
     num_phrases: int = 30  # P
     num_regions: int = 16  # R
-    seed: int = 0
+    # Which texts fill the slots. "first": the caption, its first S sentences, its first P phrases.
+    # "sampled" (β-CLIP's datasets.py): each read draws S sentences (all, when fewer); the caption
+    # slot is them joined with ". ", and the phrases are theirs: noun chunks, then relations, then
+    # spatial ones, each string once, the first P.
+    texts: Literal["first", "sampled"] = "first"
+    # Image augmentation: () keeps the whole image, squashed to the model's square; (lo, hi):
+    # RandomResizedCrop of that share of the area (β-CLIP: (0.5, 1)), boxes cut to the crop.
+    crop_scale: tuple[float, ...] = ()
+    seed: int = 0  # also draws each read's sentences and crop, from (seed, epoch, sample key)
 
     def __post_init__(self) -> None:
         if not self.manifests or not all(self.manifests):
@@ -35,6 +43,12 @@ class DataConfig:
             raise ValueError(
                 "weights: mixing weights need mode=resampled (an epoch reads every "
                 "sample of every dataset once)"
+            )
+        if self.crop_scale and not (
+            len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1
+        ):
+            raise ValueError(
+                f"crop_scale: expected [lo, hi] with 0 < lo <= hi <= 1, got {list(self.crop_scale)}"
             )
         at_least(self, 1, "batch_size", "shuffle_buffer")
         at_least(self, 0, "workers", "num_sentences", "num_phrases", "num_regions", "seed")

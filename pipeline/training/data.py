@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import random
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -56,8 +57,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.batch import Batch, Box
-from pipeline.models.transform import model_input_image
-from pipeline.schema import Sample
+from pipeline.models.transform import model_input_image, random_resized_crop
+from pipeline.schema import PHRASE_KINDS, Phrase, Sample
 from pipeline.shards.manifest import ManifestError, load_manifest
 from pipeline.shards.writer import read_samples
 from pipeline.training.config import DataConfig
@@ -196,23 +197,64 @@ class Example:
 
 
 def select_texts(
-    sample: Sample, cfg: DataConfig, scale: tuple[float, float]
+    sample: Sample, cfg: DataConfig, view: Box, image_size: int, rng: random.Random
 ) -> tuple[list[str], list[tuple[Box, int]]]:
-    """Caption + first S sentences + first P phrases; the regions of the kept phrases that have
-    one (the first R), scaled by ``(sx, sy)`` and grounded to their phrase's slot."""
-    sentences = sample.sentences[: cfg.num_sentences]
-    phrases = sample.phrases[: cfg.num_phrases]
+    """The slot texts (``cfg.texts`` says which) and the regions of the kept phrases that have
+    one (the first R) in model-input pixels: ``view`` (stored pixels) is what the model sees,
+    boxes are cut to it, and a box left under a pixel is no region."""
+    if cfg.texts == "sampled":
+        caption, sentences, phrases = sampled_texts(sample, cfg, rng)
+    else:
+        caption, sentences = sample.caption, sample.sentences[: cfg.num_sentences]
+        phrases = sample.phrases[: cfg.num_phrases]
     first_phrase = 1 + len(sentences)
-    sx, sy = scale
     regions = []
     for i, phrase in enumerate(phrases):
         if phrase.region is not None:
-            x0, y0, x1, y1 = sample.regions[phrase.region].box
-            regions.append(((x0 * sx, y0 * sy, x1 * sx, y1 * sy), first_phrase + i))
-    return [sample.caption, *sentences, *(p.text for p in phrases)], regions[: cfg.num_regions]
+            box = to_view(sample.regions[phrase.region].box, view, image_size)
+            if box is not None:
+                regions.append((box, first_phrase + i))
+    return [caption, *sentences, *(p.text for p in phrases)], regions[: cfg.num_regions]
 
 
-def decode(raw: dict[str, Any], cfg: DataConfig, image_size: int, transform: Transform) -> Example:
+def sampled_texts(sample: Sample, cfg: DataConfig, rng: random.Random) -> tuple[str, list[str], list[Phrase]]:
+    """β-CLIP's per-read texts (``datasets.py``): S sentences drawn without replacement (all, in
+    order, when there are fewer), the caption slot those joined with ". ", and their phrases in
+    its ``concepts_minimal`` order: noun chunks, then relations, then spatial, each string once."""
+    n = len(sample.sentences)
+    drawn = rng.sample(range(n), cfg.num_sentences) if n >= cfg.num_sentences else list(range(n))
+    sentences = [sample.sentences[i] for i in drawn]
+    position = {s: k for k, s in enumerate(drawn)}
+    ordered = sorted(
+        (p for p in sample.phrases if p.sentence in position),
+        key=lambda p: (PHRASE_KINDS.index(p.kind), position[p.sentence], p.start),
+    )
+    unique: dict[str, Phrase] = {}
+    for phrase in ordered:
+        unique.setdefault(phrase.text, phrase)
+    caption = ". ".join(s.removesuffix(".") for s in sentences)
+    return caption, sentences, list(unique.values())[: cfg.num_phrases]
+
+
+def to_view(box: Box, view: Box, image_size: int) -> Box | None:
+    """A stored-pixel box in the model input showing ``view``: cut to it, then scaled; None when
+    less than a pixel of it is left."""
+    vx0, vy0, vx1, vy1 = view
+    fx, fy = image_size / (vx1 - vx0), image_size / (vy1 - vy0)
+    x0, y0 = (max(box[0], vx0) - vx0) * fx, (max(box[1], vy0) - vy0) * fy
+    x1, y1 = (min(box[2], vx1) - vx0) * fx, (min(box[3], vy1) - vy0) * fy
+    return (x0, y0, x1, y1) if x1 - x0 >= 1 and y1 - y0 >= 1 else None
+
+
+def read_rng(cfg: DataConfig, epoch: int, key: str) -> random.Random:
+    """The randomness of one read of one sample (its sentences, its crop): a function of the seed,
+    the epoch and the sample, so a resumed run, any rank or worker, draws the same."""
+    return random.Random(stream_seed(cfg.seed, epoch, zlib.crc32(key.encode())))
+
+
+def decode(
+    raw: dict[str, Any], cfg: DataConfig, image_size: int, transform: Transform, epoch: int = 0
+) -> Example:
     """Raises :class:`BadSample` for anything wrong with the bytes; any exception parsing
     untrusted bytes is bad data, hence the broad catches, one per stage to name the reason."""
     if _SKIP in raw:
@@ -227,13 +269,16 @@ def decode(raw: dict[str, Any], cfg: DataConfig, image_size: int, transform: Tra
         sample = Sample.from_json(meta)
     except Exception as e:
         raise BadSample("bad_sample", repr(e)) from e
+    rng = read_rng(cfg, epoch, str(raw.get("__key__", "")))
+    stored = (sample.width, sample.height)
+    view = random_resized_crop(stored, cfg.crop_scale, rng) if cfg.crop_scale else (0, 0, *stored)
     try:
-        img, size = model_input_image(raw["jpg"], image_size)
+        img, size = model_input_image(raw["jpg"], image_size, view)
     except Exception as e:
         raise BadSample("bad_image", repr(e)) from e
-    if size != (sample.width, sample.height):
+    if size != stored:
         raise BadSample("bad_sample", f"jpg is {size[0]}x{size[1]}, json says {sample.width}x{sample.height}")
-    texts, regions = select_texts(sample, cfg, (image_size / sample.width, image_size / sample.height))
+    texts, regions = select_texts(sample, cfg, view, image_size, rng)
     return Example(transform(img), texts, regions)
 
 
@@ -310,15 +355,17 @@ class RankStream(IterableDataset):
             skip = len(range(mine.start, first_index, streams)) if epoch == first_epoch else 0
             rest = itertools.islice(shuffled, skip * size, None)
             while chunk := list(itertools.islice(rest, size)):
-                yield self.make_batch(chunk)
+                yield self.make_batch(chunk, epoch)
 
-    def make_batch(self, chunk: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    def make_batch(
+        self, chunk: list[dict[str, Any]], epoch: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         """Decode a chunk; fill the slots of bad samples with copies of the good ones, in order."""
         decoded: list[Example | None] = []
         skipped: Counter[str] = Counter()
         for raw in chunk:
             try:
-                decoded.append(decode(raw, self.cfg, self.image_size, self.transform))
+                decoded.append(decode(raw, self.cfg, self.image_size, self.transform, epoch))
             except BadSample as e:
                 if _SKIP not in raw:  # placeholders were logged once per shard
                     log.warning("skipping sample %s of %s: %s", raw.get("__key__"), raw.get("__url__"), e)
