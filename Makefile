@@ -1,14 +1,19 @@
 # The two commands: `make demo` runs the main job end to end, `make test` runs the tests.
 # Both install what they need into .venv first (once; again when the pins change).
+# `make test-fast` is the edit loop: the tests not marked `integration` (they start no service or process).
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench install
+.PHONY: demo test test-fast lint bench install
 demo: $(VENV)/.installed
 	$(PY) -m pipeline demo --workdir runs/demo
 
-test: $(VENV)/.installed
-	$(PY) -m pytest -q
+# Every test: the fast tier, then the integration tier, each with its own time in the log.
+test: test-fast
+	$(PY) -m pytest -q -m integration --durations=15
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not integration"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

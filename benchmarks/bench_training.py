@@ -29,28 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo_batches import loader_rate, prepare
+
 from pipeline.config import load_config
 from pipeline.models import FineGrainedCLIP
 from pipeline.objectives import compute_loss
-from pipeline.prep import PrepConfig, run
-from pipeline.synthetic import SyntheticConfig, write_corpus
 from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import init_distributed
 from pipeline.training.engine import build_engine
-from pipeline.training.loop import build_run_loader
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32
-
-
-def prepare(records: int, workdir: str) -> str:
-    write_corpus(f"{workdir}/corpus", SyntheticConfig(num_records=records))
-    cfg = load_config(
-        PrepConfig,
-        REPO / "configs/prep/default.yaml",
-        [f"input.index={workdir}/corpus/records.jsonl", f"output={workdir}/shards", "samples_per_shard=100"],
-    )
-    return run(cfg).root
 
 
 def config(dataset: str, *overrides: str) -> TrainConfig:
@@ -65,17 +54,6 @@ def config(dataset: str, *overrides: str) -> TrainConfig:
             *overrides,
         ],
     )
-
-
-def loader_rate(cfg: TrainConfig, batches: int) -> tuple[float, list]:
-    """Samples/s of the loader alone; also returns the batches, for the step to consume."""
-    model = FineGrainedCLIP(cfg.model, cfg.objective.uses_beta_cal, cfg.objective.uses_regions)
-    loader = build_run_loader(cfg, model, rank=0, world_size=1, start_batch=0)
-    stream = iter(loader)
-    kept = [next(stream)]  # worker start-up is paid once per run, not per step
-    start = time.perf_counter()
-    kept += [next(stream) for _ in range(batches)]
-    return batches * BATCH / (time.perf_counter() - start), kept
 
 
 def step_rate(cfg: TrainConfig, batches: list) -> float:
@@ -127,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dataset = args.data or prepare(args.records, tmp)
         cfg = config(dataset, "data.workers=2", "zero_stage=2")
-        loader, batches = loader_rate(cfg, args.batches)
+        loader, batches = loader_rate(cfg, rounds=max(1, args.batches // cfg.data.workers))
         step = step_rate(cfg, batches)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -1,7 +1,7 @@
 #!/bin/bash
 # β-CLIP training: sbatch slurm/train_beta.sh [key=value ...]
 # Size the job at submit time, e.g. one CPU-only node with two ranks:
-#   CONFIG=configs/train/beta_tiny.yaml sbatch --nodes=1 --ntasks-per-node=2 --gpus-per-node=0 slurm/train_beta.sh device=cpu
+#   CONFIG=configs/train/beta_tiny.yaml sbatch --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --gpus-per-node=0 slurm/train_beta.sh device=cpu
 #SBATCH --job-name=beta-clip
 #SBATCH --nodes=4
 #SBATCH --ntasks-per-node=8

@@ -1,7 +1,7 @@
 #!/bin/bash
 # HarmoCLIP training: sbatch slurm/train_harmo.sh [key=value ...]
 # Size the job at submit time, e.g. one CPU-only node with two ranks:
-#   CONFIG=configs/train/harmo_tiny.yaml sbatch --nodes=1 --ntasks-per-node=2 --gpus-per-node=0 slurm/train_harmo.sh device=cpu
+#   CONFIG=configs/train/harmo_tiny.yaml sbatch --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --gpus-per-node=0 slurm/train_harmo.sh device=cpu
 #SBATCH --job-name=harmo-clip
 #SBATCH --nodes=4
 #SBATCH --ntasks-per-node=8

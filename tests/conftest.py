@@ -6,14 +6,23 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from helpers import REPO, S3Server, s3_server
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
-from s3_server import S3Server, s3_server
 
 from pipeline.config import load_config
 from pipeline.prep import PrepConfig, run
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
-REPO = Path(__file__).resolve().parents[1]
+# Fixtures that start a local Ray or a moto_server: these below, and local_ray in prep test modules.
+SERVICES = {"generated_shards", "s3", "local_ray"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a service is an integration test: left unmarked, it stops the run here
+    instead of slowing `make test-fast` down."""
+    for item in items:
+        if SERVICES & set(item.fixturenames) and not item.get_closest_marker("integration"):
+            raise pytest.UsageError(f"{item.nodeid} starts a service: mark it @pytest.mark.integration")
 
 
 @pytest.fixture(scope="session")

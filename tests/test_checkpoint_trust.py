@@ -3,19 +3,17 @@
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import torchrun
 
 from pipeline.config import UserError
 from pipeline.training.checkpoint import latest_tag
 from pipeline.training.export import export_checkpoint
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Payload:
@@ -32,17 +30,8 @@ class Payload:
 def run_dir(generated_shards, tmp_path_factory) -> Path:
     """A real ZeRO-2 run: 2 CPU ranks, 2 steps, one checkpoint."""
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "train/train.py",
-        "--config",
+    torchrun(
         "configs/train/harmo_tiny.yaml",
-        "device=cpu",
         f"data.manifests=[{generated_shards}]",
         f"output={out}",
         "data.batch_size=8",
@@ -50,17 +39,7 @@ def run_dir(generated_shards, tmp_path_factory) -> Path:
         "steps=2",
         "checkpoint.every=2",
         "zero_stage=2",
-    ]
-    result = subprocess.run(
-        cmd,
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     return out
 
 

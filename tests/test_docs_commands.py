@@ -5,35 +5,23 @@ reads each bash block and checks each command the way its program would read it:
 key=value overrides through the typed configs (so every key must exist and validate), CLI
 flags through the real argument parser, scripts and make targets by existence. A command of a
 kind not known here fails the test, so a new doc command gets checked too. Running them at
-tiny scale is the other tests' job; docs/reproduce.md names which test runs which command.
+tiny scale is the other tests' job (the README's CPU ``sbatch`` line and its ``ray job submit``
+line run as written in test_slurm.py and test_ray_job_submit.py); docs/reproduce.md names which
+test runs which command.
 """
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
+from helpers import REPO, doc_commands
 
 from pipeline.__main__ import build_parser, eval_config
 from pipeline.config import config_from_command_line, load_config
 from pipeline.prep import PrepConfig
 from pipeline.training.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PLACEHOLDER = "[key=value ...]"  # "and any other overrides", in usage lines
-
-
-def doc_commands() -> list[tuple[str, str]]:
-    """(doc name, command line) for every command in every bash block."""
-    found = []
-    for doc in DOCS:
-        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", doc.read_text(), re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                command = line.split(" #", 1)[0].strip()
-                if command and not command.startswith("#"):
-                    found.append((doc.name, command))
-    return found
 
 
 def check(words: list[str]) -> None:
@@ -61,6 +49,9 @@ def check(words: list[str]) -> None:
     elif program == "sbatch":
         script = next(a for a in args if a.endswith(".sh"))
         overrides = args[args.index(script) + 1 :]
+        if "--gpus-per-node=0" in args:  # the scripts' #SBATCH headers size a GPU job: 4 nodes, 8 CPUs a task
+            sized = {a.split("=")[0] for a in args[: args.index(script)]}
+            assert {"--nodes", "--cpus-per-task"} <= sized, "a CPU line must set --nodes and --cpus-per-task"
         default = re.search(r"\$\{CONFIG:-([^}]+)\}", (REPO / script).read_text()).group(1)
         load_config(TrainConfig, REPO / env.get("CONFIG", default), overrides)
     elif program.startswith(("slurm/", "scripts/")):

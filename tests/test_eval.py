@@ -3,16 +3,15 @@ path, and the command's report on generated shards."""
 
 import hashlib
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO
 from torchvision import transforms
 
+from pipeline.__main__ import main
 from pipeline.batch import Batch
 from pipeline.config import ConfigError, load_config
 from pipeline.eval import EvalConfig
@@ -24,7 +23,6 @@ from pipeline.shards import load_manifest
 from pipeline.shards.writer import read_samples
 from pipeline.training.data import DataConfig, collate, decode
 
-REPO = Path(__file__).resolve().parents[1]
 ATTRIBUTES = {"size": ["small", "large"], "colour": ["red", "green", "blue"], "shape": ["circle", "square"]}
 
 
@@ -119,6 +117,7 @@ def test_bad_eval_config_names_the_key(override, key):
         load_config(EvalConfig, None, ["data=d", "out=o", "checkpoints=[openclip:FG-Tiny-16]", override])
 
 
+@pytest.mark.integration
 def test_eval_embeddings_match_the_training_model_on_the_same_sample(generated_shards):
     """Eval reads images and boxes exactly as training does: the global embedding and every region
     embedding of a sample equal the training forward's on the loader's batch."""
@@ -155,75 +154,28 @@ def test_eval_embeddings_match_the_training_model_on_the_same_sample(generated_s
     assert len(embed_texts(model, ["a small red circle", "x" * 3000])) == 2  # long texts are cut, not refused
 
 
-def test_eval_command_writes_a_report(generated_shards, tmp_path):
+def test_eval_command_refuses_bad_checkpoints_before_any_work(tmp_path, capsys):
+    out, data = tmp_path / "report", str(tmp_path / "shards")
+    twice = ["--checkpoint", "tiny=openclip:FG-Tiny-16", "--checkpoint", "runs/x/tiny"]
+    assert main(["eval", "--data", data, "--out", str(out), *twice, "max_images=40"]) == 2
+    assert "checkpoints: names must differ" in capsys.readouterr().err
+    missing = ["--checkpoint", "openclip:FG-Tiny-16", "--checkpoint", str(tmp_path / "no-such-run")]
+    assert main(["eval", "--data", data, "--out", str(out), *missing]) == 2
+    assert "no-such-run is neither a run folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.integration
+def test_eval_command_writes_a_report(generated_shards, tmp_path, capsys):
     out = tmp_path / "report"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "eval",
-            "--data",
-            str(generated_shards),
-            "--out",
-            str(out),
-            "--checkpoint",
-            "tiny=openclip:FG-Tiny-16",
-            "--checkpoint",
-            "runs/x/tiny",
-            "max_images=40",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 2 and "checkpoints: names must differ" in result.stderr
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "eval",
-            "--data",
-            str(generated_shards),
-            "--out",
-            str(out),
-            "--checkpoint",
-            "openclip:FG-Tiny-16",
-            "--checkpoint",
-            str(tmp_path / "no-such-run"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 2 and "no-such-run is neither a run folder" in result.stderr
-    assert not out.exists()  # refused before any work
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "eval",
-            "--data",
-            str(generated_shards),
-            "--out",
-            str(out),
-            "--checkpoint",
-            "untrained=openclip:FG-Tiny-16",
-            "--config",
-            "configs/eval/synthetic.yaml",
-            "max_images=40",
-            "examples=2",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    where = ["--data", str(generated_shards), "--out", str(out)]
+    what = [
+        "--checkpoint",
+        "untrained=openclip:FG-Tiny-16",
+        "--config",
+        str(REPO / "configs/eval/synthetic.yaml"),
+    ]
+    assert main(["eval", *where, *what, "max_images=40", "examples=2"]) == 0, capsys.readouterr().err[-3000:]
     report = json.loads((out / "metrics.json").read_text())
     images = load_eval_set(str(generated_shards), max_images=40)
     assert report["data"]["images"] == 40 and report["data"]["boxes"] == sum(len(im.boxes) for im in images)

@@ -13,6 +13,7 @@ import pytest
 import ray
 import webdataset as wds
 
+from pipeline import storage
 from pipeline.config import ConfigError, load_config
 from pipeline.prep import PrepConfig, inputs, run
 from pipeline.prep.coco import coco_items, join_captions
@@ -20,7 +21,7 @@ from pipeline.prep.job import _run_id
 from pipeline.prep.records import Drop, InputRecord
 from pipeline.prep.tars import expand, locate, read_tars
 from pipeline.schema import clean_box
-from pipeline.shards import check, storage
+from pipeline.shards import check
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,6 +180,7 @@ def test_damaged_tar_keeps_what_is_readable(tmp_path, damage, reason, samples):
     assert (items[-1].reason, items[-1].id) == (reason, None)
 
 
+@pytest.mark.integration
 def test_read_range_local_and_s3(s3, tmp_path):
     data = bytes(range(256)) * 40
     (tmp_path / "blob").write_bytes(data)
@@ -193,6 +195,7 @@ def test_read_range_local_and_s3(s3, tmp_path):
         storage.read_range(f"s3://{s3.bucket}/range/nothing", 0, 10)
 
 
+@pytest.mark.integration
 def test_tars_listed_from_s3_match_the_local_listing(s3, tars):
     folder, _ = tars
     s3.upload(folder, "listing/tars")
@@ -360,6 +363,7 @@ def tar_dataset(local_ray, tars, tmp_path_factory):
     )
 
 
+@pytest.mark.integration
 def test_prep_from_local_tars(tar_dataset, tars):
     m, (folder, by_key) = tar_dataset, tars
     totals = m.data["totals"]
@@ -388,6 +392,7 @@ def test_prep_from_local_tars(tar_dataset, tars):
         )  # 160 px: unscaled
 
 
+@pytest.mark.integration
 def test_prep_from_s3_tars_writes_the_same_shards(s3, tar_dataset, tars, tmp_path):
     folder, _ = tars
     s3.upload(folder, "img2dataset/tars")
@@ -446,6 +451,7 @@ def write_coco(corpus: Path, out: Path) -> dict[str, dict]:
     return {str(image["id"]): r for image, r in zip(images, records)}
 
 
+@pytest.mark.integration
 def test_prep_from_coco_uses_the_instance_boxes(local_ray, corpus, tmp_path):
     by_id = write_coco(corpus, tmp_path / "annotations")
     m = _prep(

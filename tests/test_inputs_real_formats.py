@@ -252,7 +252,7 @@ def test_config_names_the_bad_key():
             "input.instances: not read by format sharegpt4v",
         ),
         (["input.index=x.jsonl", "input.skip=-1"], "input.skip: must be >= 0"),
-        (["input.index=x.jsonl", "input.limit=0"], "input.limit: must be >= 1 or null"),
+        (["input.index=x.jsonl", "input.limit=0"], "input.limit: must be >= 1, got 0"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(PrepConfig, None, ["output=out", *overrides])
@@ -312,6 +312,7 @@ def _metas(m) -> list[dict]:
     return [json.loads(s["json"]) for s in wds.WebDataset(m.shard_urls(), shardshuffle=False)]
 
 
+@pytest.mark.integration
 def test_prep_from_sharegpt4v(local_ray, corpus, tmp_path):
     records = _records(corpus)
     items = [sharegpt4v_item(r["image"], r["caption"], item_id="same") for r in records]
@@ -386,6 +387,7 @@ def write_visual_genome(corpus: Path, out: Path) -> dict[str, list[dict]]:
     return expected
 
 
+@pytest.mark.integration
 def test_prep_from_visual_genome_links_each_sentence_to_its_region(local_ray, corpus, tmp_path):
     expected = write_visual_genome(corpus, tmp_path / "vg")
     m = _prep(

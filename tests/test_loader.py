@@ -305,6 +305,7 @@ def test_mixing_weights_are_per_dataset_shares(datasets):
     assert sources["beta"] / sum(sources.values()) == pytest.approx(0.75, abs=0.07)
 
 
+@pytest.mark.integration
 def test_reads_what_data_prep_writes(generated_shards):
     """The real prep output (spaCy phrases, grounded regions) at the β-CLIP shapes: nothing skipped."""
     cfg = DataConfig(manifests=(str(generated_shards),), batch_size=8, workers=2)

@@ -316,10 +316,11 @@ def test_encode_tokens_equals_the_full_context_pass_with_long_clip_positions():
     weights = [clip.token_embedding.weight, clip.positional_embedding, clip.text_projection]
     ours, full = encode_tokens(clip, tokens), clip.encode_text(tokens)
     torch.testing.assert_close(ours, full)
-    for a, b in zip(
+    grads = zip(
         torch.autograd.grad(ours.square().sum(), weights), torch.autograd.grad(full.square().sum(), weights)
-    ):
-        torch.testing.assert_close(a, b)
+    )
+    for a, b in grads:  # float32 sums over other numbers of positions: equal to 1e-6 of the largest
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
 
 
 def test_text_positions_count_what_encode_tokens_encodes():
@@ -328,6 +329,7 @@ def test_text_positions_count_what_encode_tokens_encodes():
     shapes = []
     clip.transformer.register_forward_hook(lambda module, args, out: shapes.append(args[0].shape[:2]))
     encode_tokens(clip, tokens)
-    real, encoded = text_positions(tokens)
-    assert real == int((tokens.argmax(dim=-1) + 1).sum()) == 3 + 5 + real - 8
-    assert encoded == sum(rows * length for rows, length in shapes) == 2 * 5 + real - 8
+    short, middle, long = (tokens.argmax(dim=-1) + 1).tolist()  # real tokens, end token included
+    assert (short, middle) == (3, 5) and 8 < long <= 16
+    assert text_positions(tokens) == (short + middle + long, 2 * middle + long)  # one bucket below 8
+    assert text_positions(tokens)[1] == sum(rows * length for rows, length in shapes)

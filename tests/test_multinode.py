@@ -12,10 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from slurm_jobs import job_log, logged_steps, sbatch
+from helpers import REPO, job_log, logged_steps, sbatch
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 DIGEST = re.compile(r"step (\d+): parameters sha256 (\w+) on all (\d+) rank\(s\) \(hosts ([\w,.-]+)\)")
 
 

@@ -149,6 +149,7 @@ def test_an_output_that_would_hold_the_input_is_refused(tmp_path, output):
     assert index.exists()
 
 
+@pytest.mark.integration
 def test_unreadable_s3_images_are_drops(s3, tmp_path):
     rows = [
         json.dumps({"id": "nobucket", "image": "s3://no-such-bucket-here/x.jpg", "caption": "Gone."}),

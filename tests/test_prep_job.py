@@ -14,6 +14,7 @@ from pipeline.prep.worker import CHAOS_ENV
 from pipeline.shards import check
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
 
+pytestmark = pytest.mark.integration
 # What the job records for each kind of broken record the generator writes.
 EXPECTED_REASON = {
     "corrupt_image": "image_corrupt",

@@ -1,41 +1,48 @@
-"""The README's cluster path: a real Ray head on 127.0.0.1 and `ray job submit` of the entry script."""
+"""The README's cluster path: a real Ray head on 127.0.0.1 and its `ray job submit` line, run as
+written with the head's address and the test's paths in place of the placeholders."""
 
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import open_clip
 import pytest
 import webdataset as wds
-from ray_jobs import BIN, submit
+from helpers import BIN, documented, free_port, ray_job_submit
 from torchvision import transforms
 
+from pipeline.__main__ import main
 from pipeline.models import TINY_MODEL
 from pipeline.synthetic import SyntheticConfig, write_corpus
 from pipeline.training.data import DataConfig, build_loader
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def submit_readme_line(address: str, env: dict[str, str], index: str, output: str):
+    line = documented(
+        "README.md",
+        "ray job submit",
+        replace={
+            "http://HEAD:8265": address,
+            "/data/mycorpus/records.jsonl": index,
+            "/data/shards/mycorpus": output,
+        },
+    )
+    return ray_job_submit(["bash", "-c", line], env)
 
 
-@pytest.fixture
-def ray_head():
+@pytest.fixture(scope="module")
+def ray_head(s3):
+    """One head for the module (a head takes half a minute to stop), started after the S3 server
+    so that the jobs' processes get its AWS variables from the head's environment."""
     # Token auth, as Ray enables it by default: the head and the client share one token.
     env = {
         **os.environ,
@@ -45,7 +52,7 @@ def ray_head():
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }
     env.pop("RAY_ADDRESS", None)
-    port, dashboard, agent = _free_port(), _free_port(), _free_port()
+    port, dashboard, agent = free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     # --block, in a session of its own: teardown stops this head and its processes, and no other Ray
     # on the machine (``ray stop`` would stop every one, a user's demo included).
@@ -97,30 +104,15 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_job_submit_builds_a_verified_dataset(ray_head, tmp_path):
+def test_ray_job_submit_builds_a_verified_dataset(ray_head, tmp_path, capsys):
     address, env = ray_head
     write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=40, num_broken=4))
     out = tmp_path / "shards"
-    job = submit(
-        address,
-        env,
-        "data_prep/build_shards.py",
-        "--config",
-        "configs/prep/default.yaml",
-        f"input.index={tmp_path}/corpus/records.jsonl",
-        f"output={out}",
-        "samples_per_shard=16",
-    )
+    job = submit_readme_line(address, env, f"{tmp_path}/corpus/records.jsonl", str(out))
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "records   44 in" in job.stdout  # the manifest summary the entry prints
 
-    verify = subprocess.run(
-        [sys.executable, "-m", "pipeline", "manifest", "verify", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert main(["manifest", "verify", str(out)]) == 0, capsys.readouterr().out
     manifest = json.loads((out / "dataset.json").read_text())
     urls = [str(out / s["name"]) for s in manifest["shards"]]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
@@ -128,32 +120,18 @@ def test_ray_job_submit_builds_a_verified_dataset(ray_head, tmp_path):
     assert all(s["jpg"].size == (s["json"]["width"], s["json"]["height"]) for s in samples)
 
 
-def test_ray_job_submit_s3_to_s3(s3, ray_head, tmp_path):
-    """The same entry, records and images in S3, shards and manifest to S3 (the job's processes
-    get the AWS variables from the head's environment), then read back by the training loader."""
+def test_ray_job_submit_s3_to_s3(s3, ray_head, tmp_path, capsys):
+    """The same line, records and images in S3, shards and manifest to S3, then read back by the
+    training loader."""
     address, env = ray_head
     write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=24, num_broken=4))
     s3.upload(tmp_path / "corpus", "submit-corpus")
     out = f"s3://{s3.bucket}/submitted"
-    job = submit(
-        address,
-        env,
-        "data_prep/build_shards.py",
-        "--config",
-        "configs/prep/default.yaml",
-        f"input.index=s3://{s3.bucket}/submit-corpus/records.jsonl",
-        f"output={out}",
-        "samples_per_shard=8",
-    )
+    job = submit_readme_line(address, env, f"s3://{s3.bucket}/submit-corpus/records.jsonl", out)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
 
-    verify = subprocess.run(
-        [sys.executable, "-m", "pipeline", "manifest", "verify", out],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert verify.returncode == 0 and "verify: OK" in verify.stdout, verify.stdout + verify.stderr
+    assert main(["manifest", "verify", out]) == 0
+    assert "verify: OK" in capsys.readouterr().out
     loader = build_loader(
         DataConfig(manifests=(out,), batch_size=4, workers=0),
         image_size=64,

@@ -7,14 +7,12 @@ import json
 import os
 import secrets
 import subprocess
-from pathlib import Path
 
 import boto3
 import pyarrow.parquet as pq
 import pytest
 import ray
-from ray_jobs import BIN, submit
-from s3_server import s3_server
+from helpers import BIN, REPO, ray_job_submit, s3_server
 
 from pipeline import storage
 from pipeline.config import load_config
@@ -22,7 +20,6 @@ from pipeline.prep import PrepConfig, run
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 HOST = "10.78.0.1"  # the host's address on the nodes' bridge
 HEAD = "http://10.78.0.11:8265"
 
@@ -73,14 +70,10 @@ def test_two_nodes_share_the_work_and_write_the_one_node_dataset(two_nodes, tmp_
             f"input.index=s3://{s3.bucket}/corpus/records.jsonl",
             "samples_per_shard=10",
         ]
-        job = submit(
-            HEAD,
-            two_nodes,
-            "data_prep/build_shards.py",
-            *args,
-            f"output=s3://{s3.bucket}/two-node",
-            runtime_env=json.dumps({"env_vars": s3.env}),
-        )
+        submit = ["ray", "job", "submit", "--address", HEAD, "--working-dir", "."]
+        runtime_env = ["--runtime-env-json", json.dumps({"env_vars": s3.env})]
+        entry = ["python", "data_prep/build_shards.py", *args, f"output=s3://{s3.bucket}/two-node"]
+        job = ray_job_submit([*submit, *runtime_env, "--", *entry], two_nodes)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         manifest = json.loads(
             boto3.client("s3").get_object(Bucket=s3.bucket, Key="two-node/dataset.json")["Body"].read()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_objectives_distributed import free_port
+from helpers import free_port
 
 from pipeline.training.distributed import check_replicas, parameter_digest
 
@@ -30,6 +30,7 @@ def worker(rank: int, port: int, out_dir: str, perturb: bool) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.integration  # two ranks by mp.spawn
 @pytest.mark.parametrize("perturb", [False, True])
 def test_check_replicas_fails_every_rank_on_one_differing_bit(tmp_path, perturb):
     mp.spawn(worker, args=(free_port(), str(tmp_path), perturb), nprocs=2)

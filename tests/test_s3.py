@@ -4,8 +4,6 @@ on loopback (moto_server)."""
 import http.client
 import itertools
 import os
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,10 +13,12 @@ import pytest
 import ray
 from torchvision import transforms
 
+from pipeline import storage
+from pipeline.__main__ import main
 from pipeline.config import load_config
 from pipeline.models import TINY_MODEL
 from pipeline.prep import PrepConfig, run
-from pipeline.shards import check, storage
+from pipeline.shards import check
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
 from pipeline.training.data import DataConfig, build_loader
 
@@ -75,7 +75,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_prep_reads_and_writes_s3(s3, tmp_path):
+def test_prep_reads_and_writes_s3(s3, tmp_path, capsys):
     summary = write_corpus(
         str(tmp_path / "corpus"), SyntheticConfig(num_records=40, num_broken=len(BROKEN_KINDS))
     )
@@ -104,14 +104,7 @@ def test_prep_reads_and_writes_s3(s3, tmp_path):
     )
     assert check.verify(manifest) == [] and check.validate(manifest) == []
 
-    verify = subprocess.run(
-        [sys.executable, "-m", "pipeline", "manifest", "verify", out],
-        cwd=REPO,
-        env={**os.environ, **s3.env},
-        capture_output=True,
-        text=True,
-    )
-    assert verify.returncode == 0 and "verify: OK" in verify.stdout, verify.stdout + verify.stderr
+    assert main(["manifest", "verify", out]) == 0 and "verify: OK" in capsys.readouterr().out
     assert "testing" not in storage.read_bytes(f"{out}/dataset.json").decode()  # no credentials in manifests
 
     # the training loader streams the shards from S3, in its worker processes too

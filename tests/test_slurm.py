@@ -1,4 +1,5 @@
-"""The Slurm scripts, unchanged, on a real one-node Slurm: CPU ranks over gloo.
+"""The Slurm scripts, unchanged, on a real one-node Slurm: CPU ranks over gloo; the README's
+CPU line as written.
 
 Needs root the first time (the fixture installs and starts slurm-wlm + munge with
 slurm/local/start-local-slurm.sh), or a running Slurm whose node has 2 free CPUs.
@@ -8,13 +9,11 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from slurm_jobs import job_log, job_state, logged_steps, sbatch
+from helpers import REPO, documented, job_log, job_state, logged_steps, sbatch, slurm_env
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -27,23 +26,22 @@ def slurm():
         )
 
 
-def test_sbatch_train_beta_completes_with_a_checkpoint(slurm, tmp_path, generated_shards):
+def test_the_readme_cpu_line_trains_checkpoints_and_exports(slurm, tmp_path, generated_shards):
+    """The line as a user types it, in a shell: only the demo's shards are swapped for these.
+    The environment puts the run folder and the job's log in tmp_path and waits for the job."""
+    line = documented(
+        "README.md", "sbatch", "device=cpu", replace={"runs/demo/shards/train": str(generated_shards)}
+    )
     out = tmp_path / "beta"
-    sbatch(
-        "slurm/train_beta.sh",
-        out,
-        f"data.manifests=[{generated_shards}]",
-        "steps=4",
-        "data.batch_size=8",
-        "data.workers=1",
-        "checkpoint.every=2",
-        "log_every=1",
-        wait=True,
+    env = {**slurm_env(out), "SBATCH_WAIT": "1"}
+    result = subprocess.run(
+        ["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )
     log = job_log(out)
-    assert "2 tasks on localhost" in log and "finished at step 4" in log, log[-4000:]
-    assert (out / "checkpoints/step-00000004").is_dir() and (out / "export/open_clip_model.pt").exists()
-    assert logged_steps(out) == [1, 2, 3, 4]
+    assert result.returncode == 0, result.stdout + result.stderr + log[-4000:]
+    assert "2 tasks on localhost" in log and "finished at step 200" in log, log[-4000:]
+    assert (out / "checkpoints/step-00000200").is_dir() and (out / "export/open_clip_model.pt").exists()
+    assert logged_steps(out) == list(range(10, 201, 10))  # beta_tiny.yaml: log_every 10
 
 
 def test_sigusr1_checkpoints_requeues_and_finishes(slurm, tmp_path, generated_shards):

@@ -2,17 +2,15 @@
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from helpers import REPO, torchrun
 
+from pipeline.__main__ import main
 from pipeline.batch import Batch
 from pipeline.config import load_config
 from pipeline.models import FineGrainedCLIP
@@ -20,37 +18,7 @@ from pipeline.models.loading import load_exported, load_fine_grained
 from pipeline.training.config import TrainConfig
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-6  # resumed vs uninterrupted loss; CPU fp32 with fixed seeds is in fact bitwise equal
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(config: str, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(ranks),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        "train/train.py",
-        "--config",
-        config,
-        "device=cpu",
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -159,12 +127,7 @@ def test_harmo_loss_decreases_and_export_loads_into_open_clip(generated_shards, 
 
     # The export command, from a checkpoint folder: the whole model, region head included, comes back.
     again = tmp_path / "again"
-    subprocess.run(
-        [sys.executable, "-m", "pipeline", "export", str(out / "checkpoints/step-00000030"), str(again)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
+    assert main(["export", str(out / "checkpoints/step-00000030"), str(again)]) == 0
     with torch.no_grad():
         out_loaded = load_fine_grained(again)(batch)
     for name in ("image", "text", "regions", "phrases"):

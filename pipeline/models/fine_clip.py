@@ -79,8 +79,13 @@ class FineGrainedCLIP(nn.Module):
         )
 
     def _encode_slots(self, batch: Batch) -> torch.Tensor:
-        """Encode, in one packed pass, the caption and the slots a head reads: all valid slots for
-        the pooler, the regions' phrases for the region head."""
+        """Encode, in one packed pass, the slots :meth:`encoded_slots` names."""
+        needed = self.encoded_slots(batch)
+        return _scatter(F.normalize(encode_tokens(self.clip, batch.tokens[needed]), dim=-1), needed)
+
+    def encoded_slots(self, batch: Batch) -> torch.Tensor:
+        """[B, K] the text slots this model encodes: the caption, all valid slots for the pooler,
+        the regions' phrases for the region head (benchmarks count their tokens from it)."""
         needed = torch.zeros_like(batch.token_mask)
         needed[:, 0] = True
         if self.pooler is not None:
@@ -88,7 +93,7 @@ class FineGrainedCLIP(nn.Module):
         if self.region_head is not None:
             grounded = F.one_hot(batch.region_slot, batch.token_mask.shape[1]) * batch.region_mask[..., None]
             needed |= grounded.bool().any(dim=1) & batch.token_mask
-        return _scatter(F.normalize(encode_tokens(self.clip, batch.tokens[needed]), dim=-1), needed)
+        return needed
 
 
 def _region_head(cfg: ModelConfig, clip: open_clip.CLIP) -> nn.Module:

@@ -19,19 +19,43 @@ def encode_tokens(clip: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
     """
     every_bucket = hasattr(next(clip.transformer.parameters()), "ds_id")
     eot = tokens.argmax(dim=-1)  # the end token has the largest id (open_clip's "argmax" pooling)
-    # One lookup for all buckets: each lookup's backward writes a dense vocabulary-sized gradient.
-    embedded = clip.token_embedding(tokens[:, : int(eot.max()) + 1])
-    parts, rows_of, lower = [], [], 0
-    for upper in _buckets(tokens.shape[1]):
+    buckets = length_buckets(eot, tokens.shape[1], every_bucket)
+    trimmed = [tokens[rows, :length] for rows, length in buckets]
+    # One lookup for all buckets (each lookup's backward writes a dense vocabulary-sized gradient),
+    # on their trimmed tokens laid end to end: split views of it cost no full-size gradient each,
+    # as indexing one [N, L] lookup per bucket did (a zero-filled [N, L, W] per bucket).
+    embedded = clip.token_embedding(torch.cat([t.flatten() for t in trimmed]))
+    pieces = embedded.split([t.numel() for t in trimmed])
+    parts = [
+        encode_embeddings(clip, x.view(*t.shape, embedded.shape[-1]), eot[rows])
+        for (rows, _), t, x in zip(buckets, trimmed, pieces)
+    ]
+    order = torch.cat([rows for rows, _ in buckets])
+    return torch.cat(parts).index_select(0, order.argsort())
+
+
+def length_buckets(
+    eot: torch.Tensor, context: int, every_bucket: bool = False
+) -> list[tuple[torch.Tensor, int]]:
+    """How :func:`encode_tokens` splits texts by their end-token positions ``eot`` [N]: (row
+    indices, length encoded) per bucket, each up to its longest end token; ``every_bucket`` keeps
+    the empty ones (no rows, length 1) for ZeRO-3."""
+    buckets, lower = [], 0
+    for upper in _buckets(context):
         rows = ((eot >= lower) & (eot < upper)).nonzero().squeeze(1)
         lower = upper
-        if not len(rows) and not every_bucket:
-            continue
-        length = int(eot[rows].max()) + 1 if len(rows) else 1
-        parts.append(encode_embeddings(clip, embedded[rows, :length], eot[rows]))
-        rows_of.append(rows)
-    order = torch.cat(rows_of)
-    return torch.cat(parts).index_select(0, order.argsort())
+        if len(rows) or every_bucket:
+            buckets.append((rows, int(eot[rows].max()) + 1 if len(rows) else 1))
+    return buckets
+
+
+def text_positions(tokens: torch.Tensor) -> tuple[int, int]:
+    """(real tokens, positions encoded) when :func:`encode_tokens` encodes texts [N, L]: real ones
+    are up to and including each end token; the rest of each bucket's length is padding."""
+    eot = tokens.argmax(dim=-1)
+    return int((eot + 1).sum()), sum(
+        len(rows) * length for rows, length in length_buckets(eot, tokens.shape[1])
+    )
 
 
 def _buckets(context: int) -> list[int]:

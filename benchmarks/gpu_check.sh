@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The GPU check (benchmarks/gpu_check.py): training throughput, MFU and memory of every objective,
+# the open_clip baseline, the detector grounder and the loader, in one run on one GPU.
+#   bash benchmarks/gpu_check.sh [--out runs/gpu_check.json] [--peak-tflops N]
+#   bash benchmarks/gpu_check.sh --cpu-smoke      # the same code paths on CPU, tiny config (CI)
+# Nothing is downloaded: weights are random, and the Hugging Face libraries are kept offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ -z "${PYTHON:-}" ]]; then
+    PYTHON=python3
+    [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec "$PYTHON" benchmarks/gpu_check.py "$@"
