@@ -163,6 +163,42 @@ def test_beta_cal_padding_changes_nothing(lengths, extra, variant, seed):
     assert loose.item() == pytest.approx(tight.item())
 
 
+def test_beta_cal_bce_mean_over_valid_pairs_or_all_entries_by_hand():
+    # Image 0 has queries e1, e2; image 1 has e3 and a padded slot holding e1 (weight 0 wherever it
+    # is). s = 2·I over the 3 valid queries: 3 diagonal positives at logit 2, −log σ(2) each; the
+    # 2 same-image pairs (weight β = 0.5) and 4 cross-image pairs (weight 1) at logit 0, log 2 each.
+    e1, e2, e3 = torch.eye(3, dtype=F64)
+    pooled = texts = torch.stack([torch.stack([e1, e2]), torch.stack([e3, e1])])
+    mask = torch.tensor([[True, True], [True, False]])
+    total = 3 * math.log(1 + math.exp(-2)) + (2 * 0.5 + 4) * math.log(2)
+    # "valid": 3 × 3 valid pairs; "all": the official mean over all (B·K)² = 4 × 4 entries.
+    for bce_mean, entries in (("valid", 9), ("all", 16)):
+        loss = beta_cal_loss(
+            pooled, texts, mask, torch.tensor(2.0), 1.0, 0.5, "bce", False, bce_mean=bce_mean
+        )
+        assert loss.item() == pytest.approx(total / entries)
+
+
+def test_beta_cal_ce_with_padded_slots_as_negatives_by_hand():
+    # One image: queries e1, e2 and a padded slot as the model fills it, text 0 and pooled e1 (the
+    # pooler answers a zero query too). s = 2, α = 1, β = 0.5: targets (2/3, 1/3, 0), (1/3, 2/3, 0),
+    # so a row with logits (x, y, ·) costs log Z − (2x + y)/3 or log Z − (x + 2y)/3 = log Z − 4/3.
+    e1, e2 = torch.eye(2, dtype=F64)
+    pooled = torch.stack([e1, e2, e1])[None]
+    texts = torch.stack([e1, e2, torch.zeros(2, dtype=F64)])[None]
+    mask = torch.tensor([[True, True, False]])
+    e = math.exp(2)
+    # pooled → texts rows (2, 0, 0), (0, 2, 0): Z = e² + 2 each; text → pooled rows (2, 0, 2),
+    # (0, 2, 0): Z = 2e² + 1 and e² + 2 (the official log_softmax over all B·K columns).
+    negatives = 0.5 * (math.log(e + 2) + 0.5 * (math.log(2 * e + 1) + math.log(e + 2))) - 4 / 3
+    excluded = math.log(e + 1) - 4 / 3  # the padded column left out: Z = e² + 1 everywhere
+    for ce_padding, expected in (("negatives", negatives), ("excluded", excluded)):
+        loss = beta_cal_loss(
+            pooled, texts, mask, torch.tensor(2.0), 1.0, 0.5, "ce", False, ce_padding=ce_padding
+        )
+        assert loss.item() == pytest.approx(expected)
+
+
 # --- HarmoCLIP -------------------------------------------------------------------------------------
 
 E1, E2, E3 = torch.eye(3, dtype=F64)
@@ -272,6 +308,8 @@ def test_gr_padding_regions_change_nothing():
         ({"name": "foo"}, "^name: 'foo' is not one of 'clip', 'beta', 'harmo', 'beta+harmo'"),
         ({"variant": "mse"}, "^variant: 'mse' is not one of 'ce', 'bce'"),
         ({"beta_cal_scope": "node"}, "^beta_cal_scope"),
+        ({"ce_padding": "kept"}, "^ce_padding: 'kept' is not one of 'excluded', 'negatives'"),
+        ({"bce_mean": "sum"}, "^bce_mean: 'sum' is not one of 'valid', 'all'"),
         ({"alpha": 0.0}, "^alpha"),
         ({"lambda_gr": -1.0}, "^lambda_gr"),
     ],
@@ -310,3 +348,29 @@ def test_compute_loss_weights_terms_and_counts_the_global_term_once():
     assert total.item() == pytest.approx(expected.item())
     for name, names in (("clip", {"clip"}), ("beta", {"clip", "beta_cal"}), ("harmo", {"clip", "lrc", "gr"})):
         assert set(compute_loss(out, batch, ObjectiveConfig(name=name))[1]) == names
+
+
+@pytest.mark.parametrize(
+    "option", [{"variant": "ce", "ce_padding": "negatives"}, {"variant": "bce", "bce_mean": "all"}]
+)
+def test_compute_loss_passes_the_beta_cal_options(option):
+    from types import SimpleNamespace
+
+    bsz, k, d = 2, 3, 8
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    out = SimpleNamespace(
+        image=unit(bsz, d, seed=26),
+        text=unit(bsz, d, seed=27),
+        logit_scale=torch.tensor(3.0),
+        slots=unit(bsz, k, d, seed=28),
+        pooled=unit(bsz, k, d, seed=29),
+        pooled_logit_scale=torch.tensor(5.0),
+    )
+    _, terms = compute_loss(out, SimpleNamespace(token_mask=mask), ObjectiveConfig(name="beta", **option))
+    variant, rest = option["variant"], {key: v for key, v in option.items() if key != "variant"}
+    expected = beta_cal_loss(
+        out.pooled, out.slots, mask, out.pooled_logit_scale, 1.0, 0.5, variant, False, **rest
+    )
+    assert terms["beta_cal"].item() == pytest.approx(expected.item())
+    ours = beta_cal_loss(out.pooled, out.slots, mask, out.pooled_logit_scale, 1.0, 0.5, variant, False)
+    assert terms["beta_cal"].item() != pytest.approx(ours.item())

@@ -7,39 +7,69 @@ import torch
 from helpers import tiny_model
 
 from pipeline.training.config import OptimConfig
-from pipeline.training.optim import build_schedule, lr_factor, param_groups
+from pipeline.training.optim import build_schedule, group_schedule, lr_at, param_groups
 
 CFG = OptimConfig(lr=1e-5, head_lr=1e-3, weight_decay=0.1, warmup_steps=10)
 
 
+def _factor(step, warmup, total):
+    """Our default: warmup from lr / warmup, cosine to 0."""
+    return lr_at(step, total, peak=1.0, end=0.0, warmup=warmup, start=1 / max(warmup, 1))
+
+
 def test_warmup_rises_linearly_to_the_base_lr():
-    assert [lr_factor(s, warmup=4, total=100) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [_factor(s, warmup=4, total=100) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
 
 
 def test_cosine_falls_from_one_to_zero_at_the_last_step_and_stays_there():
     warmup, total = 10, 110
-    assert lr_factor(warmup, warmup, total) == 1.0
-    assert lr_factor(warmup + 50, warmup, total) == pytest.approx(0.5)  # halfway through the decay
-    assert lr_factor(warmup + 25, warmup, total) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
-    assert lr_factor(total, warmup, total) == pytest.approx(0.0)
-    assert lr_factor(total + 5, warmup, total) == pytest.approx(0.0)  # stop_after past the end
-    decay = [lr_factor(s, warmup, total) for s in range(warmup, total + 1)]
+    assert _factor(warmup, warmup, total) == 1.0
+    assert _factor(warmup + 50, warmup, total) == pytest.approx(0.5)  # halfway through the decay
+    assert _factor(warmup + 25, warmup, total) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert _factor(total, warmup, total) == pytest.approx(0.0)
+    assert _factor(total + 5, warmup, total) == pytest.approx(0.0)  # stop_after past the end
+    decay = [_factor(s, warmup, total) for s in range(warmup, total + 1)]
     assert decay == sorted(decay, reverse=True)
 
 
 def test_no_warmup_starts_at_the_base_lr():
-    assert lr_factor(0, warmup=0, total=10) == 1.0
-    assert lr_factor(0, warmup=0, total=0) == 1.0  # a one-step run divides by nothing
+    assert _factor(0, warmup=0, total=10) == 1.0
+    assert _factor(0, warmup=0, total=0) == 1.0  # a one-step run divides by nothing
 
 
-def test_schedule_scales_both_learning_rates_by_the_same_factor():
-    model = tiny_model()
-    optimizer = torch.optim.AdamW(param_groups(model, CFG))
-    schedule = build_schedule(optimizer, CFG, total_steps=50)
+def test_beta_clip_schedule_is_its_cosine_scheduler():
+    """utils.cosine_scheduler(1e-5, 1e-7, epochs, n, warmup_epochs, start_warmup_value=1e-9), written
+    out: np.linspace(1e-9, 1e-5, w), then 1e-7 + ½(1e-5 − 1e-7)(1 + cos(π i / (total − w)))."""
+    total, w = 100, 6
+    cfg = OptimConfig(
+        lr=1e-5,
+        lr_end=1e-7,
+        warmup_steps=w,
+        warmup_start_lr=1e-9,
+        head_lr=1e-3,
+        head_lr_end=1e-4,
+        head_warmup_steps=0,
+    )
+    backbone, heads = group_schedule(cfg, False, total), group_schedule(cfg, True, total)
+    linspace = [1e-9 + (1e-5 - 1e-9) * k / (w - 1) for k in range(w)]
+    assert [backbone(s) for s in range(w)] == pytest.approx(linspace, rel=1e-12)
+    for i in (0, 1, 47, 93):
+        expected = 1e-7 + 0.5 * (1e-5 - 1e-7) * (1 + math.cos(math.pi * i / (total - w)))
+        assert backbone(w + i) == pytest.approx(expected, rel=1e-12)
+    assert heads(0) == 1e-3  # the pooler: no warmup (warmup_epochs=0), 1e-3 → 1e-4
+    assert heads(50) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * 50 / 100)))
+
+
+def test_schedule_gives_each_group_its_own_curve():
+    cfg = OptimConfig(lr=1e-5, head_lr=1e-3, warmup_steps=10, head_warmup_steps=0, head_lr_end=1e-4)
+    model = tiny_model(with_pooler=True)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg))
+    schedule = build_schedule(optimizer, cfg, total_steps=50)
+    curves = {head: group_schedule(cfg, head, 50) for head in (False, True)}
     for step in range(50):
         for group in optimizer.param_groups:
-            base = CFG.head_lr if group["name"].startswith("heads") else CFG.lr
-            assert group["lr"] == pytest.approx(base * lr_factor(step, 10, 50)), (step, group["name"])
+            expected = curves[group["name"].startswith("heads")](step)
+            assert group["lr"] == pytest.approx(expected), (step, group["name"])
         optimizer.step()
         schedule.step()
 

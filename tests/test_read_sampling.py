@@ -14,7 +14,8 @@ from pipeline.schema import Phrase, Region, Sample
 from pipeline.training.config import DataConfig
 from pipeline.training.data import decode, read_rng, sampled_texts, select_texts, to_view
 
-SENTENCES = ["A red ball lies on the grass.", "A dog runs next to it.", "The sky is blue."]
+# as text.rules=bclip stores them: β-CLIP's split on ". " leaves the period on the last one only
+SENTENCES = ["A red ball lies on the grass", "A dog runs next to it", "The sky is blue."]
 
 
 def _sample(sentences=SENTENCES, phrases=(), regions=()) -> Sample:
@@ -31,31 +32,31 @@ def _cfg(**kw) -> DataConfig:
 
 def test_fewer_sentences_than_slots_are_all_taken_in_order_and_joined_as_beta_clip_does():
     """datasets.py: fewer than num_positive_samples sentences → all of them; the caption slot is
-    '. '.join(sentences), the sentences having been split on '. ' (so without their period)."""
+    '. '.join(sentences)."""
     phrases = [
         _phrase("next to", 1, 40, "spatial"),
         _phrase("a dog", 1, 30, "noun_chunk"),
         _phrase("runs", 1, 36, "relation"),
         _phrase("a red ball", 0, 0, "noun_chunk"),
-        _phrase("the sky", 2, 56, "noun_chunk"),
+        _phrase("The sky", 2, 56, "noun_chunk"),
         _phrase("a dog", 2, 60, "noun_chunk"),  # the same string again: kept once
     ]
     caption, sentences, kept = sampled_texts(
         _sample(phrases=phrases), _cfg(texts="sampled"), random.Random(0)
     )
-    assert caption == "A red ball lies on the grass. A dog runs next to it. The sky is blue"
+    assert caption == "A red ball lies on the grass. A dog runs next to it. The sky is blue."
     assert sentences == SENTENCES
     # concepts_minimal's order: noun phrases (in text order), then actions, then relations
-    assert [p.text for p in kept] == ["a red ball", "a dog", "the sky", "runs", "next to"]
+    assert [p.text for p in kept] == ["a red ball", "a dog", "The sky", "runs", "next to"]
 
 
 def test_more_sentences_than_slots_draw_that_many_without_replacement_and_only_their_phrases():
-    sentences = [f"Sentence number {i}." for i in range(9)]
+    sentences = [f"Sentence number {i}" for i in range(9)]
     phrases = [_phrase(f"thing {i}", i, 0) for i in range(9)]
     cfg = _cfg(texts="sampled", num_sentences=5, num_phrases=3)
     caption, drawn, kept = sampled_texts(_sample(sentences, phrases), cfg, random.Random(7))
     assert len(drawn) == 5 == len(set(drawn)) and set(drawn) <= set(sentences)
-    assert caption == ". ".join(s.removesuffix(".") for s in drawn)
+    assert caption == ". ".join(drawn)
     order = [sentences.index(s) for s in drawn]
     assert [p.text for p in kept] == [f"thing {i}" for i in order[:3]]  # drawn order, the first P
     assert sampled_texts(_sample(sentences, phrases), cfg, random.Random(7))[1] == drawn

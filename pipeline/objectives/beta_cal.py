@@ -7,12 +7,18 @@ same picture, at a different granularity.
 * ``ce``: soft targets w_qr = α [q = r] + β [q ≠ r, same image], row-normalised; soft
   cross-entropy over rows of s (pooled → texts) and of sᵀ (text → pooled), averaged.
 * ``bce``: y_qr = [same image] with weights 1 on the diagonal, β on the image's other queries,
-  1 for other images; mean over valid pairs.
+  1 for other images.
 
-Padding never contributes: padded slots are neither rows nor columns. The reference code
-(fzohra/B-CLIP ``losses.py``) zeroes their targets but keeps padded columns in the CE softmax
-denominator, so an image's loss depended on how much padding its batch had; its BCE divides by
-all (B·K)² entries, padding included, for the same reason. We exclude and count only valid pairs.
+Padded slots are never rows. Two choices about them, ours by default, the official code's
+(fzohra/B-CLIP ``losses.py``, ``get_text_conditioned_image_loss``) as options:
+
+* ``ce_padding``: ``"excluded"`` takes padded columns out of the CE softmax; ``"negatives"``
+  keeps them with target 0, as the official ``k_positives_ce`` does (its log_softmax runs over
+  all B·K columns). Padded slots are then negatives with whatever embedding the model gives them,
+  and an image's loss depends on how much padding its batch has.
+* ``bce_mean``: ``"valid"`` divides the BCE sum by the number of valid pairs; ``"all"`` by every
+  entry of the (B·K)² matrix, padding included (weight 0), as the official mean-reduced
+  ``binary_cross_entropy_with_logits``. ``"valid"`` is (B·K / #valid)² times ``"all"``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ def beta_cal_loss(
     beta: float,
     variant: str,
     across_ranks: bool,
+    ce_padding: str = "excluded",
+    bce_mean: str = "valid",
 ) -> torch.Tensor:
     """Pooled and text embeddings [B, K, D] (L2-normalised), slot mask [B, K] → scalar loss.
 
@@ -50,11 +58,12 @@ def beta_cal_loss(
     columns = torch.arange(v_all.shape[0], device=v.device)
     diagonal = rows[:, None] == columns[None, :]
     same_image = rows[:, None] // k == columns[None, :] // k
-    exclude = ~valid_all[None, :].expand_as(diagonal)
+    padded = ~valid_all[None, :].expand_as(diagonal)
     logits = scale * v @ t_all.T
     if variant == "ce":
-        target = (alpha * diagonal + beta * (same_image & ~diagonal)).to(logits.dtype).masked_fill(exclude, 0)
+        target = (alpha * diagonal + beta * (same_image & ~diagonal)).to(logits.dtype).masked_fill(padded, 0)
         target = target / target.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        exclude = padded if ce_padding == "excluded" else None
         to_texts = cross_entropy(logits, target, exclude)
         to_pooled = cross_entropy(scale * t @ v_all.T, target, exclude)
         return 0.5 * (
@@ -62,8 +71,11 @@ def beta_cal_loss(
         )
     # BCE is elementwise and its targets symmetric, so the text → pooled direction (the transpose)
     # would sum the same terms again: one direction is the reference's average of both.
-    weight = torch.where(same_image & ~diagonal, beta, 1.0).to(logits.dtype).masked_fill(exclude, 0)
+    weight = torch.where(same_image & ~diagonal, beta, 1.0).to(logits.dtype)
+    weight = weight.masked_fill(padded | ~valid[:, None], 0)
     pairs = F.binary_cross_entropy_with_logits(
         logits, same_image.to(logits.dtype), weight=weight, reduction="none"
-    )
-    return masked_mean(pairs.sum(dim=-1) / valid_all.sum().clamp(min=1), valid, across_ranks)
+    ).sum(dim=-1)
+    if bce_mean == "valid":
+        return masked_mean(pairs / valid_all.sum().clamp(min=1), valid, across_ranks)
+    return masked_mean(pairs / v_all.shape[0], torch.ones_like(valid), across_ranks)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.objectives.collectives import gather, masked_mean, world
+from pipeline.objectives.collectives import gather, gather_without_grad, masked_mean, world
 
 
 def cross_entropy(
@@ -27,6 +27,7 @@ def info_nce(
     scale: torch.Tensor,
     valid: torch.Tensor | None = None,
     ids: torch.Tensor | None = None,
+    gather_grad: bool = True,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over pairs (a_i, b_i), [N, D] each, L2-normalised.
 
@@ -35,11 +36,13 @@ def info_nce(
     Rows are this rank's pairs, columns every rank's (open_clip's ClipLoss with ``local_loss`` and
     ``gather_with_grad``). Pairs outside ``valid`` [N] are neither rows nor columns; columns that
     share an id with the row, ``ids`` [N] or [N, C] (C kinds of identity: the same phrase string,
-    the same region), are not negatives.
+    the same region), are not negatives. ``gather_grad=False`` gathers the columns as constants
+    (``gather_without_grad``), as β-CLIP's official code does.
     """
     rank, _ = world()
     labels = rank * a.shape[0] + torch.arange(a.shape[0], device=a.device)
-    a_all, b_all = gather(a), gather(b)
+    columns_of = gather if gather_grad else gather_without_grad
+    a_all, b_all = columns_of(a), columns_of(b)
     exclude = None
     if valid is not None or ids is not None:
         columns = torch.arange(a_all.shape[0], device=a.device)
@@ -56,6 +59,8 @@ def info_nce(
     return 0.5 * (masked_mean(a_to_b, rows) + masked_mean(b_to_a, rows))
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, gather_grad: bool = True
+) -> torch.Tensor:
     """CLIP (and HarmoCLIP's GC): InfoNCE between global image and caption embeddings [B, D]."""
-    return info_nce(image, text, scale)
+    return info_nce(image, text, scale, gather_grad=gather_grad)

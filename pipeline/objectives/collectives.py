@@ -1,4 +1,4 @@
-"""The two collectives the objectives need; both are no-ops in a single process.
+"""The collectives the objectives need; all are no-ops in a single process.
 
 Every rank must pass tensors of the same shape (the batch layout pads to fixed K and R).
 """
@@ -26,6 +26,21 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     if world()[1] == 1:
         return x
     return _Gather.apply(x) if x.requires_grad else _all_gather(x)
+
+
+def gather_without_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along dim 0, cut from the graph: SLIP's ``all_gather_batch``
+    (``torch.distributed.all_gather`` has no backward), which β-CLIP's official GC loss uses.
+
+    Every gathered row is a constant, this rank's own included, so a loss of this rank's rows
+    against the gathered columns sends gradient through its rows only. The engine's average over
+    ranks is then the gradient of the whole batch's loss with every column detached: of the
+    single-process gradient, only the part through the rows (no fixed multiple of it). One
+    process gathers nothing and so cuts nothing (``x`` itself, as ``all_gather_batch`` returns it).
+    """
+    if world()[1] == 1:
+        return x
+    return _all_gather(x)
 
 
 def _all_gather(x: torch.Tensor) -> torch.Tensor:

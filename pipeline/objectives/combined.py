@@ -25,11 +25,12 @@ def compute_loss(
     """(weighted total, {term name: detached value}). Losses are computed in float32.
 
     Under several ranks each rank returns its share; the engine's average over ranks is the loss
-    of the whole gathered batch (β-CAL with scope "rank": the mean of per-rank losses).
+    of the whole gathered batch (β-CAL with scope "rank": the mean of per-rank losses), and so is
+    the gradient, except GC's with ``gc_gather_grad`` false (see ``gather_without_grad``).
     """
     scale = out.logit_scale.float()
     image, text = out.image.float(), out.text.float()
-    terms = {"clip": (1.0, clip_loss(image, text, scale))}
+    terms = {"clip": (1.0, clip_loss(image, text, scale, cfg.gc_gather_grad))}
     if cfg.uses_beta_cal:
         loss = beta_cal_loss(
             out.pooled.float(),
@@ -40,6 +41,8 @@ def compute_loss(
             cfg.beta,
             cfg.variant,
             across_ranks=cfg.beta_cal_scope == "global",
+            ce_padding=cfg.ce_padding,
+            bce_mean=cfg.bce_mean,
         )
         terms["beta_cal"] = (cfg.beta_cal_weight, loss)
     if cfg.uses_regions:

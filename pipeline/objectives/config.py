@@ -20,6 +20,14 @@ class ObjectiveConfig:
     beta: float = 0.5
     beta_cal_scope: Literal["rank", "global"] = "rank"  # "rank": per GPU, as the paper
     beta_cal_weight: float = 1.0
+    # β-CAL padding as in β-CLIP's official losses.py, if wanted (docs/objectives.md); ours by default.
+    # ce_padding "negatives": padded slots stay in the CE softmax as negatives (target 0).
+    ce_padding: Literal["excluded", "negatives"] = "excluded"
+    # bce_mean "all": the BCE sum is divided by all (B·K)² entries, padding included.
+    bce_mean: Literal["valid", "all"] = "valid"
+    # GC, every objective's global term: other ranks' features carry gradient (open_clip's
+    # gather_with_grad); false: gathered without it (SLIP's all_gather_batch, as β-CLIP's code).
+    gc_gather_grad: bool = True
     # HarmoCLIP: loss = GC + lambda_lrc * LRC + lambda_gr * GR
     lambda_lrc: float = 1.0
     lambda_gr: float = 0.5  # 0: a FineCLIP-style region-contrastive ablation

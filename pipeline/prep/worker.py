@@ -15,8 +15,9 @@ stage         adds                                           drops (``error``)
 image         ``stored`` (capped RGB JPEG, size, scale),     ``image_*`` (missing, empty,
               ``annotations`` (input boxes on the stored     corrupt, too large, not
               image, cleaned), ``box_drops`` (by reason)     decodable, unreadable)
-text          ``hierarchy`` (sentences, phrases, lexemes),   ``caption_unparseable``,
-              a ``lexeme`` on every annotation               ``box_label_unparseable``
+text          the caption cleaned (``text.clean``),          ``caption_unparseable``,
+              ``hierarchy`` (sentences, phrases, lexemes),   ``box_label_unparseable``
+              a ``lexeme`` on every annotation
 grounding     ``sample`` (the schema-v1 JSON: phrases →      ``grounding_failed``
               regions), ``ambiguous``
 writer        (the tar; per-shard stats; drops with shard)
@@ -28,6 +29,7 @@ shard's stats account for all of its inputs: ``inputs == samples + dropped``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -48,6 +50,7 @@ from pipeline.prep.images import ImageRejected, StoredImage, encode, map_boxes
 from pipeline.prep.records import InputRecord
 from pipeline.schema import Phrase, Sample, sample_key
 from pipeline.shards.writer import shard_name, write_shard
+from pipeline.text.concepts import clean_caption
 
 if TYPE_CHECKING:
     from pipeline.text.hierarchy import TextHierarchy
@@ -147,7 +150,11 @@ class ShardWorker:
                 item.box_drops["box_over_limit"] = item.record.boxes_cut
 
     def text_stage(self, items: list[Item]) -> None:
-        """Captions and annotation labels, each in one batched spaCy pass over the shard."""
+        """Captions (cleaned first, if configured) and annotation labels, each in one batched
+        spaCy pass over the shard."""
+        if self.cfg.text.clean == "bclip":
+            for item in items:
+                item.record = dataclasses.replace(item.record, caption=clean_caption(item.record.caption))
         hierarchies = each_or_alone(self.parser.parse, [item.record.caption for item in items])
         for item, hierarchy in zip(items, hierarchies):
             if isinstance(hierarchy, Exception):

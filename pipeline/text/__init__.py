@@ -2,5 +2,6 @@
 
 Modules: ``config`` (TextConfig, imports nothing heavy: the data-prep driver reads it),
 ``parser`` (CaptionParser, the batched parser a worker holds), ``nlp`` (loading spaCy),
-``hierarchy``, ``phrases``, ``lexeme``.
+``hierarchy``, ``phrases`` (our phrase rules), ``bclip_rules`` (β-CLIP's, ``text.rules: bclip``),
+``lexeme``.
 """

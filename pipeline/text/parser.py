@@ -6,6 +6,7 @@ import dataclasses
 
 import spacy
 
+from pipeline.text.bclip_rules import BclipRules
 from pipeline.text.config import TextConfig
 from pipeline.text.hierarchy import TextHierarchy, build_hierarchy
 from pipeline.text.lexeme import Lexeme, label_lexeme
@@ -18,9 +19,13 @@ class CaptionParser:
     def __init__(self, cfg: TextConfig):
         self.cfg = cfg
         self.model = load_nlp(cfg)
+        self.bclip = BclipRules(self.model.nlp, cfg) if cfg.rules == "bclip" else None
         self._label_lexemes: dict[str, Lexeme] = {}
 
     def parse(self, captions: list[str]) -> list[TextHierarchy]:
+        """Sentences and phrases by ``cfg.rules``: ours, or β-CLIP's (``bclip_rules``)."""
+        if self.bclip is not None:
+            return self.bclip.parse(captions)
         docs = self.model.nlp.pipe(captions, batch_size=self.cfg.batch_size)
         return [build_hierarchy(doc, self.cfg) for doc in docs]
 

@@ -40,7 +40,7 @@ class Candidate:
 
 def candidates(sent: Span, cfg: TextConfig) -> list[Candidate]:
     """All non-trivial phrases of one sentence, overlaps resolved within each kind."""
-    chunks = [_chunk(c) for c in sent.noun_chunks if _names_a_thing(c.root, cfg)]
+    chunks = [_chunk(c) for c in sent.noun_chunks if names_a_thing(c.root, cfg)]
     preps = [p for p in sent if _is_phrase_prep(p, cfg)]
     relations = [span for p in preps if (span := _relation(p)) is not None]
     spatial = [_trim(sent.doc[_pp_start(p) : p.right_edge.i + 1]) for p in preps]
@@ -51,7 +51,7 @@ def candidates(sent: Span, cfg: TextConfig) -> list[Candidate]:
     )
 
 
-def _names_a_thing(root: Token, cfg: TextConfig) -> bool:
+def names_a_thing(root: Token, cfg: TextConfig) -> bool:
     """Not a pronoun or bare determiner, not the picture itself, not a place in it."""
     lemma = root.lemma_.lower()
     return root.pos_ in _NOUNS and lemma not in cfg.frame_nouns and lemma not in cfg.location_nouns

@@ -67,12 +67,19 @@ class OptimConfig:
     weight_decay: float = 0.1  # not on gains, biases, temperatures or positional embeddings
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
-    warmup_steps: int = 100  # linear warmup, then cosine decay to 0 at the last step
+    # Each group warms up linearly from warmup_start_lr to its lr, then decays on a cosine to its
+    # end at the last step (optim.lr_at: β-CLIP's utils.cosine_scheduler).
+    warmup_steps: int = 100  # the backbone's warmup
+    head_warmup_steps: int | None = None  # the heads'; None: warmup_steps
+    warmup_start_lr: float | None = None  # None: a group's lr / its warmup (step s at (s+1)/warmup)
+    lr_end: float = 0.0  # the backbone's lr at the last step
+    head_lr_end: float = 0.0
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
 
     def __post_init__(self) -> None:
         positive(self, "lr", "head_lr")
-        at_least(self, 0, "weight_decay", "grad_clip", "warmup_steps")
+        at_least(self, 0, "weight_decay", "grad_clip", "warmup_steps", "head_warmup_steps")
+        at_least(self, 0, "warmup_start_lr", "lr_end", "head_lr_end")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas: expected two values in [0, 1), got {list(self.betas)}")
 

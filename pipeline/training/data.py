@@ -58,9 +58,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.batch import Batch, Box
 from pipeline.models.transform import model_input_image, random_resized_crop
-from pipeline.schema import PHRASE_KINDS, Phrase, Sample
+from pipeline.schema import Phrase, Sample
 from pipeline.shards.manifest import ManifestError, load_manifest
 from pipeline.shards.writer import read_samples
+from pipeline.text.concepts import select
 from pipeline.training.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -219,21 +220,14 @@ def select_texts(
 
 def sampled_texts(sample: Sample, cfg: DataConfig, rng: random.Random) -> tuple[str, list[str], list[Phrase]]:
     """β-CLIP's per-read texts (``datasets.py``): S sentences drawn without replacement (all, in
-    order, when there are fewer), the caption slot those joined with ". ", and their phrases in
-    its ``concepts_minimal`` order: noun chunks, then relations, then spatial, each string once."""
+    order, when there are fewer), the caption slot those joined with ". " (``text.rules: bclip``
+    stores sentences as its split on ". " leaves them), and their phrases in its
+    ``concepts_minimal`` order (``text.concepts.select``)."""
     n = len(sample.sentences)
     drawn = rng.sample(range(n), cfg.num_sentences) if n >= cfg.num_sentences else list(range(n))
     sentences = [sample.sentences[i] for i in drawn]
-    position = {s: k for k, s in enumerate(drawn)}
-    ordered = sorted(
-        (p for p in sample.phrases if p.sentence in position),
-        key=lambda p: (PHRASE_KINDS.index(p.kind), position[p.sentence], p.start),
-    )
-    unique: dict[str, Phrase] = {}
-    for phrase in ordered:
-        unique.setdefault(phrase.text, phrase)
-    caption = ". ".join(s.removesuffix(".") for s in sentences)
-    return caption, sentences, list(unique.values())[: cfg.num_phrases]
+    caption = ". ".join(sentences)
+    return caption, sentences, select(sample.phrases, drawn, cfg.num_phrases)
 
 
 def to_view(box: Box, view: Box, image_size: int) -> Box | None:

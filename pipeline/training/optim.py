@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -41,15 +43,33 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
     )
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Multiplier of the base lr at optimizer step ``step`` (0-based): linear warmup, cosine to 0."""
+def lr_at(step: int, total: int, peak: float, end: float, warmup: int, start: float) -> float:
+    """The lr at optimizer step ``step`` (0-based) of ``total``: β-CLIP's (and DeiT's)
+    ``utils.cosine_scheduler``, i.e. ``np.linspace(start, peak, warmup)``, then
+    ``end + ½(peak − end)(1 + cos(π i / (total − warmup)))`` for the i-th step after it, and
+    ``end`` past the last step."""
     if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return start + (peak - start) * step / max(warmup - 1, 1)
+    decay = max(total - warmup, 1)
+    return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
+
+
+def group_schedule(cfg: OptimConfig, head: bool, total_steps: int) -> Callable[[int], float]:
+    """A parameter group's lr as a function of the step: the backbone's and the heads' each have
+    their own peak, end and warmup (β-CLIP: a warmed-up backbone, a pooler that starts at its peak)."""
+    peak, end = (cfg.head_lr, cfg.head_lr_end) if head else (cfg.lr, cfg.lr_end)
+    warmup = cfg.head_warmup_steps if head and cfg.head_warmup_steps is not None else cfg.warmup_steps
+    start = cfg.warmup_start_lr if cfg.warmup_start_lr is not None else peak / max(warmup, 1)
+    return functools.partial(lr_at, total=total_steps, peak=peak, end=end, warmup=warmup, start=start)
 
 
 def build_schedule(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps))
+    schedules = [
+        group_schedule(cfg, g["name"].startswith("heads"), total_steps) for g in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        [lambda s, lr=lr, base=g["lr"]: lr(s) / base for lr, g in zip(schedules, optimizer.param_groups)],
+    )
