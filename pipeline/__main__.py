@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workdir", default="runs/demo")
     demo.add_argument("--train-steps", type=int, default=200, help="per objective; 0: data prep only")
+    demo.add_argument("--pretrain-steps", type=int, default=200, help="the clip model they start from")
     demo.add_argument("--records", type=int, default=2000, help="generated training images")
     demo.add_argument("--heldout", type=int, default=300, help="generated held-out images (evaluation)")
     demo.add_argument("overrides", nargs="*", help="PrepConfig key=value")
@@ -93,7 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from pipeline.demo import run_demo
 
-        return run_demo(args.workdir, args.overrides, args.train_steps, args.records, args.heldout)
+        return run_demo(
+            args.workdir,
+            args.overrides,
+            args.train_steps,
+            args.records,
+            args.heldout,
+            pretrain_steps=args.pretrain_steps,
+        )
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -5,15 +5,16 @@ import hashlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO
+
+from pipeline.__main__ import main
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path):
+def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path, capsys):
     work = tmp_path / "demo"
     result = subprocess.run(
         [
@@ -29,6 +30,8 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path):
             "32",
             "--train-steps",
             "3",
+            "--pretrain-steps",
+            "3",
             "samples_per_shard=32",
         ],
         cwd=REPO,
@@ -39,7 +42,7 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "verify train: OK" in result.stdout and "verify heldout: OK" in result.stdout
     report = json.loads((work / "report/metrics.json").read_text())
-    assert list(report["models"]) == ["clip", "beta", "harmo", "beta+harmo"]
+    assert list(report["models"]) == ["pretrained", "clip", "beta", "harmo", "beta+harmo"]
     assert report["data"]["images"] == 32
     for name, model in report["models"].items():
         assert (work / "runs" / name.replace("+", "_") / "export/open_clip_model.pt").exists()
@@ -50,14 +53,15 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path):
     train_sha = hashlib.sha256((work / "shards/train/dataset.json").read_bytes()).hexdigest()
     lineage = report["lineage"]
     assert lineage["datasets"][0]["path"] == str(work / "shards/heldout")
+    start = str(work / "runs/pretrained/export/open_clip_model.pt")
     for name, checkpoint in lineage["checkpoints"].items():
         assert [d["sha256"] for d in checkpoint["datasets"]] == [train_sha]
-        assert checkpoint["config"]["objective"]["name"] == name
-    printed = subprocess.run(
-        [sys.executable, "-m", "pipeline", "lineage", str(work / "runs/beta_harmo/export")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+        model = checkpoint["config"]["model"]
+        if name == "pretrained":  # the papers' protocol: an aligned 77-token CLIP first
+            assert checkpoint["config"]["objective"]["name"] == "clip" and model["context_length"] == 77
+        else:  # then each objective fine-tuned from it at 248 tokens
+            assert checkpoint["config"]["objective"]["name"] == name
+            assert model["pretrained"] == start and model["context_length"] == 248
+    assert main(["lineage", str(work / "runs/beta_harmo/export")]) == 0
+    printed = capsys.readouterr().out
     assert f"dataset.json sha256 {train_sha}" in printed and "objective beta+harmo" in printed
