@@ -1,15 +1,13 @@
 """Fixtures shared by several test modules: generated shards, a loopback S3, a tiny detector."""
 
-import gzip
 from pathlib import Path
 
 import pytest
 import ray
-import torch
 from helpers import REPO, S3Server, s3_server
-from open_clip.tokenizer import bytes_to_unicode, default_bpe
 
 from pipeline.config import load_config
+from pipeline.grounding.random_owlv2 import save_random_owlv2
 from pipeline.prep import PrepConfig, run
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
@@ -54,38 +52,5 @@ def s3() -> S3Server:
 @pytest.fixture(scope="session")
 def tiny_owlv2(tmp_path_factory) -> Path:
     """A random-init OWLv2 with the real CLIP tokenizer and a 64-pixel, 4×4-patch image side,
-    saved the way a downloaded model is, so the detector loads it through ``from_pretrained``.
-
-    The tokenizer is built from open_clip's bundled copy of CLIP's BPE merges: no download.
-    """
-    import transformers as tf
-
-    with gzip.open(default_bpe(), "rt") as f:
-        merges = [tuple(line.split()) for line in f.read().split("\n")[1 : 49152 - 256 - 2 + 1]]
-    symbols = list(bytes_to_unicode().values())
-    vocab = (
-        symbols
-        + [s + "</w>" for s in symbols]
-        + ["".join(m) for m in merges]
-        + ["<|startoftext|>", "<|endoftext|>"]
-    )
-    tokenizer = tf.CLIPTokenizer(
-        vocab={v: i for i, v in enumerate(vocab)}, merges=merges, model_max_length=16
-    )
-    processor = tf.Owlv2Processor(tf.Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer)
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = tf.Owlv2Config(
-        text_config={"vocab_size": len(vocab), "max_position_embeddings": 16, **small},
-        vision_config={"image_size": 64, "patch_size": 16, **small},
-        projection_dim=32,
-    )
-    torch.manual_seed(0)
-    model = tf.Owlv2ForObjectDetection(config)
-    with torch.no_grad():  # random heads saturate the sigmoids; small ones keep scores and boxes apart
-        for layer in (model.box_head.dense2, model.class_head.logit_shift, model.class_head.logit_scale):
-            layer.weight.normal_(std=0.02)
-            layer.bias.zero_()
-    path = tmp_path_factory.mktemp("tiny-owlv2")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    saved the way a downloaded model is, so the detector loads it through ``from_pretrained``."""
+    return save_random_owlv2(tmp_path_factory.mktemp("tiny-owlv2"), "tiny")
