@@ -13,11 +13,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import boto3
 import open_clip
 import torch
+import torch.distributed as dist
 from botocore.exceptions import EndpointConnectionError
 
 from pipeline import storage
@@ -32,6 +34,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def init_gloo(rank: int, world_size: int, port: int) -> None:
+    """This process as ``rank`` of a CPU process group on the loopback (an mp.spawn worker)."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=60),
+    )
 
 
 def torchrun(config: str, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:

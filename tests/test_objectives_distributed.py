@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import free_port, tiny_batch, tiny_model
+from helpers import free_port, init_gloo, tiny_batch, tiny_model
 
 from pipeline.batch import Batch
 from pipeline.objectives import ObjectiveConfig, clip_loss, compute_loss
@@ -55,13 +54,7 @@ def step(batch: Batch, cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
+    init_gloo(rank, WORLD, port)
     torch.set_num_threads(1)
     batch = shard(whole_batch(), rank)
     results = {}
@@ -121,13 +114,7 @@ def official_gc_step(batch: Batch) -> dict[str, torch.Tensor]:
 
 
 def official_gc_worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
+    init_gloo(rank, WORLD, port)
     torch.set_num_threads(1)
     results = {}
     for gather_grad in (False, True):

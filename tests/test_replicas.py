@@ -1,21 +1,18 @@
 """The replica check on two gloo ranks: quiet on identical weights, loud on one differing bit."""
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import free_port
+from helpers import free_port, init_gloo
 
 from pipeline.training.distributed import check_replicas, parameter_digest
 
 
 def worker(rank: int, port: int, out_dir: str, perturb: bool) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
-    )
+    init_gloo(rank, 2, port)
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     if perturb and rank == 1:

@@ -25,7 +25,7 @@ from spacy.tokens import Doc, Span
 from spacy.util import filter_spans
 
 from pipeline.schema import Phrase
-from pipeline.text.concepts import concept_key
+from pipeline.text.concepts import concept_key, first_of_each
 from pipeline.text.config import BCLIP_MAX_PHRASES, TextConfig
 from pipeline.text.hierarchy import TextHierarchy
 from pipeline.text.lexeme import Lexeme, lexeme_of
@@ -109,14 +109,8 @@ class BclipRules:
             *(("relation", doc[s:e]) for _, s, e in self.verb_adp(doc)),
             *(("spatial", s) for s in spatial_spans(doc)),
         ]
-        seen: set[str] = set()
-        kept = []
-        for kind, span in found:
-            key = concept_key(kind, span.text)
-            if key not in seen:
-                seen.add(key)
-                if key not in BLACKLIST:
-                    kept.append((kind, span))
+        unique = first_of_each(found, lambda concept: (concept[0], concept[1].text))
+        kept = [(kind, span) for kind, span in unique if concept_key(kind, span.text) not in BLACKLIST]
         return kept[:BCLIP_MAX_PHRASES]
 
     def _hierarchy(self, caption: str, sentences: list[Sentence], docs: Iterator[Doc]) -> TextHierarchy:

@@ -9,17 +9,33 @@ know the pick, so it writes each sentence's (``bclip_rules.py``) and the trainin
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import groupby
+from typing import TypeVar
 
 from pipeline.schema import PHRASE_KINDS, Phrase
 from pipeline.text.config import BCLIP_MAX_PHRASES
+
+T = TypeVar("T")
 
 
 def concept_key(kind: str, text: str) -> str:
     """The string the official code compares: a spatial phrase is its words lowercased."""
     text = text.replace("\n", " ")
     return " ".join(text.lower().split()) if kind == "spatial" else text.strip()
+
+
+def first_of_each(concepts: Iterable[T], kind_and_text: Callable[[T], tuple[str, str]]) -> list[T]:
+    """The concepts whose :func:`concept_key` has not come before, in order: the official
+    dedup (datasets.py 471–476), shared by the port and by :func:`select` so they cannot differ."""
+    seen: set[str] = set()
+    kept = []
+    for concept in concepts:
+        key = concept_key(*kind_and_text(concept))
+        if key not in seen:
+            seen.add(key)
+            kept.append(concept)
+    return kept
 
 
 def select(phrases: Sequence[Phrase], picked: Sequence[int], cap: int = BCLIP_MAX_PHRASES) -> list[Phrase]:
@@ -31,14 +47,7 @@ def select(phrases: Sequence[Phrase], picked: Sequence[int], cap: int = BCLIP_MA
     ordered = [
         p for kind in PHRASE_KINDS for s in picked for p in phrases if p.sentence == s and p.kind == kind
     ]
-    seen: set[str] = set()
-    kept = []
-    for p in ordered:
-        key = concept_key(p.kind, p.text)
-        if key not in seen:
-            seen.add(key)
-            kept.append(p)
-    return kept[:cap]
+    return first_of_each(ordered, lambda p: (p.kind, p.text))[:cap]
 
 
 def clean_caption(caption: str) -> str:

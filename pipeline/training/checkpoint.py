@@ -103,8 +103,8 @@ class CheckpointManager:
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
     """Remove all but the newest ``keep_last`` tags; only our tag folders, never what ``latest``
-    names (tags sort by step: the zero-padded step is in the name)."""
-    latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None
+    names (tags sort by step: the zero-padded step is in the name). Called once ``latest`` is written."""
+    latest = latest_tag(ckpt_dir)
     tags = sorted(p for p in ckpt_dir.glob(f"{TAG_PREFIX}*") if p.is_dir() and TAG_PATTERN.fullmatch(p.name))
     for old in tags[:-keep_last]:
         if old.name != latest:
