@@ -36,7 +36,7 @@ from pipeline.batch import Batch
 from pipeline.config import load_config
 from pipeline.models import TINY_MODEL, FineGrainedCLIP
 from pipeline.models.heads import TextTokenRegionHead
-from pipeline.models.text import encode_embeddings, length_buckets, text_positions
+from pipeline.models.text import TextPack, encode_packed
 from pipeline.objectives import ObjectiveConfig, compute_loss
 from pipeline.objectives.config import NAMES
 from pipeline.training.config import TrainConfig
@@ -50,33 +50,36 @@ def train_config(dataset: str, model: str, batch_size: int) -> TrainConfig:
 
 
 def objective_loss(model: FineGrainedCLIP, batch: Batch, cfg: ObjectiveConfig, autocast) -> Callable:
+    """The model's forward on its plan (made once, on the host, as training does), loss."""
+    plan = model.plan(batch)
+
     def loss() -> torch.Tensor:
         with autocast():
-            out = model(batch)
+            out = model(batch, plan)
         return compute_loss(out, batch, cfg)[0]
 
     return loss
 
 
 def towers_loss(model: FineGrainedCLIP, batch: Batch, autocast) -> Callable:
-    """The bare towers on the shapes ``model`` encodes: the ViT; one token lookup, then the text
-    transformer per length bucket and on the regions' pseudo-token sequences. The loss is the
-    outputs' sum (free)."""
-    clip = model.clip
-    tokens = batch.tokens[model.encoded_slots(batch)]
-    eot = tokens.argmax(dim=-1)
-    texts = [(tokens[rows, :length], eot[rows]) for rows, length in length_buckets(eot, tokens.shape[1])]
-    regions = int(batch.region_mask.sum())
-    if isinstance(model.region_head, TextTokenRegionHead) and regions:  # start, pseudo tokens, end
+    """The bare towers on the shapes ``model`` encodes: the ViT; the text tower (one token lookup,
+    the transformer per length bucket) on the model's packed texts and, as one more bucket, on the
+    regions' pseudo-token sequences. The loss is the outputs' sum (free)."""
+    clip, texts = model.clip, model.plan(batch).texts
+    regions = int(batch.region_mask.sum()) if isinstance(model.region_head, TextTokenRegionHead) else 0
+    slots = batch.token_mask.numel()
+    if regions:  # start, pseudo tokens, end
         width = model.region_head.num_tokens + 2
-        texts.append((tokens.new_ones(regions, width), eot.new_full((regions,), width - 1)))
-    flat = torch.cat([t.flatten() for t, _ in texts])
+        texts = TextPack(
+            torch.cat([texts.tokens, texts.tokens.new_ones(regions * width)]),
+            torch.cat([texts.eot, texts.eot.new_full((regions,), width - 1)]),
+            torch.cat([texts.rows, slots + torch.arange(regions)]),
+            (*texts.buckets, (regions, width)),
+        )
 
     def loss() -> torch.Tensor:
         with autocast():
-            outs = [clip.visual(batch.images)]
-            pieces = clip.token_embedding(flat).split([t.numel() for t, _ in texts])
-            outs += [encode_embeddings(clip, x.view(*t.shape, -1), e) for (t, e), x in zip(texts, pieces)]
+            outs = [clip.visual(batch.images), encode_packed(clip, texts, slots + regions)]
         return sum(o.float().sum() for o in outs)
 
     return loss
@@ -147,8 +150,8 @@ def main() -> None:
             args.warmup,
             args.repeats,
         )
-        counts = [text_positions(b.tokens[model.encoded_slots(b)]) for b in batches]
-        real, encoded = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        packs = [model.plan(b).texts for b in batches]
+        real, encoded = sum(p.real_tokens for p in packs), sum(p.positions for p in packs)
         baseline = baseline or step
         print(
             f"{name:>11}: {step * 1000:6.1f} ms  {step / baseline:5.2f}x  {towers * 1000:6.1f} ms  "

@@ -29,14 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch
 from demo_batches import loader_rate, prepare
 
 from pipeline.config import load_config
 from pipeline.models import FineGrainedCLIP
-from pipeline.objectives import compute_loss
 from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import init_distributed
 from pipeline.training.engine import build_engine
+from pipeline.training.step import forward_backward, to_device
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32
@@ -62,8 +63,7 @@ def step_rate(cfg: TrainConfig, batches: list) -> float:
     engine = build_engine(cfg, model, world)
 
     def step(batch) -> None:
-        loss, _ = compute_loss(engine(batch), batch, cfg.objective)
-        engine.backward(loss)
+        forward_backward(engine, *to_device(batch, model, world.device, torch.float32), cfg.objective)
         engine.step()
 
     step(batches[0])  # warm-up

@@ -13,7 +13,8 @@ Random-init weights, no network. The parts, each measured even when another fail
    every step includes the optimizer's). All train on the same batches (K = 36 text slots,
    R = 16 regions), as in the demo. Warm-up steps, then timed ones: samples/s, text tokens/s
    (real tokens the objective encodes), padding (real tokens / text positions encoded), MFU,
-   peak memory.
+   peak memory, and how often one micro-step's forward and loss make the host wait for the GPU
+   (CUDA's sync debug mode; target 0).
 3. ``open_clip``: a plain open_clip step on the same backbone, batches and device: its
    ``ClipLoss``, ``torch.optim.AdamW``, ``torch.autocast`` bf16, full-context captions;
    ``clip_vs_open_clip`` is our ``clip`` step's samples/s over its.
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,7 +65,6 @@ from pipeline.grounding import build_grounder
 from pipeline.grounding.base import GroundingRequest
 from pipeline.grounding.random_owlv2 import save_random_owlv2
 from pipeline.models import FineGrainedCLIP, create_backbone
-from pipeline.models.text import text_positions
 from pipeline.objectives import compute_loss
 from pipeline.objectives.config import NAMES
 from pipeline.prep import PrepConfig
@@ -74,6 +75,7 @@ from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import World, init_distributed
 from pipeline.training.engine import build_engine, precision_of
 from pipeline.training.metrics import FlopCount
+from pipeline.training.step import forward_backward, to_device
 
 REPO = Path(__file__).resolve().parents[1]
 MFU_FORMULA = (
@@ -209,37 +211,60 @@ def train_config(profile: Profile, dataset: str, objective: str, batch_size: int
 def train_rate(
     cfg: TrainConfig, world: World, batches: list[Batch], profile: Profile, peak: float | None
 ) -> dict:
-    """Our training step as ``train.py`` runs it: DeepSpeed engine, ``compute_loss``, backward, step."""
+    """Our training step as ``train.py`` runs it (``pipeline.training.step``): DeepSpeed engine,
+    the model's plan made on the host, ``compute_loss``, backward, step."""
     torch.manual_seed(cfg.seed)
     model = FineGrainedCLIP(cfg.model, cfg.objective.uses_beta_cal, cfg.objective.uses_regions)
-    counts = [text_positions(b.tokens[model.encoded_slots(b)]) for b in batches]  # (real, encoded)
+    packs = [model.plan(b).texts for b in batches]
     engine = build_engine(cfg, model, world)
     try:
         dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
         flops = FlopCount(enabled=True)
 
         def step(i: int) -> None:
-            batch = batches[i % len(batches)].to(world.device)
-            batch.images = batch.images.to(dtype)
+            batch, plan = to_device(batches[i % len(batches)], model, world.device, dtype)
             with flops:
-                loss, _ = compute_loss(engine(batch), batch, cfg.objective)
-                engine.backward(loss)
+                forward_backward(engine, batch, plan, cfg.objective)
             engine.step()
 
         seconds = timed(step, profile.warmup, profile.steps, world.device)
+        syncs = host_syncs(engine, model, batches[0], cfg, dtype, world.device)
     finally:
         engine.destroy()
-    timed_counts = [counts[i % len(counts)] for i in range(profile.warmup, profile.warmup + profile.steps)]
+    timed_packs = [packs[i % len(packs)] for i in range(profile.warmup, profile.warmup + profile.steps)]
+    real = sum(p.real_tokens for p in timed_packs)
     samples_s = profile.steps * cfg.data.batch_size / seconds
     flops_per_sample = flops.per_micro_step / cfg.data.batch_size
     return {
         "samples_per_s": round(samples_s, 2),
-        "text_tokens_per_s": round(sum(real for real, _ in timed_counts) / seconds, 1),
-        "padding": round(sum(real for real, _ in timed_counts) / sum(enc for _, enc in timed_counts), 3),
+        "text_tokens_per_s": round(real / seconds, 1),
+        "padding": round(real / sum(p.positions for p in timed_packs), 3),
+        "host_syncs_forward_loss": syncs,
         "gflops_per_sample": round(flops_per_sample / 1e9, 2),
         "mfu": round(samples_s * flops_per_sample / (peak * 1e12), 4) if peak else None,
         "peak_memory_gib": peak_memory_gib(world.device),
     }
+
+
+def host_syncs(
+    engine, model: FineGrainedCLIP, batch: Batch, cfg: TrainConfig, dtype: torch.dtype, device: torch.device
+) -> int | None:
+    """Times our forward and loss make the host wait for the GPU (CUDA's sync debug mode), in one
+    micro-step; the engine's backward and step are DeepSpeed's. None off CUDA."""
+    if device.type != "cuda":
+        return None
+    batch, plan = to_device(batch, model, device, dtype)
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            loss, _ = compute_loss(engine(batch, plan), batch, cfg.objective)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    engine.backward(loss)
+    engine.step()
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def open_clip_rate(cfg: TrainConfig, world: World, batches: list[Batch], profile: Profile) -> dict:
@@ -342,7 +367,7 @@ def table(data: dict) -> str:
         f"{data['device']} · {data['model']} · {data['precision']} · ZeRO-{data['zero_stage']} · "
         f"peak {cell(data['peak_tflops'], '.0f')} TFLOP/s bf16 · {data['date']}",
         f"{'part':<12}{'batch':>6}{'samples/s':>11}{'text tok/s':>12}{'padding':>9}"
-        f"{'GFLOP/sample':>14}{'MFU':>7}{'peak GiB':>10}",
+        f"{'GFLOP/sample':>14}{'MFU':>7}{'peak GiB':>10}{'syncs':>7}",
     ]
     for name in NAMES:
         r = data["objectives"].get(name, {})
@@ -352,7 +377,7 @@ def table(data: dict) -> str:
         lines.append(
             f"{name:<12}{r['batch_size']:>6}{r['samples_per_s']:>11.1f}{r['text_tokens_per_s']:>12.0f}"
             f"{r['padding']:>9.3f}{r['gflops_per_sample']:>14.1f}{cell(r['mfu'], '.1%'):>7}"
-            f"{cell(r['peak_memory_gib'], '.1f'):>10}"
+            f"{cell(r['peak_memory_gib'], '.1f'):>10}{cell(r['host_syncs_forward_loss'], 'd'):>7}"
         )
         if r["batch_note"]:
             lines.append(f"{'':<12}note: {r['batch_note']}")
@@ -367,6 +392,7 @@ def table(data: dict) -> str:
     ratio = data.get("clip_vs_open_clip")
     lines.append(f"our clip step / open_clip's: {cell(ratio, '.2f')}x (target >= 1.0)")
     lines.append("MFU targets: >= 40% clip, >= 35% beta and harmo. " + MFU_FORMULA)
+    lines.append("syncs: host waits for the GPU in one micro-step's forward and loss (target 0)")
     lines.append(f"failed: {', '.join(data['failed']) or 'nothing'}")
     return "\n".join(lines)
 

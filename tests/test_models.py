@@ -14,7 +14,7 @@ from pipeline.models.dense import _value_only_block, encode_image_dense
 from pipeline.models.long_context import interpolate_positions
 from pipeline.models.pooler import TextConditionedPooler
 from pipeline.models.regions import pool_regions
-from pipeline.models.text import encode_tokens, text_positions
+from pipeline.models.text import encode_tokens, pack_texts
 from pipeline.objectives import ObjectiveConfig, beta_cal_loss, clip_loss, compute_loss, gr_loss, lrc_loss
 from pipeline.objectives.harmo import region_identity
 
@@ -302,6 +302,44 @@ def test_every_parameter_of_the_model_gets_a_gradient(name, heads):
     assert [n for n, g in _grads(model).items() if g == 0] == []
 
 
+@pytest.mark.parametrize(
+    "name, heads",
+    [
+        ("clip", (False, False)),
+        ("beta", (True, False)),
+        ("harmo", (False, True)),
+        ("beta+harmo", (True, True)),
+    ],
+)
+def test_a_micro_step_with_its_host_plan_reads_no_value_from_the_device(name, heads):
+    """On the meta device tensors have shapes but no values: every op that must read one (nonzero,
+    a boolean mask, .item(), a max that decides a shape) raises. On a GPU each of those would make
+    the host wait for the device, every micro-step."""
+    model, batch = tiny_model(*heads), tiny_batch()
+    plan = model.plan(batch).to("meta")
+    model, batch = model.to("meta"), batch.to("meta")
+    loss, _ = compute_loss(model(batch, plan), batch, ObjectiveConfig(name=name))
+    loss.backward()
+    assert loss.device.type == "meta" and all(p.grad is not None for p in model.parameters())
+    with pytest.raises(NotImplementedError, match="nonzero"):
+        model(batch)  # without the plan: made from the batch, which reads its values
+
+
+def test_the_plan_names_what_the_model_encodes():
+    batch = tiny_batch()
+    for heads in [(False, False), (True, False), (False, True)]:
+        model = tiny_model(*heads)
+        plan = model.plan(batch)
+        assert (
+            sorted(plan.texts.rows.tolist())
+            == model.encoded_slots(batch).flatten().nonzero().squeeze(1).tolist()
+        )
+        assert plan.regions.tolist() == batch.region_mask.flatten().nonzero().squeeze(1).tolist()
+        out = model(batch, plan)
+        encoded = out.slots.flatten(0, 1).norm(dim=-1) > 0
+        assert encoded.nonzero().squeeze(1).tolist() == sorted(plan.texts.rows.tolist())
+
+
 def test_create_backbone_uses_open_clip_by_name():
     clip = create_backbone(ModelConfig(name=TINY_MODEL, pretrained=None))
     assert isinstance(clip, open_clip.CLIP) and clip.visual.proj.shape == (64, 64)
@@ -323,7 +361,7 @@ def test_encode_tokens_equals_the_full_context_pass_with_long_clip_positions():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
 
 
-def test_text_positions_count_what_encode_tokens_encodes():
+def test_pack_counts_what_encode_tokens_encodes():
     clip = tiny_model(False, False).clip
     tokens = TOKENIZER(["a", "a red ball", "a much longer text about a red ball left of a blue cube"])
     shapes = []
@@ -331,5 +369,6 @@ def test_text_positions_count_what_encode_tokens_encodes():
     encode_tokens(clip, tokens)
     short, middle, long = (tokens.argmax(dim=-1) + 1).tolist()  # real tokens, end token included
     assert (short, middle) == (3, 5) and 8 < long <= 16
-    assert text_positions(tokens) == (short + middle + long, 2 * middle + long)  # one bucket below 8
-    assert text_positions(tokens)[1] == sum(rows * length for rows, length in shapes)
+    pack = pack_texts(tokens)
+    assert (pack.real_tokens, pack.positions) == (short + middle + long, 2 * middle + long)  # one bucket < 8
+    assert pack.positions == sum(rows * length for rows, length in shapes)

@@ -92,9 +92,8 @@ def embed_images(model: FineGrainedCLIP, images: list[EvalImage], batch_size: in
 def embed_texts(model: FineGrainedCLIP, texts: list[str], batch_size: int = 256) -> torch.Tensor:
     """[N, D] L2-normalised text embeddings; longer texts are cut at the model's context length."""
     tokenizer = open_clip.get_tokenizer(model.cfg.name, context_length=model.clip.context_length)
-    device = next(model.parameters()).device
     out = [
-        encode_tokens(model.clip, tokenizer(texts[i : i + batch_size]).to(device))
+        encode_tokens(model.clip, tokenizer(texts[i : i + batch_size]))
         for i in range(0, len(texts), batch_size)
     ]
     return F.normalize(torch.cat(out), dim=-1)

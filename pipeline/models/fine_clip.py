@@ -16,7 +16,7 @@ from pipeline.models.dense import encode_image_dense
 from pipeline.models.heads import TextTokenRegionHead, VisualRegionHead
 from pipeline.models.pooler import TextConditionedPooler, capped_scale
 from pipeline.models.regions import pool_regions
-from pipeline.models.text import encode_tokens
+from pipeline.models.text import TextPack, encode_packed, pack_texts
 
 
 class Embeddings(NamedTuple):
@@ -36,6 +36,16 @@ class Embeddings(NamedTuple):
     phrases: torch.Tensor | None = None  # [B, R, D] the embedding of each region's phrase slot
 
 
+class Plan(NamedTuple):
+    """Which texts and regions of a batch one forward encodes: :meth:`FineGrainedCLIP.plan`."""
+
+    texts: TextPack  # the text slots it encodes, packed; rows are flat slot indices b·K + k
+    regions: torch.Tensor  # [M] long: flat indices b·R + r of the batch's valid region slots
+
+    def to(self, device: torch.device | str) -> Plan:
+        return Plan(self.texts.to(device), self.regions.to(device, non_blocking=True))
+
+
 class FineGrainedCLIP(nn.Module):
     """``clip`` (open_clip) + β-CLIP's ``pooler`` and/or HarmoCLIP's ``region_head``.
 
@@ -52,20 +62,25 @@ class FineGrainedCLIP(nn.Module):
         self.pooler = TextConditionedPooler(embed_dim, cfg.pooler_heads) if with_pooler else None
         self.region_head = _region_head(cfg, self.clip) if with_region_head else None
 
-    def forward(self, batch: Batch) -> Embeddings:
+    def forward(self, batch: Batch, plan: Plan | None = None) -> Embeddings:
+        """``plan``: :meth:`plan` of the batch's host copy (the training step's). Without it the
+        plan is made here from ``batch``, which on a GPU makes the host wait for the device."""
+        plan = self.plan(batch) if plan is None else plan
         image, grid = encode_image_dense(self.clip.visual, batch.images, self.cfg.dense)
-        slots = self._encode_slots(batch)
+        b, k = batch.token_mask.shape
+        texts, ends = self._look_up_tokens(plan)
+        slots = F.normalize(encode_packed(self.clip, plan.texts, b * k, texts), dim=-1).view(b, k, -1)
         pooled = pooled_scale = regions = phrases = None
         if self.pooler is not None:
             patches = F.normalize(grid.flatten(1, 2) @ self.clip.visual.proj, dim=-1)
             pooled = F.normalize(self.pooler(slots, patches), dim=-1)
             pooled_scale = capped_scale(self.pooler.logit_scale)
         if self.region_head is not None:
-            features = pool_regions(grid, batch.boxes, batch.images.shape[-2:])
-            regions = _scatter(
-                F.normalize(self.region_head(self.clip, features[batch.region_mask]), dim=-1),
-                batch.region_mask,
+            features = pool_regions(grid, batch.boxes, batch.images.shape[-2:]).flatten(0, 1)
+            embedded = F.normalize(
+                self.region_head(self.clip, features.index_select(0, plan.regions), ends), dim=-1
             )
+            regions = _scatter(embedded, plan.regions, batch.region_mask.shape)
             phrases = slots.gather(1, batch.region_slot[..., None].expand(-1, -1, slots.shape[-1]))
         return Embeddings(
             image=F.normalize(image, dim=-1),
@@ -78,14 +93,24 @@ class FineGrainedCLIP(nn.Module):
             phrases=phrases,
         )
 
-    def _encode_slots(self, batch: Batch) -> torch.Tensor:
-        """Encode, in one packed pass, the slots :meth:`encoded_slots` names."""
-        needed = self.encoded_slots(batch)
-        return _scatter(F.normalize(encode_tokens(self.clip, batch.tokens[needed]), dim=-1), needed)
+    def _look_up_tokens(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(embeddings of the packed texts' tokens, of the region head's start and end tokens or
+        None), from one lookup: each lookup's backward writes a dense vocabulary-sized gradient."""
+        if not isinstance(self.region_head, TextTokenRegionHead):
+            return self.clip.token_embedding(plan.texts.tokens), None
+        embedded = self.clip.token_embedding(torch.cat([plan.texts.tokens, self.region_head.ends]))
+        return embedded[:-2], embedded[-2:]
+
+    def plan(self, batch: Batch) -> Plan:
+        """The texts (:meth:`encoded_slots`, packed) and regions this model encodes of ``batch``.
+        It reads the batch's values: made on the host, the device need not wait for it."""
+        slots = self.encoded_slots(batch).flatten().nonzero().squeeze(1)
+        texts = pack_texts(batch.tokens.flatten(0, 1)[slots], rows=slots)
+        return Plan(texts, batch.region_mask.flatten().nonzero().squeeze(1))
 
     def encoded_slots(self, batch: Batch) -> torch.Tensor:
         """[B, K] the text slots this model encodes: the caption, all valid slots for the pooler,
-        the regions' phrases for the region head (benchmarks count their tokens from it)."""
+        the regions' phrases for the region head."""
         needed = torch.zeros_like(batch.token_mask)
         needed[:, 0] = True
         if self.pooler is not None:
@@ -103,6 +128,7 @@ def _region_head(cfg: ModelConfig, clip: open_clip.CLIP) -> nn.Module:
     return TextTokenRegionHead(clip, cfg.num_pseudo_tokens, tokenizer.sot_token_id, tokenizer.eot_token_id)
 
 
-def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Rows [N, D] into the N True places of ``mask`` [...], zeros elsewhere: [..., D]."""
-    return values.new_zeros(*mask.shape, values.shape[-1]).masked_scatter(mask[..., None], values)
+def _scatter(values: torch.Tensor, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Rows [N, D] to flat places ``rows`` [N] of ``shape``, zeros elsewhere: [*shape, D]."""
+    out = values.new_zeros(shape.numel(), values.shape[-1]).index_copy(0, rows, values)
+    return out.view(*shape, -1)

@@ -12,7 +12,10 @@ from pipeline.models.text import encode_embeddings
 class VisualRegionHead(nn.Module):
     """The plain visual projection: r = f · visual.proj (what FineCLIP and FG-CLIP do)."""
 
-    def forward(self, clip: open_clip.CLIP, features: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, clip: open_clip.CLIP, features: torch.Tensor, ends: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Region features [N, C] → [N, D]; ``ends`` is unused (no tokens here)."""
         return features @ clip.visual.proj
 
 
@@ -36,10 +39,15 @@ class TextTokenRegionHead(nn.Module):
         )
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, clip: open_clip.CLIP, features: torch.Tensor) -> torch.Tensor:
-        """Region features [N, C] → [N, D]."""
+    def forward(
+        self, clip: open_clip.CLIP, features: torch.Tensor, ends: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Region features [N, C] → [N, D]. ``ends``: the embeddings [2, W] of ``self.ends``, if
+        the caller looked them up with its texts' tokens (each lookup's backward writes a dense
+        vocabulary-sized gradient); else they are looked up here."""
         n = features.shape[0]
         pseudo = self.proj(features).unflatten(-1, (self.num_tokens, -1))
-        sot, eot = clip.token_embedding(self.ends).to(pseudo.dtype).unsqueeze(1).unbind(0)
+        ends = clip.token_embedding(self.ends) if ends is None else ends
+        sot, eot = ends.to(pseudo.dtype).unsqueeze(1).unbind(0)
         x = torch.cat([sot.expand(n, 1, -1), pseudo, eot.expand(n, 1, -1)], dim=1)
         return encode_embeddings(clip, x, torch.full((n,), self.num_tokens + 1, device=x.device))

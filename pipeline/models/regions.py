@@ -14,10 +14,13 @@ def pool_regions(grid: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
     """
     b, h, w, c = grid.shape
     height, width = image_size
-    scale = boxes.new_tensor([w / width, h / height, w / width, h / height])
+    # to patch units by Python numbers: a tensor of them on the device would be a copy that waits
+    sx, sy = w / width, h / height
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    on_grid = torch.stack([x0 * sx, y0 * sy, x1 * sx, y1 * sy], dim=-1)
     pooled = roi_align(
         grid.permute(0, 3, 1, 2),
-        list((boxes * scale).to(grid.dtype)),
+        list(on_grid.to(grid.dtype)),
         output_size=1,
         spatial_scale=1.0,
         sampling_ratio=-1,

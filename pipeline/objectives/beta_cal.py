@@ -26,7 +26,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.objectives.clip import cross_entropy
 from pipeline.objectives.collectives import gather, masked_mean, world
 
 
@@ -55,20 +54,24 @@ def beta_cal_loss(
     else:
         v_all, t_all, valid_all, first = v, t, valid, 0
     rows = first + torch.arange(v.shape[0], device=v.device)
+    if variant == "ce":
+        # a query's targets all lie in its own image's K columns: keep them as [N, K], not [N, N·world]
+        weights = (
+            torch.where(torch.eye(k, dtype=torch.bool, device=mask.device), alpha, beta) * mask[:, None, :]
+        )
+        weights = (weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-12)).flatten(0, 1)
+        exclude = ~valid_all if ce_padding == "excluded" else None
+        image = rows // k
+        to_texts = _own_image_cross_entropy(scale * v @ t_all.T, weights, image, exclude)
+        to_pooled = _own_image_cross_entropy(scale * t @ v_all.T, weights, image, exclude)
+        return 0.5 * (
+            masked_mean(to_texts, valid, across_ranks) + masked_mean(to_pooled, valid, across_ranks)
+        )
     columns = torch.arange(v_all.shape[0], device=v.device)
     diagonal = rows[:, None] == columns[None, :]
     same_image = rows[:, None] // k == columns[None, :] // k
     padded = ~valid_all[None, :].expand_as(diagonal)
     logits = scale * v @ t_all.T
-    if variant == "ce":
-        target = (alpha * diagonal + beta * (same_image & ~diagonal)).to(logits.dtype).masked_fill(padded, 0)
-        target = target / target.sum(dim=-1, keepdim=True).clamp(min=1e-12)
-        exclude = padded if ce_padding == "excluded" else None
-        to_texts = cross_entropy(logits, target, exclude)
-        to_pooled = cross_entropy(scale * t @ v_all.T, target, exclude)
-        return 0.5 * (
-            masked_mean(to_texts, valid, across_ranks) + masked_mean(to_pooled, valid, across_ranks)
-        )
     # BCE is elementwise and its targets symmetric, so the text → pooled direction (the transpose)
     # would sum the same terms again: one direction is the reference's average of both.
     weight = torch.where(same_image & ~diagonal, beta, 1.0).to(logits.dtype)
@@ -79,3 +82,16 @@ def beta_cal_loss(
     if bce_mean == "valid":
         return masked_mean(pairs / valid_all.sum().clamp(min=1), valid, across_ranks)
     return masked_mean(pairs / v_all.shape[0], torch.ones_like(valid), across_ranks)
+
+
+def _own_image_cross_entropy(
+    logits: torch.Tensor, weights: torch.Tensor, image: torch.Tensor, exclude: torch.Tensor | None
+) -> torch.Tensor:
+    """Per-row soft cross-entropy −Σ_j w_ij log softmax_j(logits_i) [N] for logits [N, M] whose
+    targets ``weights`` [N, K] lie in the K columns of row i's ``image`` [N] (columns b·K .. b·K + K);
+    ``exclude`` [M] takes columns out of the softmax (a finite floor, as ``clip.cross_entropy``)."""
+    k = weights.shape[1]
+    if exclude is not None:
+        logits = logits.masked_fill(exclude[None, :], torch.finfo(logits.dtype).min)
+    own = image[:, None] * k + torch.arange(k, device=image.device)
+    return -(weights * logits.log_softmax(dim=-1).gather(1, own)).sum(dim=-1)

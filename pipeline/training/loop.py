@@ -15,7 +15,6 @@ from pipeline.config import to_dict
 from pipeline.lineage import make_lineage, write_lineage
 from pipeline.models import FineGrainedCLIP
 from pipeline.models.transform import normalizer
-from pipeline.objectives import compute_loss
 from pipeline.training.checkpoint import CheckpointManager, Progress, tag_of
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Loader, build_loader
@@ -24,6 +23,7 @@ from pipeline.training.engine import build_engine, precision_of
 from pipeline.training.export import export
 from pipeline.training.metrics import StepMetrics
 from pipeline.training.preemption import Preemption, requeue
+from pipeline.training.step import forward_backward, to_device
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,9 @@ def train(cfg: TrainConfig) -> RunResult:
     batches = iter(loader)
     while step < stop_at:
         for _ in range(cfg.grad_accum):
-            batch = next(batches).to(world.device)
-            batch.images = batch.images.to(dtype)
+            batch, plan = to_device(next(batches), model, world.device, dtype)
             with metrics.flops:
-                loss, terms = compute_loss(engine(batch), batch, cfg.objective)
-                engine.backward(loss)
+                loss, terms = forward_backward(engine, batch, plan, cfg.objective)
             engine.step()
             metrics.count(batch, {"loss": loss, **terms})
         step += 1
