@@ -2,6 +2,7 @@
 
     python benchmarks/bench_objectives.py [--data DATASET]     # tiny model, CPU, the demo's data
     python benchmarks/bench_objectives.py --model ViT-B-16-quickgelu --batch-size 64 --device cuda --bf16
+    python benchmarks/bench_objectives.py --model ViT-B-16 --batch-size 64 --flops-only   # any machine
 
 Batches are the demo's data (generated corpus → data prep → training loader) as
 configs/train/beta_tiny.yaml reads it: K = 36 text slots (caption, 5 sentences, 30 phrases),
@@ -13,6 +14,9 @@ trains; a step is model forward, loss and backward (no optimiser step). Per obje
   texts it encodes, in the same shapes (the ViT on the images; the text transformer on each
   length bucket of the slots it encodes, and on harmo's region pseudo-token sequences), without
   pooler, heads or losses: what is ours to remove. Target <= 1.15x;
+- ``FLOPs``: the same ratio in FLOPs (torch's FlopCounterMode: matmuls, convolutions,
+  attention), counted on the meta device, where tensors have shapes and nothing is computed:
+  ``--flops-only`` gives it for a model too large to time here;
 - ``padding``: real tokens / text positions encoded, after length bucketing, over all the
   batches read. Target >= 0.75.
 """
@@ -31,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from demo_batches import REPO, loader_rate, prepare
+from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.batch import Batch
 from pipeline.config import load_config
 from pipeline.models import TINY_MODEL, FineGrainedCLIP
+from pipeline.models.fine_clip import Plan
 from pipeline.models.heads import TextTokenRegionHead
 from pipeline.models.text import TextPack, encode_packed
 from pipeline.objectives import ObjectiveConfig, compute_loss
@@ -49,9 +55,10 @@ def train_config(dataset: str, model: str, batch_size: int) -> TrainConfig:
     )
 
 
-def objective_loss(model: FineGrainedCLIP, batch: Batch, cfg: ObjectiveConfig, autocast) -> Callable:
-    """The model's forward on its plan (made once, on the host, as training does), loss."""
-    plan = model.plan(batch)
+def objective_loss(
+    model: FineGrainedCLIP, batch: Batch, plan: Plan, cfg: ObjectiveConfig, autocast
+) -> Callable:
+    """The model's forward on its plan (made on the host, as training does), loss."""
 
     def loss() -> torch.Tensor:
         with autocast():
@@ -61,19 +68,19 @@ def objective_loss(model: FineGrainedCLIP, batch: Batch, cfg: ObjectiveConfig, a
     return loss
 
 
-def towers_loss(model: FineGrainedCLIP, batch: Batch, autocast) -> Callable:
+def towers_loss(model: FineGrainedCLIP, batch: Batch, plan: Plan, autocast) -> Callable:
     """The bare towers on the shapes ``model`` encodes: the ViT; the text tower (one token lookup,
     the transformer per length bucket) on the model's packed texts and, as one more bucket, on the
     regions' pseudo-token sequences. The loss is the outputs' sum (free)."""
-    clip, texts = model.clip, model.plan(batch).texts
-    regions = int(batch.region_mask.sum()) if isinstance(model.region_head, TextTokenRegionHead) else 0
+    clip, texts = model.clip, plan.texts
+    regions = len(plan.regions) if isinstance(model.region_head, TextTokenRegionHead) else 0
     slots = batch.token_mask.numel()
     if regions:  # start, pseudo tokens, end
         width = model.region_head.num_tokens + 2
         texts = TextPack(
             torch.cat([texts.tokens, texts.tokens.new_ones(regions * width)]),
             torch.cat([texts.eot, texts.eot.new_full((regions,), width - 1)]),
-            torch.cat([texts.rows, slots + torch.arange(regions)]),
+            torch.cat([texts.rows, slots + torch.arange(regions, device=texts.rows.device)]),
             (*texts.buckets, (regions, width)),
         )
 
@@ -83,6 +90,22 @@ def towers_loss(model: FineGrainedCLIP, batch: Batch, autocast) -> Callable:
         return sum(o.float().sum() for o in outs)
 
     return loss
+
+
+def flop_overhead(model: FineGrainedCLIP, batch: Batch, plan: Plan, cfg: ObjectiveConfig) -> float:
+    """FLOPs of the step over the bare towers', counted on the meta device (shapes, no values:
+    nothing is computed, so any model size can be counted). Moves ``model`` to the meta device."""
+    model, batch, plan = model.to("meta"), batch.to("meta"), plan.to("meta")
+    no_autocast = functools.partial(torch.autocast, "cpu", enabled=False)
+    counts = []
+    for loss in (
+        objective_loss(model, batch, plan, cfg, no_autocast),
+        towers_loss(model, batch, plan, no_autocast),
+    ):
+        with FlopCounterMode(display=False) as counter:
+            loss().backward()
+        counts.append(counter.get_total_flops())
+    return counts[0] / counts[1]
 
 
 def best_times(
@@ -122,6 +145,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU: intra-op threads (see best_times)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--flops-only", action="store_true", help="count FLOPs and padding, time nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -129,34 +153,45 @@ def main() -> None:
         dataset = args.data or prepare(args.records, tmp, shards=1)
         train_cfg = train_config(dataset, args.model, args.batch_size)
         _, batches = loader_rate(train_cfg, rounds=args.batches - 1)
-    batch = batches[0].to(args.device)
+    batch = batches[0]
     autocast = functools.partial(torch.autocast, args.device, dtype=torch.bfloat16, enabled=args.bf16)
+    timing = "FLOPs only" if args.flops_only else f"best of {args.repeats} after {args.warmup} warm-up"
     print(
         f"{args.model}, batch {args.batch_size}, {batch.images.shape[-1]} px, {args.device}"
         f"{' bf16' if args.bf16 else ''}, {args.threads} thread(s); the demo's data: "
         f"{int(batch.token_mask.sum())} text slots, {int(batch.region_mask.sum())} regions in the timed "
-        f"batch; best of {args.repeats} after {args.warmup} warm-up"
+        f"batch; {timing}"
     )
-    print(f"{'':>11}  {'step':>9}  {'x clip':>6}  {'towers':>9}  {'overhead':>8}  {'positions':>9}  padding")
+    print(
+        f"{'':>11}  {'step':>9}  {'x clip':>6}  {'towers':>9}  {'overhead':>8}  {'FLOPs':>6}  "
+        f"{'positions':>9}  padding"
+    )
     baseline = None
     for name in NAMES:
         cfg = ObjectiveConfig(name=name)
         torch.manual_seed(0)
-        model = FineGrainedCLIP(train_cfg.model, cfg.uses_beta_cal, cfg.uses_regions).to(args.device)
-        step, towers = best_times(
-            model,
-            [objective_loss(model, batch, cfg, autocast), towers_loss(model, batch, autocast)],
-            args.device,
-            args.warmup,
-            args.repeats,
-        )
+        model = FineGrainedCLIP(train_cfg.model, cfg.uses_beta_cal, cfg.uses_regions)
+        plan = model.plan(batch)
+        times = "-"
+        if not args.flops_only:
+            step, towers = best_times(
+                model.to(args.device),
+                [
+                    objective_loss(model, batch.to(args.device), plan.to(args.device), cfg, autocast),
+                    towers_loss(model, batch.to(args.device), plan.to(args.device), autocast),
+                ],
+                args.device,
+                args.warmup,
+                args.repeats,
+            )
+            baseline = baseline or step
+            times = f"{step * 1e3:6.1f} ms  {step / baseline:5.2f}x  {towers * 1e3:6.1f} ms  "
+            times += f"{step / towers:7.2f}x"
+        flop_ratio = flop_overhead(model, batch, plan, cfg)
         packs = [model.plan(b).texts for b in batches]
         real, encoded = sum(p.real_tokens for p in packs), sum(p.positions for p in packs)
-        baseline = baseline or step
-        print(
-            f"{name:>11}: {step * 1000:6.1f} ms  {step / baseline:5.2f}x  {towers * 1000:6.1f} ms  "
-            f"{step / towers:7.2f}x  {encoded / len(batches):9.0f}  {real / encoded:7.3f}"
-        )
+        counts = f"{encoded / len(batches):9.0f}  {real / encoded:7.3f}"
+        print(f"{name:>11}: {times:>43}  {flop_ratio:5.3f}x  {counts}")
     print("overhead target <= 1.15x; padding (real tokens / positions encoded) target >= 0.75")
 
 
