@@ -6,12 +6,9 @@ import math
 import time
 from pathlib import Path
 
-import ray
-
 from pipeline.batch import Batch
 from pipeline.config import load_config
 from pipeline.models import FineGrainedCLIP
-from pipeline.prep import PrepConfig, run
 from pipeline.synthetic import SyntheticConfig, write_corpus
 from pipeline.training.config import TrainConfig
 from pipeline.training.loop import build_run_loader
@@ -21,7 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def prepare(records: int, workdir: str, shards: int = 10) -> str:
     """The dataset folder of ``records`` generated samples in ``shards`` shards (a loader worker
-    needs one of its own). Ray stops afterwards, so it holds no cores while benchmarks measure."""
+    needs one of its own). Ray stops afterwards, so it holds no cores while benchmarks measure.
+    Ray and spaCy are imported here, not above: ``gpu_check.py --data`` reads a dataset made
+    elsewhere, on a GPU machine that has neither."""
+    import ray
+
+    from pipeline.prep import PrepConfig, run
+
     write_corpus(f"{workdir}/corpus", SyntheticConfig(num_records=records))
     cfg = load_config(
         PrepConfig,

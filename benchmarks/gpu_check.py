@@ -56,18 +56,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import open_clip
 import torch
+import yaml
 from demo_batches import loader_rate, prepare
 from PIL import Image
 
 from pipeline.batch import Batch
-from pipeline.config import load_config
+from pipeline.config import build, load_config
 from pipeline.grounding import build_grounder
 from pipeline.grounding.base import GroundingRequest
+from pipeline.grounding.config import GroundingConfig
 from pipeline.grounding.random_owlv2 import save_random_owlv2
 from pipeline.models import FineGrainedCLIP, create_backbone
 from pipeline.objectives import compute_loss
 from pipeline.objectives.config import NAMES
-from pipeline.prep import PrepConfig
 from pipeline.schema import Phrase
 from pipeline.synthetic import COLOURS, SHAPES
 from pipeline.text.lexeme import Lexeme
@@ -304,12 +305,10 @@ def open_clip_rate(cfg: TrainConfig, world: World, batches: list[Batch], profile
 def detector_rate(profile: Profile, workdir: str) -> dict:
     """The data-prep grounder as a GPU worker runs it, on a random-init OWLv2 of the real shape."""
     model_dir = save_random_owlv2(Path(workdir) / "owlv2", profile.detector)
-    prep = load_config(
-        PrepConfig,
-        REPO / "configs/prep/detector.yaml",
-        ["input.index=unused.jsonl", "output=unused", f"grounding.detector.model={model_dir}"],
-    )
-    grounder = build_grounder(prep.grounding)
+    # the preset's grounding section alone: the rest of a PrepConfig means importing the Ray job
+    section = yaml.safe_load((REPO / "configs/prep/detector.yaml").read_text())["grounding"]
+    section["detector"]["model"] = str(model_dir)
+    grounder = build_grounder(build(GroundingConfig, section, "grounding."))
     per_batch, queries = grounder.cfg.batch_size, grounder.cfg.max_queries
     requests = [grounding_request(i, queries) for i in range(per_batch * (1 + profile.detector_batches))]
     grounder.ground(requests[:per_batch])  # warm-up: loads the weights
@@ -404,8 +403,14 @@ def main() -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="the same code paths on CPU, tiny config")
     parser.add_argument("--out", default="runs/gpu_check.json", help="the JSON report")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak, for a GPU not in the table")
+    parser.add_argument("--prepare", metavar="DIR", help="only make the loader's dataset in DIR (needs Ray)")
+    parser.add_argument("--shards", type=int, default=16, help="with --prepare: one per loader worker there")
+    parser.add_argument("--data", metavar="DIR", help="a dataset made by --prepare, instead of making one")
     args = parser.parse_args()
     profile = PROFILES["cpu-smoke" if args.cpu_smoke else "gpu"]
+    if args.prepare:
+        print(prepare(profile.records, args.prepare, shards=args.shards))
+        return 0
     if profile.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no GPU visible; --cpu-smoke runs the same code paths on the CPU", file=sys.stderr)
         return 2
@@ -437,7 +442,7 @@ def main() -> int:
         timed_steps=profile.steps,
     )
     with tempfile.TemporaryDirectory() as workdir:
-        run_parts(report, profile, world, workdir)
+        run_parts(report, profile, world, workdir, args.data)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -447,12 +452,13 @@ def main() -> int:
     return 1 if report.data["failed"] else 0
 
 
-def run_parts(report: Report, profile: Profile, world: World, workdir: str) -> None:
-    """Loader, objectives, open_clip, detector, in that order; each needs only the loader's batches."""
+def run_parts(report: Report, profile: Profile, world: World, workdir: str, data: str | None) -> None:
+    """Loader, objectives, open_clip, detector, in that order; each needs only the loader's batches.
+    ``data``: a dataset made beforehand (``--prepare``); else one is made here."""
     batches: list[Batch] = []
 
     def loader() -> dict:
-        dataset = prepare(profile.records, workdir, shards=cores())
+        dataset = data or prepare(profile.records, workdir, shards=cores())
         cfg = train_config(profile, dataset, "clip", profile.batch_size)
         rate, made = loader_rate(cfg, profile.loader_rounds)
         batches.extend(made)

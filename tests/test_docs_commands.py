@@ -56,6 +56,13 @@ def check(words: list[str]) -> None:
         load_config(TrainConfig, REPO / env.get("CONFIG", default), overrides)
     elif program.startswith(("slurm/", "scripts/")):
         assert (REPO / program).is_file(), f"{program}: no such script"
+    elif program == "bash" and args[0].startswith("benchmarks/"):
+        script = REPO / args[0]
+        known = script.read_text() + (
+            script.with_suffix(".py").read_text() if script.with_suffix(".py").exists() else ""
+        )
+        flags = [a.split("=")[0] for a in args[1:] if a.startswith("--")]
+        assert all(f'"{flag}"' in known for flag in flags), f"{args[0]}: a flag of {flags} is unknown to it"
     else:
         raise AssertionError(f"a documented command of an unchecked kind: {' '.join(words)}")
 

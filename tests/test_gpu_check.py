@@ -16,12 +16,24 @@ from gpu_check import REPO, lowered_on_oom, peak_bf16_tflops
 
 
 @pytest.mark.integration
-def test_cpu_smoke_measures_every_part(tmp_path):
+def test_cpu_smoke_measures_every_part_without_ray_or_spacy(tmp_path):
+    """As on a GPU machine (gpu_bundle.sh): the dataset made beforehand with ``--prepare``, then
+    the check reading it with Ray and spaCy unimportable."""
+    cores = len(os.sched_getaffinity(0))
+    prepare = [sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke", "--prepare", str(tmp_path / "data")]
+    made = subprocess.run(
+        [*prepare, f"--shards={cores}"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert made.returncode == 0, made.stderr[-4000:]
+    absent = tmp_path / "absent"
+    absent.mkdir()
+    for module in ("ray", "spacy"):
+        (absent / f"{module}.py").write_text(f"raise ImportError('no {module} on the GPU machine')\n")
     out = tmp_path / "check.json"
     result = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", "--out", str(out)],
+        ["bash", "benchmarks/gpu_check.sh", "--cpu-smoke", "--data", made.stdout.strip(), "--out", str(out)],
         cwd=REPO,
-        env={**os.environ, "PYTHON": sys.executable},
+        env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(absent)},
         capture_output=True,
         text=True,
         timeout=600,

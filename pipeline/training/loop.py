@@ -51,7 +51,12 @@ def train(cfg: TrainConfig) -> RunResult:
     replicas.check(engine.module, step, start=True)
     # the loader continues at the samples trained on: the same batches follow on the same ranks
     loader = build_run_loader(
-        cfg, model, world.rank, world.size, start_batch=samples // (cfg.data.batch_size * world.size)
+        cfg,
+        model,
+        world.rank,
+        world.size,
+        start_batch=samples // (cfg.data.batch_size * world.size),
+        pin_memory=world.device.type == "cuda",  # page-locked: copies to the GPU run asynchronously
     )
     if world.is_main:
         epoch = f"{loader.num_samples} samples, {loader.batches_per_epoch} batches per rank per epoch"
@@ -117,7 +122,12 @@ def _start_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
 
 
 def build_run_loader(
-    cfg: TrainConfig, model: FineGrainedCLIP, rank: int, world_size: int, start_batch: int
+    cfg: TrainConfig,
+    model: FineGrainedCLIP,
+    rank: int,
+    world_size: int,
+    start_batch: int,
+    pin_memory: bool = False,
 ) -> Loader:
     """The loader with the model's tokenizer, input size and normalisation."""
     visual = model.clip.visual
@@ -129,6 +139,7 @@ def build_run_loader(
         rank=rank,
         world_size=world_size,
         start_batch=start_batch,
+        pin_memory=pin_memory,
     )
 
 
