@@ -2,11 +2,14 @@
 
     bash benchmarks/gpu_check.sh [--out runs/gpu_check.json]   # one GPU, a few minutes
     bash benchmarks/gpu_check.sh --cpu-smoke                   # the same code paths on CPU (CI)
+    bash benchmarks/gpu_check.sh --offline [--out ...]         # what gpu_bundle.sh made, no PyPI/Ray
 
 Random-init weights, no network. The parts, each measured even when another fails:
 
 1. ``loader``: the demo's generated corpus through the real data prep (a local Ray), then the
    training loader alone with one worker per core: samples/s. Its batches feed the parts below.
+   ``--data``: a dataset made beforehand by ``--prepare`` (where Ray is), so that the GPU
+   machine needs neither Ray nor spaCy.
 2. ``objectives``: ``clip``, ``beta``, ``harmo``, ``beta+harmo`` as ``train.py`` trains them
    (``configs/train/beta_vitb16.yaml``: ViT-B/16 at 224 px, 248-token text, DeepSpeed ZeRO-2,
    bf16, batch 64 per GPU, halved with a note only when memory runs out; ``grad_accum=1``, so
@@ -25,7 +28,7 @@ Random-init weights, no network. The parts, each measured even when another fail
 MFU = samples/s × FLOPs per sample / peak. FLOPs per sample: one training micro-step's forward
 and backward as torch's FlopCounterMode counts them on the real step (matmuls, convolutions,
 attention; not the optimizer or elementwise work), over the batch size. Peak: the device's dense
-bf16 tensor-core peak, from :data:`BF16_PEAK_TFLOPS` by device name (or ``--peak-tflops``).
+bf16 tensor-core peak, from ``pipeline.device.BF16_PEAK_TFLOPS`` by device name (or ``--peak-tflops``).
 
 ``--cpu-smoke`` runs every part on the CPU at the tiny config (FG-Tiny-16, fp32, gloo, a tiny
 OWLv2), with few steps: it checks that the script runs, its figures mean little. Writes one JSON
@@ -41,7 +44,6 @@ import functools
 import gc
 import json
 import os
-import re
 import socket
 import sys
 import tempfile
@@ -62,6 +64,7 @@ from PIL import Image
 
 from pipeline.batch import Batch
 from pipeline.config import build, load_config
+from pipeline.device import bf16_peak_tflops
 from pipeline.grounding import build_grounder
 from pipeline.grounding.base import GroundingRequest
 from pipeline.grounding.config import GroundingConfig
@@ -85,26 +88,10 @@ MFU_FORMULA = (
     "device's dense bf16 tensor-core FLOP/s"
 )
 
+
 # Dense bf16 tensor-core peaks per GPU, TFLOP/s without sparsity (NVIDIA datasheets). Matched in
 # order, as whole words, against the device name: variants come before their family ("H100 PCIe"
 # before "H100"); "A10" is neither "A100" nor "A10G".
-BF16_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H200 NVL", 835.0),
-    ("H100", 989.0),  # SXM: "NVIDIA H100 80GB HBM3"
-    ("H200", 989.0),
-    ("GH200", 989.0),
-    ("B200", 2250.0),
-    ("A100", 312.0),  # SXM and PCIe
-    ("A800", 312.0),
-    ("L40S", 362.0),
-    ("L40", 181.0),
-    ("L4", 121.0),
-    ("A10", 125.0),
-)
-
-
 @dataclasses.dataclass(frozen=True)
 class Profile:
     config: str  # the training recipe every objective runs with
@@ -125,12 +112,6 @@ PROFILES = {
     # measured 3 s with 2 threads on 2 busy cores, 0.08 s with 1).
     "cpu-smoke": Profile("configs/train/beta_tiny.yaml", "cpu", 8, 64, 1, 1, 2, "tiny", 2, 1),
 }
-
-
-def peak_bf16_tflops(device_name: str) -> float | None:
-    return next(
-        (peak for name, peak in BF16_PEAK_TFLOPS if re.search(rf"\b{re.escape(name)}\b", device_name)), None
-    )
 
 
 def cores() -> int:
@@ -436,7 +417,7 @@ def main() -> int:
         ),
         precision=precision_of(base, world),
         zero_stage=base.zero_stage,
-        peak_tflops=args.peak_tflops or peak_bf16_tflops(device_name),
+        peak_tflops=args.peak_tflops or bf16_peak_tflops(device_name),
         mfu_formula=MFU_FORMULA,
         warmup_steps=profile.warmup,
         timed_steps=profile.steps,

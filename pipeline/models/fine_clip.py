@@ -68,8 +68,8 @@ class FineGrainedCLIP(nn.Module):
         plan = self.plan(batch) if plan is None else plan
         image, grid = encode_image_dense(self.clip.visual, batch.images, self.cfg.dense)
         b, k = batch.token_mask.shape
-        texts, ends = self._look_up_tokens(plan)
-        slots = F.normalize(encode_packed(self.clip, plan.texts, b * k, texts), dim=-1).view(b, k, -1)
+        tokens, ends = self._look_up_tokens(plan)
+        slots = F.normalize(encode_packed(self.clip, plan.texts, b * k, tokens), dim=-1).view(b, k, -1)
         pooled = pooled_scale = regions = phrases = None
         if self.pooler is not None:
             patches = F.normalize(grid.flatten(1, 2) @ self.clip.visual.proj, dim=-1)

@@ -114,7 +114,12 @@ class TrainConfig:
     log_every: int = 10
     replica_check_every: int = 0  # steps between checks that all ranks hold identical parameters; 0: off
     stop_after: int | None = None  # end this run after that step, checkpointed (time-boxed jobs)
-    peak_tflops: float = 989.0  # per-GPU dense bf16 peak for the MFU estimate (H100 SXM)
+    # per-GPU dense bf16 peak for MFU; null: by the GPU's name (pipeline.device), none if unknown
+    peak_tflops: float | None = None
+
+    def global_batch(self, world_size: int) -> int:
+        """Samples per optimizer step: batch_size × grad_accum × ranks."""
+        return self.data.batch_size * self.grad_accum * world_size
 
     def __post_init__(self) -> None:
         if not self.output:
@@ -133,4 +138,5 @@ class TrainConfig:
             raise ValueError(
                 "precision: bf16 on CPU is not supported here (AVX2 CPUs run it ~6x slower); use fp32 or auto"
             )
-        positive(self, "peak_tflops")
+        if self.peak_tflops is not None:
+            positive(self, "peak_tflops")

@@ -20,7 +20,7 @@ def deepspeed_config(cfg: TrainConfig, world: World, load_universal: bool = Fals
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
-        "train_batch_size": cfg.data.batch_size * cfg.grad_accum * world.size,
+        "train_batch_size": cfg.global_batch(world.size),
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": precision_of(cfg, world) == "bf16"},

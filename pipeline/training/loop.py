@@ -12,6 +12,7 @@ import open_clip
 import torch
 
 from pipeline.config import to_dict
+from pipeline.device import device_peak_tflops
 from pipeline.lineage import make_lineage, write_lineage
 from pipeline.models import FineGrainedCLIP
 from pipeline.models.transform import normalizer
@@ -46,7 +47,7 @@ def train(cfg: TrainConfig) -> RunResult:
     preemption = Preemption(world.device, cfg.checkpoint.preemption_check_every)
 
     model, engine, step, samples = _model_at_start(cfg, world, checkpoints)
-    global_batch = cfg.data.batch_size * cfg.grad_accum * world.size
+    global_batch = cfg.global_batch(world.size)
     replicas = ReplicaCheck(cfg.replica_check_every)
     replicas.check(engine.module, step, start=True)
     # the loader continues at the samples trained on: the same batches follow on the same ranks
@@ -62,7 +63,8 @@ def train(cfg: TrainConfig) -> RunResult:
         epoch = f"{loader.num_samples} samples, {loader.batches_per_epoch} batches per rank per epoch"
         log.info("%s; steps %d → %d", epoch, step, cfg.steps)
     stop_at = cfg.stop_after or cfg.steps
-    metrics = StepMetrics(run_dir, world, cfg.log_every, cfg.peak_tflops, steps=(step, cfg.steps))
+    peak = cfg.peak_tflops or device_peak_tflops(world.device)
+    metrics = StepMetrics(run_dir, world, cfg.log_every, peak, steps=(step, cfg.steps))
     dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
     batches = iter(loader)
     while step < stop_at:
@@ -110,7 +112,7 @@ def _model_at_start(
         return model, engine, 0, 0
     checkpoints.resume(engine, saved)
     if world.is_main:
-        _warn_on_resize(saved, world.size, cfg.data.batch_size * cfg.grad_accum * world.size)
+        _warn_on_resize(saved, world.size, cfg.global_batch(world.size))
     return model, engine, saved.step, saved.samples
 
 

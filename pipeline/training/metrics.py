@@ -33,7 +33,7 @@ class FlopCount:
     """
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled  # MFU is reported on GPUs only; elsewhere counting is wasted work
+        self.enabled = enabled
         self.per_micro_step: int | None = None
         self._mode: FlopCounterMode | None = None
 
@@ -85,11 +85,17 @@ class StepMetrics:
     """
 
     def __init__(
-        self, run_dir: Path, world: World, log_every: int, peak_tflops: float, steps: tuple[int, int]
+        self,
+        run_dir: Path,
+        world: World,
+        log_every: int,
+        peak_tflops: float | None,
+        steps: tuple[int, int],
     ):
         start, total = steps
         self.world, self.log_every, self.peak_tflops = world, log_every, peak_tflops
-        self.flops = FlopCount(enabled=world.device.type == "cuda")
+        # MFU on a GPU whose peak is known; elsewhere counting is wasted work
+        self.flops = FlopCount(enabled=world.device.type == "cuda" and peak_tflops is not None)
         self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main, start_step=start)
         self.bar = tqdm(
             total=total,
@@ -135,7 +141,7 @@ class StepMetrics:
             "tokens_per_s": round(reduced["tokens"] * ranks / elapsed, 1),
             "skipped_samples": round(reduced["skipped"] * ranks),
         }
-        if self.flops.per_micro_step:
+        if self.flops.per_micro_step and self.peak_tflops:
             flops_per_sample = self.flops.per_micro_step / self._batch_size
             record["mfu"] = round(samples_s * flops_per_sample / (self.peak_tflops * 1e12 * ranks), 4)
         self.log.write(record)
