@@ -18,6 +18,14 @@ from pipeline.models.text import encode_tokens, pack_texts
 from pipeline.objectives import ObjectiveConfig, beta_cal_loss, clip_loss, compute_loss, gr_loss, lrc_loss
 from pipeline.objectives.harmo import region_identity
 
+# each objective and the heads (pooler, region head) its model is built with
+OBJECTIVE_HEADS = [
+    ("clip", (False, False)),
+    ("beta", (True, False)),
+    ("harmo", (False, True)),
+    ("beta+harmo", (True, True)),
+]
+
 # --- batch -----------------------------------------------------------------------------------------
 
 
@@ -286,15 +294,7 @@ def test_each_term_trains_what_it_should_and_nothing_else(term, reaches, spares)
         assert all(g == 0 for n, g in grads.items() if n.startswith(prefix)), prefix
 
 
-@pytest.mark.parametrize(
-    "name, heads",
-    [
-        ("clip", (False, False)),
-        ("beta", (True, False)),
-        ("harmo", (False, True)),
-        ("beta+harmo", (True, True)),
-    ],
-)
+@pytest.mark.parametrize("name, heads", OBJECTIVE_HEADS)
 def test_every_parameter_of_the_model_gets_a_gradient(name, heads):
     model, batch = tiny_model(*heads), tiny_batch()
     loss, _ = compute_loss(model(batch), batch, ObjectiveConfig(name=name))
@@ -302,15 +302,7 @@ def test_every_parameter_of_the_model_gets_a_gradient(name, heads):
     assert [n for n, g in _grads(model).items() if g == 0] == []
 
 
-@pytest.mark.parametrize(
-    "name, heads",
-    [
-        ("clip", (False, False)),
-        ("beta", (True, False)),
-        ("harmo", (False, True)),
-        ("beta+harmo", (True, True)),
-    ],
-)
+@pytest.mark.parametrize("name, heads", OBJECTIVE_HEADS)
 def test_a_micro_step_with_its_host_plan_reads_no_value_from_the_device(name, heads):
     """On the meta device tensors have shapes but no values: every op that must read one (nonzero,
     a boolean mask, .item(), a max that decides a shape) raises. On a GPU each of those would make
