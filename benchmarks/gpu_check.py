@@ -69,6 +69,7 @@ from pipeline.grounding import build_grounder
 from pipeline.grounding.base import GroundingRequest
 from pipeline.grounding.config import GroundingConfig
 from pipeline.grounding.random_owlv2 import save_random_owlv2
+from pipeline.lineage import environment
 from pipeline.models import FineGrainedCLIP, create_backbone
 from pipeline.objectives import compute_loss
 from pipeline.objectives.config import NAMES
@@ -408,7 +409,7 @@ def main() -> int:
         profile="cpu-smoke" if args.cpu_smoke else "gpu",
         device=device_name,
         cores=cores(),
-        torch=torch.__version__,
+        **environment(),  # the commit, Python and package versions the figures belong to
         config=profile.config,
         model=(
             f"{base.model.name} at {open_clip.get_model_config(base.model.name)['vision_cfg']['image_size']}"

@@ -55,6 +55,7 @@ def test_cpu_smoke_measures_every_part_without_ray_or_spacy(tmp_path):
     assert report["loader"]["samples_per_s"] > 0
     assert report["loader"]["workers"] == len(os.sched_getaffinity(0))
     assert report["mfu_formula"].startswith("MFU = samples/s × FLOPs per sample / peak")
+    assert torch.__version__.startswith(report["packages"]["torch"]) and report["code_version"]
 
 
 def test_batch_is_halved_only_while_memory_runs_out(capsys):
