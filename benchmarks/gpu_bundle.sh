@@ -13,15 +13,16 @@ GPU_CORES=${GPU_CORES:-16}
 MISSING=(open_clip_torch ftfy wcwidth webdataset braceexpand hjson pydantic pydantic_core annotated-types
     typing-inspection)
 
-pins=()
-for name in "${MISSING[@]}" deepspeed; do
-    pins+=("$(grep -i "^${name}==" constraints.txt)")
+pin() { grep -i "^$1==" constraints.txt; }
+wheels=()
+for name in "${MISSING[@]}"; do
+    wheels+=("$(pin "$name")")
 done
 rm -rf .whl .gpu_data
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" \
     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl "${pins[@]:0:${#MISSING[@]}}"
+    -d .whl "${wheels[@]}"
 # DeepSpeed publishes no wheel: build one (pure Python with DS_BUILD_OPS=0; our AdamW needs no op)
-DS_BUILD_OPS=0 "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w .whl "${pins[-1]}"
+DS_BUILD_OPS=0 "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w .whl "$(pin deepspeed)"
 "$PYTHON" benchmarks/gpu_check.py --prepare .gpu_data --shards "$GPU_CORES"
 du -sh .whl .gpu_data

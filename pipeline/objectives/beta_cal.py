@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.objectives.clip import exclude_columns
 from pipeline.objectives.collectives import gather, masked_mean, world
 
 
@@ -89,9 +90,7 @@ def _own_image_cross_entropy(
 ) -> torch.Tensor:
     """Per-row soft cross-entropy −Σ_j w_ij log softmax_j(logits_i) [N] for logits [N, M] whose
     targets ``weights`` [N, K] lie in the K columns of row i's ``image`` [N] (columns b·K .. b·K + K);
-    ``exclude`` [M] takes columns out of the softmax (a finite floor, as ``clip.cross_entropy``)."""
+    ``exclude`` [M] takes columns out of the softmax."""
     k = weights.shape[1]
-    if exclude is not None:
-        logits = logits.masked_fill(exclude[None, :], torch.finfo(logits.dtype).min)
     own = image[:, None] * k + torch.arange(k, device=image.device)
-    return -(weights * logits.log_softmax(dim=-1).gather(1, own)).sum(dim=-1)
+    return -(weights * exclude_columns(logits, exclude).log_softmax(dim=-1).gather(1, own)).sum(dim=-1)

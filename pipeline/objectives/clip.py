@@ -8,17 +8,21 @@ import torch.nn.functional as F
 from pipeline.objectives.collectives import gather, gather_without_grad, masked_mean, world
 
 
+def exclude_columns(logits: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+    """``logits`` [N, M] with the ``exclude`` entries ([N, M], or [M] for whole columns) taken out
+    of a softmax over rows. A finite floor rather than −inf keeps fully excluded (padding) rows
+    and 0·log 0 terms finite."""
+    if exclude is None:
+        return logits
+    return logits.masked_fill(exclude, torch.finfo(logits.dtype).min)
+
+
 def cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Per-row −Σ_j p_ij log softmax_j(logits_i) for class indices [N] or probabilities [N, M].
-
-    ``exclude`` [N, M] takes columns out of the softmax (padding, duplicates of the positive). A
-    finite floor rather than −inf keeps fully excluded (padding) rows and 0·log 0 terms finite.
-    """
-    if exclude is not None:
-        logits = logits.masked_fill(exclude, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits, target, reduction="none")
+    """Per-row −Σ_j p_ij log softmax_j(logits_i) for class indices [N] or probabilities [N, M];
+    ``exclude`` [N, M]: columns out of the softmax (padding, duplicates of the positive)."""
+    return F.cross_entropy(exclude_columns(logits, exclude), target, reduction="none")
 
 
 def info_nce(
