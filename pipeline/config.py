@@ -45,13 +45,22 @@ class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names the offending key."""
 
 
+class JobIncomplete(Exception):
+    """Work that faults (lost nodes, dying workers) kept this run from finishing and that a rerun
+    finishes; the message says how. Entry points print it as one line and exit with status 3."""
+
+
 def exit_on_user_error(job: Callable[[], T]) -> T:
-    """Run an entry point's work; a :class:`UserError` becomes one line on stderr and exit 2."""
+    """Run an entry point's work; a :class:`UserError` becomes one line on stderr and exit 2, a
+    :class:`JobIncomplete` one line and exit 3."""
     try:
         return job()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except JobIncomplete as e:
+        print(f"incomplete: {e}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:

@@ -24,7 +24,7 @@ from pipeline.grounding.detector import (
     query_phrases,
 )
 from pipeline.prep import PrepConfig
-from pipeline.prep.job import pool_size, worker_num_gpus
+from pipeline.prep.pool import pool_size, worker_num_gpus
 from pipeline.schema import Phrase, Region, clean_box
 from pipeline.text.lexeme import Lexeme
 

@@ -7,6 +7,7 @@ transformers, which nothing else (the data-prep driver, a config check) should p
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,6 +24,9 @@ def build_grounder(cfg: GroundingConfig) -> Grounder:
         from pipeline.grounding.annotations import AnnotationGrounder
 
         return AnnotationGrounder()
+    if cfg.name == "plugin":
+        module, _, name = cfg.plugin.partition(":")
+        return getattr(importlib.import_module(module), name)()
     from pipeline.grounding.none import NoGrounder
 
     return NoGrounder()

@@ -6,12 +6,13 @@ neither torch nor transformers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from pipeline.config import at_least, check_choices
 
-GrounderName = Literal["annotations", "detector", "none"]
+GrounderName = Literal["annotations", "detector", "none", "plugin"]
 GROUNDERS: tuple[str, ...] = get_args(GrounderName)
 
 
@@ -41,9 +42,16 @@ class DetectorConfig:
 class GroundingConfig:
     name: GrounderName = "annotations"
     detector: DetectorConfig | None = None  # only with name=detector, which fills in the defaults
+    # name=plugin: a grounder of your own, "package.module:Class" (base.Grounder, built with no
+    # arguments), importable on every worker (installed, or in `ray job submit --working-dir`)
+    plugin: str = ""
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if (self.name == "plugin") != bool(self.plugin):
+            raise ValueError("plugin: set it (as package.module:Class) exactly when name is plugin")
+        if self.plugin and not re.fullmatch(r"[\w.]+:\w+", self.plugin):
+            raise ValueError(f"plugin: {self.plugin!r} is not package.module:Class")
         if self.name == "detector" and self.detector is None:
             object.__setattr__(self, "detector", DetectorConfig())
         if self.name != "detector" and self.detector is not None:

@@ -78,9 +78,13 @@ class RayConfig:
     worker_num_cpus: float = 1.0
     worker_num_gpus: float | None = None  # None: 1 for the detector when the cluster has GPUs, else 0
     io_threads: int = 8  # image reads in flight per worker (hides S3 latency)
+    shard_attempts: int = 3  # worker deaths on one shard before its records are probed (pool.py)
+    worker_timeout_s: float = 60.0  # a worker that does not answer a heartbeat this long is lost
+    no_worker_timeout_s: float = 600.0  # no live worker this long (none can be placed) ends the job
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "workers", "io_threads")
+        at_least(self, 1, "workers", "io_threads", "shard_attempts")
+        positive(self, "worker_timeout_s", "no_worker_timeout_s")
         at_least(self, 0, "worker_num_gpus")
         positive(self, "worker_num_cpus")
 

@@ -25,12 +25,13 @@ from pathlib import Path
 import ray
 
 from pipeline import __version__, storage
-from pipeline.config import BadInput, OutputInTheWay, UserError, to_dict
+from pipeline.config import BadInput, JobIncomplete, OutputInTheWay, to_dict
 from pipeline.lineage import code_version
 from pipeline.prep import inputs, tars
 from pipeline.prep.config import PrepConfig
+from pipeline.prep.pool import WorkerPool
 from pipeline.prep.records import Drop, InputRecord
-from pipeline.prep.worker import PROGRESS_DIR, ShardResult, ShardTask, ShardWorker
+from pipeline.prep.worker import PROGRESS_DIR, ShardTask
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import manifest as mf
 from pipeline.shards.writer import file_digest, is_shard_name, shard_name
@@ -38,8 +39,6 @@ from pipeline.shards.writer import file_digest, is_shard_name, shard_name
 log = logging.getLogger(__name__)
 
 OUR_TABLES = (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE)
-TASKS_PER_WORKER = 2  # shards queued at a worker: the next one is there when it finishes one
-WORKER_RESTARTS = 3  # a worker that dies (node lost, killed) is restarted and its shard retried
 
 
 def run(cfg: PrepConfig) -> mf.Manifest:
@@ -73,10 +72,16 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     progress = Progress(inputs.count(cfg.input, files), resumed)
     shard_rows = [record["stats"] for record in done.values()]
     drops = [d for record in done.values() for d in record["drops"]]
-    for result in pool.map(planner.tasks(items)):
-        shard_rows.append(result.stats)
-        drops.extend(result.drops)
-        progress.shard_done(result.stats, planner)
+    try:
+        for result in pool.map(planner.tasks(items)):
+            shard_rows.append(result.stats)
+            drops.extend(result.drops)
+            progress.shard_done(result.stats, planner)
+    except JobIncomplete as e:
+        of = f" of {planner.shards}" if planner.exhausted else ""
+        raise JobIncomplete(
+            f"{len(shard_rows)}{of} shards complete ({e}); rerun with existing_output=resume to finish"
+        ) from None
     drops += planner.read_drops
     log.info(
         "input (%s): %d records, %d dropped on read, %d shards",
@@ -164,61 +169,6 @@ class ShardPlanner:
         index, self.shards = self.shards, self.shards + 1
         if shard_name(index) not in self.skip:
             yield ShardTask(index, chunk)
-
-
-class WorkerPool:
-    """:class:`ShardWorker` actors, each with at most ``TASKS_PER_WORKER`` shards queued, so the
-    driver reads the input only as fast as the workers take it."""
-
-    def __init__(self, cfg: PrepConfig, root: str, source: str, run_id: str):
-        resources = ray.cluster_resources()
-        gpus = worker_num_gpus(cfg, resources.get("GPU", 0))
-        size = pool_size(cfg, resources, gpus)
-        actor = ray.remote(ShardWorker).options(
-            num_cpus=cfg.ray.worker_num_cpus,
-            num_gpus=gpus,
-            max_restarts=WORKER_RESTARTS,
-            max_task_retries=WORKER_RESTARTS,
-        )
-        self.workers = [actor.remote(cfg, root, source, run_id) for _ in range(size)]
-        log.info("%d workers (%g CPU, %g GPU each)", size, cfg.ray.worker_num_cpus, gpus)
-
-    def provenance(self) -> dict:
-        try:
-            return ray.get(self.workers[0].provenance.remote())
-        except ray.exceptions.RayActorError as e:
-            raise UserError(f"data-prep workers cannot start: {_cause(e)}") from None
-
-    def map(self, tasks: Iterator[ShardTask]) -> Iterator[ShardResult]:
-        """Each task's result, in the order they finish."""
-        free = deque(self.workers * TASKS_PER_WORKER)
-        running: dict[ray.ObjectRef, object] = {}
-        while True:
-            while free and (task := next(tasks, None)) is not None:
-                worker = free.popleft()
-                running[worker.process.remote(task)] = worker
-            if not running:
-                return
-            [ready], _ = ray.wait(list(running))
-            free.append(running.pop(ready))
-            yield ray.get(ready)
-
-
-def worker_num_gpus(cfg: PrepConfig, cluster_gpus: float) -> float:
-    """GPUs per worker: as configured, else one for the detector when the cluster has any."""
-    if cfg.ray.worker_num_gpus is not None:
-        return cfg.ray.worker_num_gpus
-    return 1.0 if cfg.grounding.name == "detector" and cluster_gpus > 0 else 0.0
-
-
-def pool_size(cfg: PrepConfig, resources: dict[str, float], gpus_per_worker: float) -> int:
-    """``ray.workers``, else as many workers as the cluster's CPUs (and GPUs) hold."""
-    if cfg.ray.workers:
-        return cfg.ray.workers
-    size = int(resources.get("CPU", 1) // cfg.ray.worker_num_cpus)
-    if gpus_per_worker:
-        size = min(size, int(resources.get("GPU", 0) // gpus_per_worker))
-    return max(1, size)
 
 
 def _list_tars_on_ray(tar_files: list[tars.Tar]) -> Iterator[tars.TarListing]:
@@ -395,12 +345,6 @@ def _remove_leftover_temp_files(root: str) -> None:
     for name in storage.list_names(root):
         if _is_our_temp(name):
             storage.remove(f"{root}/{name}")
-
-
-def _cause(e: Exception) -> str:
-    """The last line of a Ray error: the exception a worker's constructor raised."""
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(e).__name__
 
 
 def _object_store_stats() -> str:

@@ -41,13 +41,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+import ray
 from PIL import Image
 
 from pipeline import storage
 from pipeline.grounding.base import Annotation, GroundingRequest
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.images import ImageRejected, StoredImage, encode, map_boxes
-from pipeline.prep.records import InputRecord
+from pipeline.prep.records import Drop, InputRecord
 from pipeline.schema import Phrase, Sample, sample_key
 from pipeline.shards.writer import shard_name, write_shard
 from pipeline.text.concepts import clean_caption
@@ -71,6 +72,7 @@ CHAOS_ENV = "PIPELINE_CHAOS_KILL_WRITER"
 class ShardTask:
     index: int  # the shard's number: its name, and its place in the dataset
     records: list[InputRecord]  # the valid input records it holds, in input order
+    crashed: tuple[Drop, ...] = ()  # its records that killed their worker (pool.py): drops, not records
 
 
 @dataclass
@@ -114,12 +116,29 @@ class ShardWorker:
         """What the manifest records to reproduce the text and grounding stages."""
         return {"text": self.parser.provenance(), "grounder": self.grounder.provenance()}
 
+    def ready(self) -> str:
+        """The node this worker runs on, once spaCy and the grounder are loaded."""
+        return self.node
+
+    @ray.method(concurrency_group="heartbeat")
+    def ping(self) -> None:
+        """Answered from a thread of its own while a shard is processed: the pool's heartbeat."""
+
     def process(self, task: ShardTask) -> ShardResult:
-        items = [Item(record) for record in task.records]
+        items = self.stages(task.records)
+        return self.write(task, items)
+
+    def probe(self, records: list[InputRecord]) -> None:
+        """The stages over some records, nothing kept: the pool looks for a record that kills
+        its worker by whether this returns."""
+        self.stages(records)
+
+    def stages(self, records: list[InputRecord]) -> list[Item]:
+        items = [Item(record) for record in records]
         self.image_stage(items)
         self.text_stage([item for item in items if not item.error])
         self.grounding_stage([item for item in items if not item.error])
-        return self.write(task.index, items)
+        return items
 
     def image_stage(self, items: list[Item]) -> None:
         """Fetch (``ray.io_threads`` reads ahead: S3 latency) and re-encode each image."""
@@ -210,25 +229,16 @@ class ShardWorker:
             stored.width, stored.height, h.phrases, h.lexemes, annotations, image, h.sentences
         )
 
-    def write(self, index: int, items: list[Item]) -> ShardResult:
+    def write(self, task: ShardTask, items: list[Item]) -> ShardResult:
         """The tar (good items, in input order), then its completion record: what a resumed run
         needs to account for the shard without redoing it."""
-        name = shard_name(index)
+        name = shard_name(task.index)
         good = [item for item in items if not item.error]
         samples = ((sample_key(self.source, item.record.id), item.stored.jpg, item.sample) for item in good)
-        shard = write_shard(f"{self.root}/{name}", _maybe_die_halfway(samples, index, len(good)))
-        drops = [
-            {
-                "ordinal": item.record.ordinal,
-                "id": item.record.id,
-                "reason": item.error,
-                "detail": item.detail,
-                "shard": name,
-            }
-            for item in items
-            if item.error
-        ]
-        stats = shard_stats(name, shard.samples, shard.bytes, shard.sha256, items, good)
+        shard = write_shard(f"{self.root}/{name}", _maybe_die_halfway(samples, task.index, len(good)))
+        dropped = [Drop(i.record.ordinal, i.record.id, i.error, i.detail) for i in items if i.error]
+        drops = [{**dataclasses.asdict(d), "shard": name} for d in [*dropped, *task.crashed]]
+        stats = shard_stats(name, shard.samples, shard.bytes, shard.sha256, len(drops), good)
         stats["node"] = self.node
         storage.write_atomic(
             progress_url(self.root, name),
@@ -237,7 +247,7 @@ class ShardWorker:
         return ShardResult(stats, drops)
 
 
-def shard_stats(name: str, samples: int, size: int, sha256: str, items: list[Item], good: list[Item]) -> dict:
+def shard_stats(name: str, samples: int, size: int, sha256: str, dropped: int, good: list[Item]) -> dict:
     box_drops: Counter = Counter()
     for item in good:
         box_drops.update(item.box_drops)
@@ -248,8 +258,8 @@ def shard_stats(name: str, samples: int, size: int, sha256: str, items: list[Ite
         "samples": samples,
         "bytes": size,
         "sha256": sha256,
-        "inputs": len(items),
-        "dropped": len(items) - len(good),
+        "inputs": len(good) + dropped,
+        "dropped": dropped,
         "repaired": len(repaired),
         "boxes_dropped": sum(box_drops.values()),
         "phrases": len(phrases),

@@ -1,0 +1,343 @@
+"""The pool of shard workers: hands out shards as workers free up, and survives the cluster.
+
+Failures are counted per shard, never per worker or per job:
+
+- A worker that dies (killed, out of memory, a native crash, its node gone) is removed; the
+  shards it held go back to the queue and run on a live worker. Ray restarts nothing
+  (``max_restarts=0``): a restarting actor whose node is gone waits for resources forever.
+- A worker that does not answer a heartbeat for ``ray.worker_timeout_s`` (a frozen process, a
+  node cut off from the network) is killed, which is a death as above: a shard in flight on a
+  vanished node is back in the queue within that time, whatever Ray's own health checks say.
+- The pool's size follows the cluster: every heartbeat it starts workers up to what the
+  cluster's resources hold (``pool_size``), so a node that joins mid-job gets workers, and a
+  lost node's workers are replaced where resources exist. A worker takes shards once it has
+  started; one that cannot be placed holds none.
+- A shard whose worker dies on it ``ray.shard_attempts`` times is probed: parts of it run
+  through the stages (nothing written), halved until each record that kills its worker is
+  found, twice alone. Those records become ``worker_crashed`` drops; the shard is then written
+  without them, so every other record lands exactly as in a run without the poison.
+- A shard that still cannot be written (its write raises, or dies after probing) is given up
+  while the job goes on; the job then ends with :class:`JobIncomplete`, which says how many
+  shards are complete and that a rerun with ``existing_output=resume`` finishes the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import ray
+
+from pipeline.config import JobIncomplete, UserError
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.records import Drop, InputRecord
+from pipeline.prep.worker import ShardResult, ShardTask, ShardWorker
+
+log = logging.getLogger(__name__)
+
+TASKS_PER_WORKER = 2  # shards queued at a worker: the next one is there when it finishes one
+HEARTBEAT_S = 2.0  # how often the pool pings its workers and looks at the cluster's size
+CONFIRMATIONS = 2  # deaths of a worker on one record alone that make it a poison record
+
+
+@dataclass
+class Shard:
+    """One shard's attempts: deaths of its workers, and the probing of its records."""
+
+    task: ShardTask
+    deaths: int = 0
+    errors: int = 0
+    probed: bool = False  # its records were probed; the next deaths give the shard up
+    probes: int = 0  # probes queued or in flight
+    crashed: list[Drop] = field(default_factory=list)
+
+
+@dataclass
+class Work:
+    """One call for a worker: write a shard, or probe a part of its records."""
+
+    shard: Shard
+    part: list[InputRecord] | None = None  # None: write the shard
+    deaths: int = 0  # deaths on this part alone (a single record's confirmations)
+
+    def describe(self) -> str:
+        name = f"shard {self.shard.task.index}"
+        return name if self.part is None else f"{len(self.part)} records of {name}"
+
+
+@dataclass
+class Worker:
+    handle: ray.actor.ActorHandle
+    node: str = "?"
+    in_flight: int = 0
+    ping: ray.ObjectRef | None = None
+    ping_sent: float = 0.0
+
+
+class WorkerPool:
+    """:class:`ShardWorker` actors, each with at most ``TASKS_PER_WORKER`` calls queued, so the
+    driver reads the input only as fast as the workers take it."""
+
+    def __init__(self, cfg: PrepConfig, root: str, source: str, run_id: str):
+        self.cfg = cfg
+        self.gpus = worker_num_gpus(cfg, ray.cluster_resources().get("GPU", 0))
+        self.actor = ray.remote(concurrency_groups={"heartbeat": 1})(ShardWorker).options(
+            num_cpus=cfg.ray.worker_num_cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0
+        )
+        self.args = (cfg, root, source, run_id)
+        self.starting: dict[ray.ObjectRef, Worker] = {}  # started, not yet placed and loaded
+        self.live: list[Worker] = []
+        self.running: dict[ray.ObjectRef, tuple[Worker, Work]] = {}
+        self.queue: deque[Work] = deque()  # retries and probes: before any new shard
+        self.pings: dict[ray.ObjectRef, Worker] = {}
+        self.failed: list[int] = []  # shards given up in this run
+        self.exhausted = False  # the input has no more shards
+        self.nodes: set[str] = set()
+        self.last_beat = 0.0
+        self.alone_since = time.monotonic()  # since when no worker is live
+        self._resize()
+        log.info("%d workers (%g CPU, %g GPU each)", len(self.starting), cfg.ray.worker_num_cpus, self.gpus)
+
+    def provenance(self) -> dict:
+        """What the workers' text and grounding stages are; fails fast when they cannot start
+        (a missing spaCy model, a detector that does not load)."""
+        ref, worker = next(iter(self.starting.items()))
+        try:
+            provenance = ray.get(worker.handle.provenance.remote())
+        except ray.exceptions.RayActorError as e:
+            raise UserError(f"data-prep workers cannot start: {_cause(e)}") from None
+        self._placed(ref)
+        return provenance
+
+    def map(self, tasks: Iterator[ShardTask]) -> Iterator[ShardResult]:
+        """Each shard's result, in the order they finish; then :class:`JobIncomplete` if a shard
+        was given up."""
+        try:
+            while True:
+                self._dispatch(tasks)
+                if self.exhausted and not self.running and not self.queue:
+                    break
+                for ref in self._wait():
+                    yield from self._settle(ref)
+                self._heartbeat()
+        finally:
+            self.shutdown()
+        if self.failed:
+            raise JobIncomplete(f"{len(self.failed)} shards could not be written: {sorted(self.failed)}")
+
+    def _wait(self) -> list[ray.ObjectRef]:
+        """What came back (a result, a started worker, a heartbeat), waiting a heartbeat at most."""
+        refs = [*self.running, *self.starting, *self.pings]
+        if not refs:
+            time.sleep(HEARTBEAT_S)
+            return []
+        return ray.wait(refs, num_returns=1, timeout=HEARTBEAT_S)[0]
+
+    def shutdown(self) -> None:
+        for worker in [*self.live, *self.starting.values()]:
+            ray.kill(worker.handle, no_restart=True)
+        self.live, self.starting = [], {}
+
+    # The queue: retries and probes first, then the input's next shard.
+
+    def _dispatch(self, tasks: Iterator[ShardTask]) -> None:
+        for worker in sorted(self.live, key=lambda w: w.in_flight):
+            while worker.in_flight < TASKS_PER_WORKER:
+                work = self.queue.popleft() if self.queue else self._next(tasks)
+                if work is None:
+                    return
+                call = worker.handle.process if work.part is None else worker.handle.probe
+                ref = call.remote(work.shard.task if work.part is None else work.part)
+                self.running[ref] = (worker, work)
+                worker.in_flight += 1
+
+    def _next(self, tasks: Iterator[ShardTask]) -> Work | None:
+        task = None if self.exhausted else next(tasks, None)
+        self.exhausted = task is None
+        return None if task is None else Work(Shard(task))
+
+    # Results, deaths and errors.
+
+    def _settle(self, ref: ray.ObjectRef) -> Iterator[ShardResult]:
+        if ref in self.starting:
+            self._placed(ref)
+            return
+        if ref in self.pings:
+            self._answered(ref)
+            return
+        if ref not in self.running:  # a call of a worker already given up for lost
+            return
+        worker, work = self.running.pop(ref)
+        worker.in_flight -= 1
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:  # our code raised: the worker lives on
+            self._errored(work, e)
+            return
+        except ray.exceptions.RayError as e:  # the worker died, or its node went away
+            self._died(work)
+            self._lost(worker, type(e).__name__)
+            return
+        if work.part is not None:
+            self._probe_passed(work)
+            return
+        if work.shard.crashed:
+            log.warning("%s written without %d poison records", result.stats["name"], len(work.shard.crashed))
+        yield result
+
+    def _placed(self, ref: ray.ObjectRef) -> None:
+        worker = self.starting.pop(ref)
+        try:
+            worker.node = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            log.warning("a worker could not start: %s", _cause(e))
+            return
+        if worker.node not in self.nodes and self.nodes:
+            log.info("node %s joined: a worker started there", worker.node)
+        self.nodes.add(worker.node)
+        self.live.append(worker)
+
+    def _answered(self, ref: ray.ObjectRef) -> None:
+        worker = self.pings.pop(ref)
+        worker.ping = None
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError as e:
+            self._lost(worker, type(e).__name__)
+
+    def _lost(self, worker: Worker, why: str) -> None:
+        """A dead or unreachable worker: killed for good, and every call it held goes back."""
+        if worker not in self.live:
+            return
+        self.live.remove(worker)
+        ray.kill(worker.handle, no_restart=True)
+        log.warning("worker on %s lost (%s)", worker.node, why)
+        if not self.live:
+            self.alone_since = time.monotonic()
+        held = [ref for ref, (holder, _) in self.running.items() if holder is worker]
+        for ref in held:
+            self._died(self.running.pop(ref)[1])
+
+    def _died(self, work: Work) -> None:
+        shard = work.shard
+        if work.part is not None:
+            self._probe_died(work)
+            return
+        shard.deaths += 1
+        if shard.deaths < self.cfg.ray.shard_attempts:
+            log.warning("%s goes back to the queue (its worker died %d times)", work.describe(), shard.deaths)
+            self.queue.append(work)
+        elif shard.probed:
+            self._give_up(shard, f"its worker died {shard.deaths} more times after probing")
+        else:
+            log.warning("%s: its worker died %d times; probing its records", work.describe(), shard.deaths)
+            shard.probed = True
+            self._probe(shard, shard.task.records)
+
+    def _errored(self, work: Work, error: Exception) -> None:
+        if work.part is not None:  # the stages raised on the part but the worker survived: no poison
+            self._probe_passed(work)
+            return
+        shard = work.shard
+        shard.errors += 1
+        log.warning("%s raised: %s", work.describe(), _cause(error))
+        if shard.errors < self.cfg.ray.shard_attempts:
+            self.queue.append(work)
+        else:
+            self._give_up(shard, f"it raised {shard.errors} times: {_cause(error)}")
+
+    def _give_up(self, shard: Shard, why: str) -> None:
+        log.error("shard %d given up in this run: %s", shard.task.index, why)
+        self.failed.append(shard.task.index)
+
+    # Probing a shard for the records that kill its worker: halves, down to single records.
+
+    def _probe(self, shard: Shard, records: list[InputRecord]) -> None:
+        half = len(records) // 2
+        for part in (records[:half], records[half:]) if half else (records,):
+            shard.probes += 1
+            self.queue.appendleft(Work(shard, part))
+
+    def _probe_passed(self, work: Work) -> None:
+        work.shard.probes -= 1
+        self._probed(work.shard)
+
+    def _probe_died(self, work: Work) -> None:
+        shard, part = work.shard, work.part
+        if len(part) > 1:
+            shard.probes -= 1
+            self._probe(shard, part)
+        elif work.deaths + 1 < CONFIRMATIONS:
+            self.queue.appendleft(dataclasses.replace(work, deaths=work.deaths + 1))
+        else:
+            shard.probes -= 1
+            record = part[0]
+            log.warning("record %d (id %r) kills its worker: dropped", record.ordinal, record.id)
+            detail = f"its worker died on it {CONFIRMATIONS} times alone"
+            shard.crashed.append(Drop(record.ordinal, record.id, "worker_crashed", detail))
+            self._probed(shard)
+
+    def _probed(self, shard: Shard) -> None:
+        """Once every part is probed, the shard is written without its poison records."""
+        if shard.probes:
+            return
+        poison = {drop.ordinal for drop in shard.crashed}
+        records = [r for r in shard.task.records if r.ordinal not in poison]
+        shard.task = dataclasses.replace(shard.task, records=records, crashed=tuple(shard.crashed))
+        shard.deaths = 0
+        self.queue.appendleft(Work(shard))
+
+    # Heartbeats: lost workers, and the pool's size.
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self.last_beat < HEARTBEAT_S:
+            return
+        self.last_beat = now
+        for worker in list(self.live):
+            if worker.ping is None:
+                worker.ping, worker.ping_sent = worker.handle.ping.remote(), now
+                self.pings[worker.ping] = worker
+            elif now - worker.ping_sent > self.cfg.ray.worker_timeout_s:
+                del self.pings[worker.ping]
+                self._lost(worker, f"no answer for {now - worker.ping_sent:.0f} s")
+        if not self.live and now - self.alone_since > self.cfg.ray.no_worker_timeout_s:
+            raise JobIncomplete(f"no worker could run for {self.cfg.ray.no_worker_timeout_s:g} s")
+        self._resize()
+
+    def _resize(self) -> None:
+        """Start workers up to the pool's size, or stop those not yet placed above it."""
+        size = pool_size(self.cfg, ray.cluster_resources(), self.gpus)
+        while len(self.live) + len(self.starting) < size:
+            worker = Worker(self.actor.remote(*self.args))
+            self.starting[worker.handle.ready.remote()] = worker
+        while self.starting and len(self.live) + len(self.starting) > size:
+            _, worker = self.starting.popitem()
+            ray.kill(worker.handle, no_restart=True)
+
+
+def worker_num_gpus(cfg: PrepConfig, cluster_gpus: float) -> float:
+    """GPUs per worker: as configured, else one for the detector when the cluster has any."""
+    if cfg.ray.worker_num_gpus is not None:
+        return cfg.ray.worker_num_gpus
+    return 1.0 if cfg.grounding.name == "detector" and cluster_gpus > 0 else 0.0
+
+
+def pool_size(cfg: PrepConfig, resources: dict[str, float], gpus_per_worker: float) -> int:
+    """``ray.workers``, else as many workers as the cluster's CPUs (and GPUs) hold."""
+    if cfg.ray.workers:
+        return cfg.ray.workers
+    size = int(resources.get("CPU", 1) // cfg.ray.worker_num_cpus)
+    if gpus_per_worker:
+        size = min(size, int(resources.get("GPU", 0) // gpus_per_worker))
+    return max(1, size)
+
+
+def _cause(e: Exception) -> str:
+    """The last line of a Ray error: the exception a worker raised."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1].strip()[:200] if lines else type(e).__name__
