@@ -7,8 +7,10 @@
 # (an S3 server) listens on 10.78.0.1; the head's job API is http://10.78.0.11:8265.
 # Token authentication, as Ray's default: both nodes use RAY_AUTH_TOKEN from the environment
 # (required); submit with RAY_AUTH_MODE=token and the same RAY_AUTH_TOKEN.
-# Usage: scripts/two-node-ray.sh start [CPUS_PER_NODE] | stop
-# `start` restarts it from scratch; `stop` removes every trace. `ray` is the one on PATH.
+# Usage: scripts/two-node-ray.sh start [CPUS_PER_NODE] | kill-node 2 | join-node 2 [CPUS] | stop
+# `start` restarts it from scratch; `kill-node` kills every process of a node with SIGKILL (a node
+# lost: preempted, powered off); `join-node` starts a node that joins the head (autoscaling);
+# `stop` removes every trace. `ray` is the one on PATH.
 set -euo pipefail
 state=/var/lib/ray-twonode
 net=10.78.0
@@ -47,7 +49,7 @@ start() {
     ip netns exec fg-ray1 ray status --address "$net.11:6379" > /dev/null 2>&1 && break
     sleep 1
   done
-  node 2 --address "$net.11:6379" --num-cpus "$cpus"
+  join_node 2 "$cpus"
   for _ in $(seq 60); do
     if [ "$(ip netns exec fg-ray1 ray status --address "$net.11:6379" 2>/dev/null | grep -c ' node_')" = 2 ]; then
       ip netns exec fg-ray1 ray status --address "$net.11:6379"
@@ -59,8 +61,30 @@ start() {
   exit 1
 }
 
+# join_node I CPUS: node I joins the head; returns once it is up (its `ray start` says so).
+join_node() {
+  local i=$1 cpus=${2:-1}
+  export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0 RAY_TMPDIR=$state/tmp
+  node "$i" --address "$net.11:6379" --num-cpus "$cpus"
+  for _ in $(seq 60); do
+    grep -q "Ray runtime started" "$state/node$i.log" && return 0
+    sleep 1
+  done
+  echo "node $i did not join; see $state/node$i.log and $state/tmp" >&2
+  exit 1
+}
+
+# kill_node I: SIGKILL every process of node I, at once; its namespace (address) stays.
+kill_node() {
+  local pids
+  pids=$(ip netns pids "fg-ray$1")
+  [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+}
+
 case ${1:-} in
   start) shift; start "$@" ;;
+  kill-node) kill_node "${2:?which node}" ;;
+  join-node) : "${RAY_AUTH_TOKEN:?set RAY_AUTH_TOKEN to the token of the cluster}"; join_node "${2:?which node}" "${3:-1}" ;;
   stop) stop ;;
-  *) echo "usage: $0 start [CPUS_PER_NODE] | stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start [CPUS_PER_NODE] | kill-node 2 | join-node 2 [CPUS] | stop" >&2; exit 2 ;;
 esac

@@ -6,6 +6,7 @@ A record is marked by the word ``MARK`` in its caption. They ground as the annot
 does, so that a run with them writes the samples a run without them writes."""
 
 import os
+import time
 
 from pipeline.grounding.annotations import AnnotationGrounder
 
@@ -43,4 +44,12 @@ class CrashOnPair(AnnotationGrounder):
     def ground(self, requests):
         if marked(requests) >= 2 and os.path.exists(os.environ.get(ARMED_ENV, "/nonexistent")):
             os._exit(134)
+        return super().ground(requests)
+
+
+class Slow(AnnotationGrounder):
+    """Takes a tenth of a second per record: a job long enough for a node to join while it runs."""
+
+    def ground(self, requests):
+        time.sleep(0.1 * len(requests))
         return super().ground(requests)

@@ -140,6 +140,10 @@ class S3Server:
     env: dict[str, str]  # the standard AWS variables that point clients at it
     bucket: str
 
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}"
+
     def upload(self, folder: Path, prefix: str) -> None:
         client = boto3.client("s3")
         for path in folder.rglob("*"):

@@ -5,8 +5,10 @@ and the job is submitted to the head with ``ray job submit``, as on a cluster. N
 
 import json
 import os
+import re
 import secrets
 import subprocess
+import time
 
 import boto3
 import pyarrow.parquet as pq
@@ -48,6 +50,35 @@ def two_nodes():
         subprocess.run(["bash", script, "stop"], env=env, check=True, capture_output=True, timeout=120)
 
 
+@pytest.fixture(scope="module")
+def s3(two_nodes, tmp_path_factory):
+    """S3 on the bridge, holding the corpus (360 records, 10 broken: 36 shards of 10)."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    write_corpus(str(corpus), SyntheticConfig(num_records=360, num_broken=10, seed=11))
+    with s3_server(HOST) as server:
+        server.upload(corpus, "corpus")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def one_node(s3) -> dict:
+    """The dataset a one-node run writes (one worker, in this process)."""
+    cfg = load_config(
+        PrepConfig, REPO / "configs/prep/default.yaml", [*args(s3)[2:], f"output={s3.url}/one-node"]
+    )
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        run(cfg)
+    finally:
+        ray.shutdown()
+    return dataset(f"{s3.url}/one-node")
+
+
+def args(s3) -> list[str]:
+    index = f"input.index={s3.url}/corpus/records.jsonl"
+    return ["--config", "configs/prep/default.yaml", index, "samples_per_shard=10"]
+
+
 def dataset(root: str) -> dict:
     """What must not depend on where the job ran: shards (names, bytes, sha256), totals, drops."""
     manifest = json.loads(storage.read_bytes(f"{root}/dataset.json"))
@@ -60,32 +91,84 @@ def dataset(root: str) -> dict:
     }
 
 
-def test_two_nodes_share_the_work_and_write_the_one_node_dataset(two_nodes, tmp_path):
-    write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=120, num_broken=10, seed=11))
-    with s3_server(HOST) as s3:
-        s3.upload(tmp_path / "corpus", "corpus")
-        args = [
-            "--config",
-            "configs/prep/default.yaml",
-            f"input.index=s3://{s3.bucket}/corpus/records.jsonl",
-            "samples_per_shard=10",
-        ]
-        submit = ["ray", "job", "submit", "--address", HEAD, "--working-dir", "."]
-        runtime_env = ["--runtime-env-json", json.dumps({"env_vars": s3.env})]
-        entry = ["python", "data_prep/build_shards.py", *args, f"output=s3://{s3.bucket}/two-node"]
-        job = ray_job_submit([*submit, *runtime_env, "--", *entry], two_nodes)
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        manifest = json.loads(
-            boto3.client("s3").get_object(Bucket=s3.bucket, Key="two-node/dataset.json")["Body"].read()
-        )
-        assert {s["node"] for s in manifest["shard_stats"]} == {"node1", "node2"}, manifest["shard_stats"]
+def submit(s3, two_nodes, out: str, *overrides: str) -> str:
+    """``ray job submit`` of the prep job, as a user runs it, to the two-node cluster; its id."""
+    runtime_env = json.dumps({"env_vars": s3.env})
+    command = [
+        *("ray", "job", "submit", "--no-wait", "--address", HEAD, "--working-dir", "."),
+        *("--runtime-env-json", runtime_env, "--", "python", "data_prep/build_shards.py"),
+        *(*args(s3), f"output={s3.url}/{out}", *overrides),
+    ]
+    job = ray_job_submit(command, two_nodes)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    return re.search(r"raysubmit_\w+", job.stdout).group()
 
-        cfg = load_config(
-            PrepConfig, REPO / "configs/prep/default.yaml", [*args[2:], f"output=s3://{s3.bucket}/one-node"]
-        )
-        ray.init(num_cpus=1, include_dashboard=False)  # one node, one worker
-        try:
-            run(cfg)
-        finally:
-            ray.shutdown()
-        assert dataset(f"s3://{s3.bucket}/two-node") == dataset(f"s3://{s3.bucket}/one-node")
+
+def finished(two_nodes, job: str) -> str:
+    """The job's log, once it has ended; it must have succeeded."""
+
+    def cli(*command: str) -> str:
+        ray_job = ["ray", "job", *command, "--address", HEAD, job]
+        done = subprocess.run(ray_job, env=two_nodes, capture_output=True, text=True, timeout=600)
+        return done.stdout + done.stderr
+
+    logs, status = cli("logs", "--follow"), cli("status")
+    assert f"Job '{job}' succeeded" in status, status + logs[-4000:]
+    return logs
+
+
+def completion_records(s3, out: str) -> list[dict]:
+    """The completion records the running job has written so far (their stats)."""
+    listing = boto3.client("s3").list_objects_v2(Bucket=s3.bucket, Prefix=f"{out}/_progress/")
+    return [
+        json.loads(storage.read_bytes(f"{s3.url}/{item['Key']}"))["stats"]
+        for item in listing.get("Contents", [])
+    ]
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + 300
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} in 300 s"
+        time.sleep(0.2)
+
+
+def cluster(two_nodes, *command: str) -> None:
+    subprocess.run(
+        ["bash", REPO / "scripts/two-node-ray.sh", *command], env=two_nodes, check=True, timeout=120
+    )
+
+
+def test_two_nodes_share_the_work_and_write_the_one_node_dataset(two_nodes, s3, one_node):
+    finished(two_nodes, submit(s3, two_nodes, "two-node"))
+    manifest = json.loads(storage.read_bytes(f"{s3.url}/two-node/dataset.json"))
+    assert {s["node"] for s in manifest["shard_stats"]} == {"node1", "node2"}, manifest["shard_stats"]
+    assert dataset(f"{s3.url}/two-node") == one_node
+
+
+def test_a_node_lost_mid_job_costs_nothing(two_nodes, s3, one_node):
+    """Every process of node 2 killed once it has written a shard: its shards in flight run on
+    node 1, and the job finishes by itself with the one-node dataset."""
+    job = submit(s3, two_nodes, "node-lost")
+    wait_for(
+        lambda: any(s["node"] == "node2" for s in completion_records(s3, "node-lost")), "shard from node2"
+    )
+    cluster(two_nodes, "kill-node", "2")
+    assert "lost" in finished(two_nodes, job)
+    assert dataset(f"{s3.url}/node-lost") == one_node
+
+
+def test_a_node_that_joins_mid_job_takes_shards(two_nodes, s3, one_node):
+    """The job starts on node 1 alone; node 2 joins once shards land, and writes some of the rest.
+    A grounder that takes its time (from tests/, in the job's working dir) makes the job outlast
+    the join; it grounds as the default one does."""
+    cluster(two_nodes, "kill-node", "2")
+    slow = ["grounding.name=plugin", "grounding.plugin=tests.fault_grounders:Slow"]
+    job = submit(s3, two_nodes, "node-joins", *slow)
+    wait_for(lambda: len(completion_records(s3, "node-joins")) >= 2, "shard")
+    cluster(two_nodes, "join-node", "2")
+    logs = finished(two_nodes, job)
+    manifest = json.loads(storage.read_bytes(f"{s3.url}/node-joins/dataset.json"))
+    nodes = [s["node"] for s in manifest["shard_stats"]]
+    assert nodes[0] == "node1" and "node2" in nodes, logs
+    assert {**dataset(f"{s3.url}/node-joins"), "run_id": None} == {**one_node, "run_id": None}
