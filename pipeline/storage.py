@@ -59,11 +59,17 @@ def local_path(url: str) -> Path:
 def resolve(base_dir: str, ref: str) -> str:
     """A reference from an index (relative to the index's folder, absolute, or a URL) as a URL.
     ``file:///abs/x.jpg`` is the local path ``/abs/x.jpg``, never a name inside the index's folder."""
+    if ":" not in ref:  # no scheme: a path (the driver resolves every record's: keep it cheap)
+        return ref if ref.startswith("/") else _join(base_dir, ref)
     scheme = urlparse(ref).scheme
     if scheme == "file":
         return str(local_path(ref))
     if scheme or os.path.isabs(ref):
         return ref
+    return _join(base_dir, ref)
+
+
+def _join(base_dir: str, ref: str) -> str:
     return posixpath.join(base_dir, ref) if is_s3(base_dir) else os.path.join(base_dir, ref)
 
 

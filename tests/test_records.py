@@ -1,12 +1,14 @@
 import json
+import random
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import storage
 from pipeline.prep.index import read_index
-from pipeline.prep.records import Drop, InputRecord
+from pipeline.prep.records import Drop, IdSet, InputRecord
 
 
 def _write_jsonl(path, lines):
@@ -84,3 +86,30 @@ def test_image_references_resolve_against_the_index_folder_unless_absolute():
     assert storage.resolve("/data/corpus", "file:///elsewhere/a.jpg") == "/elsewhere/a.jpg"
     assert storage.resolve("s3://bucket/corpus", "images/a.jpg") == "s3://bucket/corpus/images/a.jpg"
     assert storage.resolve("/data/corpus", "s3://bucket/a.jpg") == "s3://bucket/a.jpg"
+
+
+def test_id_set_finds_exactly_the_ids_a_python_set_finds():
+    """Across batches and runs (a small RUN makes several), within a batch, in order."""
+    rng = random.Random(3)
+    ids = [f"id-{rng.randrange(3000)}" for _ in range(10_000)] + [
+        "\ud800 lone surrogate",
+        "\ud800 lone surrogate",
+    ]
+    seen, expected, got = IdSet(), set(), []
+    seen.RUN = 512
+    for start in range(0, len(ids), 700):
+        got += seen.add_new(ids[start : start + 700])
+    for i in ids:
+        expected_new = i not in expected
+        expected.add(i)
+        assert got.pop(0) == expected_new, i
+    assert len(seen) == len(expected) and len(seen.runs) >= 3
+
+
+def test_id_set_tells_apart_digests_whose_first_half_collides():
+    seen = IdSet()
+    hi = np.array([5, 5, 5, 9], dtype=np.uint64)
+    seen._add(hi, np.array([1, 2, 3, 4], dtype=np.uint64))
+    probe_hi = np.array([5, 5, 5, 9, 9, 7], dtype=np.uint64)
+    probe_lo = np.array([3, 2, 4, 4, 1, 1], dtype=np.uint64)
+    assert seen._contains(probe_hi, probe_lo).tolist() == [True, True, False, True, False, False]

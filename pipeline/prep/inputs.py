@@ -17,7 +17,6 @@ removed or renamed tar changes the list.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,7 +83,7 @@ def cap_boxes(item: InputRecord | Drop, max_boxes: int) -> InputRecord | Drop:
     to a worker (or sit in the driver's shard in flight)."""
     if isinstance(item, Drop) or not isinstance(item.boxes, list) or len(item.boxes) <= max_boxes:
         return item
-    return dataclasses.replace(item, boxes=item.boxes[:max_boxes], boxes_cut=len(item.boxes) - max_boxes)
+    return item._replace(boxes=item.boxes[:max_boxes], boxes_cut=len(item.boxes) - max_boxes)
 
 
 def ordinal_slice(

@@ -9,16 +9,22 @@ the input and no worker wastes time on a record we cannot use.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
+
+ID_BATCH = 16_384  # records whose ids are looked up together (unique_ids)
 
 
-@dataclass(frozen=True)
-class InputRecord:
+class InputRecord(NamedTuple):
     """One sample to prepare. The image reference, the one format the image stage reads, is
     ``image`` (a URL) with ``image_offset``/``image_size``: the image's bytes inside that file
-    (a tar member); ``image_size == -1`` means the whole file is the image."""
+    (a tar member); ``image_size == -1`` means the whole file is the image. A named tuple, not a
+    frozen dataclass: the driver makes one per input record, and this is 5x cheaper to make."""
 
     ordinal: int  # 0-based position in the input: the record's identity within this input
     id: str
@@ -41,20 +47,75 @@ class Drop:
 
 
 def unique_ids(items: Iterable[InputRecord | Drop]) -> Iterator[InputRecord | Drop]:
-    """The first record with an id is kept; a later one is dropped (ids key the samples)."""
-    seen: set[str] = set()
-    for item in items:
-        if isinstance(item, InputRecord):
-            if item.id in seen:
+    """The first record with an id is kept; a later one is dropped (ids key the samples). Read
+    ``ID_BATCH`` items at a time, so that the ids are looked up together (:class:`IdSet`)."""
+    seen, items = IdSet(), iter(items)
+    while batch := list(itertools.islice(items, ID_BATCH)):
+        records = [item for item in batch if isinstance(item, InputRecord)]
+        first = iter(seen.add_new([record.id for record in records]))
+        for item in batch:
+            if isinstance(item, InputRecord) and not next(first):
                 item = Drop(item.ordinal, item.id, "duplicate_id", "an earlier input has this id")
-            else:
-                seen.add(item.id)
-        yield item
+            yield item
+
+
+class IdSet:
+    """Every id seen so far, exactly, in 16 bytes an id: its 128-bit BLAKE2b digest, held as two
+    uint64 columns in sorted runs that are searched a batch at a time. Two different ids share a
+    digest with probability below n²/2¹²⁹ (10⁻²¹ for 10⁹ ids): that is the only way a record
+    could be taken for a duplicate it is not. A Python set of the ids costs about 100 bytes each."""
+
+    RUN = 1 << 20  # digests in a full run; the runs filling up are sorted batches
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (hi, lo), sorted by hi
+        self.filling: list[tuple[np.ndarray, np.ndarray]] = []  # small runs, merged at RUN digests
+
+    def add_new(self, ids: list[str]) -> list[bool]:
+        """For each id in order, whether it is new (not seen before, nor earlier in ``ids``);
+        the new ones are added."""
+        digests = [hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=16).digest() for i in ids]
+        pairs = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2)
+        hi, lo = pairs[:, 0], pairs[:, 1]
+        known = self._contains(hi, lo)
+        in_batch: set[bytes] = set()
+        new = []
+        for digest, was_known in zip(digests, known):
+            new.append(not was_known and digest not in in_batch)
+            in_batch.add(digest)
+        keep = np.array(new, dtype=bool)
+        self._add(hi[keep], lo[keep])
+        return new
+
+    def __len__(self) -> int:
+        return sum(len(hi) for hi, _ in self.runs + self.filling)
+
+    def _contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(hi), dtype=bool)
+        for run_hi, run_lo in self.runs + self.filling:
+            at = np.minimum(np.searchsorted(run_hi, hi), len(run_hi) - 1)
+            same_hi = run_hi[at] == hi
+            found |= same_hi & (run_lo[at] == lo)
+            for i in np.flatnonzero(same_hi & ~found):  # digests whose first 64 bits collide: rare
+                end = np.searchsorted(run_hi, hi[i], side="right")
+                found[i] = bool((run_lo[at[i] : end] == lo[i]).any())
+        return found
+
+    def _add(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        order = np.argsort(hi, kind="stable")
+        self.filling.append((hi[order], lo[order]))
+        if sum(len(h) for h, _ in self.filling) >= self.RUN:
+            hi, lo = (np.concatenate(column) for column in zip(*self.filling))
+            self.filling = []
+            order = np.argsort(hi, kind="stable")
+            self.runs.append((hi[order], lo[order]))
 
 
 def is_text(value: Any) -> bool:
     """A string that is valid Unicode: no lone surrogate, from a byte that was not UTF-8 or a
     ``"\\ud800"`` escape in valid JSON, which no UTF-8 file (a tar, dropped.parquet) can hold."""
+    if value.isascii():
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -173,7 +173,7 @@ class ShardWorker:
         spaCy pass over the shard."""
         if self.cfg.text.clean == "bclip":
             for item in items:
-                item.record = dataclasses.replace(item.record, caption=clean_caption(item.record.caption))
+                item.record = item.record._replace(caption=clean_caption(item.record.caption))
         hierarchies = each_or_alone(self.parser.parse, [item.record.caption for item in items])
         for item, hierarchy in zip(items, hierarchies):
             if isinstance(hierarchy, Exception):
