@@ -6,10 +6,17 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
-from collections.abc import Iterator
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
@@ -17,6 +24,9 @@ from pipeline.config import BadInput
 from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, record_id, unique_ids
 
 REQUIRED_FIELDS = ("id", "image", "caption")
+READERS = min(4, os.cpu_count() or 1)  # processes that parse and validate an index's blocks
+BLOCK_BYTES = 1 << 20  # a JSONL block: whole lines, about 1 MB
+BLOCK_ROWS = 8192  # a Parquet block
 
 
 def index_format(url: str) -> str:
@@ -27,12 +37,20 @@ def index_format(url: str) -> str:
 
 
 def read_index(url: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
-    """Every row of the index, in order, as a valid record or a drop; duplicate ids are dropped."""
-    base = storage.parent(url)
-    yield from unique_ids(
-        row if isinstance(row, Drop) else validate(row, ordinal, base, max_caption_chars)
-        for ordinal, row in enumerate(_rows(url))
-    )
+    """Every row of the index, in order, as a valid record or a drop; duplicate ids are dropped.
+    Blocks of rows are parsed and validated in ``READERS`` processes when the index has more than
+    one block (``_in_order``); the driver then only finds duplicates and cuts shards."""
+    parse = functools.partial(parse_block, base_dir=storage.parent(url), max_caption_chars=max_caption_chars)
+    yield from unique_ids(_in_order(parse, _blocks(url)))
+
+
+def parse_block(first: int, block: bytes | pa.RecordBatch, base_dir: str, max_caption_chars: int) -> list:
+    """A block's rows, numbered from ``first``, as records or drops (``validate``)."""
+    rows = block.to_pylist() if isinstance(block, pa.RecordBatch) else _json_rows(block, first)
+    return [
+        row if isinstance(row, Drop) else validate(row, ordinal, base_dir, max_caption_chars)
+        for ordinal, row in enumerate(rows, first)
+    ]
 
 
 def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> InputRecord | Drop:
@@ -67,18 +85,44 @@ def count_index_rows(url: str) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def _rows(url: str) -> Iterator[dict | Drop]:
-    fmt = index_format(url)
+def _blocks(url: str) -> Iterator[tuple[int, bytes | pa.RecordBatch]]:
+    """The index in blocks of whole rows (JSONL: about ``BLOCK_BYTES`` of whole lines; Parquet:
+    ``BLOCK_ROWS`` rows), each with the ordinal of its first row."""
+    first, fmt = 0, index_format(url)
     with storage.open_read(url) as f:
         if fmt == "parquet":
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
-                yield from batch.to_pylist()
+            streamed = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)  # not a row group at once
+            for batch in streamed.iter_batches(BLOCK_ROWS):
+                yield first, batch
+                first += batch.num_rows
             return
-        ordinal = 0
-        for line in f:
-            if line.strip():
-                yield _parse_line(line, ordinal)
-                ordinal += 1
+        while block := f.read(BLOCK_BYTES) + f.readline():
+            yield first, block
+            first += sum(map(bool, map(bytes.strip, block.split(b"\n"))))
+
+
+def _in_order(parse: Callable[..., list], blocks: Iterator[tuple]) -> Iterator[InputRecord | Drop]:
+    """``parse`` over the blocks, results in order: in this process when there is one block (the
+    spawn of the readers costs a second), else in ``READERS`` processes, one block ahead each."""
+    head = list(itertools.islice(blocks, 2))
+    if len(head) < 2:
+        for block in head:
+            yield from parse(*block)
+        return
+    context = multiprocessing.get_context("spawn")  # the driver runs Ray's threads: never fork it
+    with ProcessPoolExecutor(READERS, mp_context=context) as pool:
+        ahead: deque[Future] = deque()
+        for block in itertools.chain(head, blocks):
+            ahead.append(pool.submit(parse, *block))
+            if len(ahead) > READERS:
+                yield from ahead.popleft().result()
+        while ahead:
+            yield from ahead.popleft().result()
+
+
+def _json_rows(block: bytes, first: int) -> list[dict | Drop]:
+    lines = [line for line in block.split(b"\n") if line.strip()]
+    return [_parse_line(line, ordinal) for ordinal, line in enumerate(lines, first)]
 
 
 def _parse_line(line: bytes, ordinal: int) -> dict | Drop:
@@ -90,5 +134,5 @@ def _parse_line(line: bytes, ordinal: int) -> dict | Drop:
         except (json.JSONDecodeError, AttributeError):
             rid = None
         return Drop(ordinal, None if rid is None else str(rid), "invalid_utf8", str(e)[:200])
-    except json.JSONDecodeError as e:
-        return Drop(ordinal, None, "unparseable_record", str(e)[:200])
+    except (ValueError, RecursionError) as e:  # not JSON; a number of 5,000 digits; nesting 10⁵ deep
+        return Drop(ordinal, None, "unparseable_record", f"{type(e).__name__}: {e}"[:200])

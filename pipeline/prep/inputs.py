@@ -75,15 +75,19 @@ def read_input(
         items = read_visual_genome(cfg.regions, cfg.images, max_caption_chars, max_sentences)
     else:
         items = tars.read_tars(files, max_caption_chars, list_tars)
-    return (cap_boxes(item, max_boxes) for item in ordinal_slice(items, cfg.skip, cfg.limit))
+    if cfg.skip or cfg.limit is not None:
+        items = ordinal_slice(items, cfg.skip, cfg.limit)
+    return cap_boxes(items, max_boxes)
 
 
-def cap_boxes(item: InputRecord | Drop, max_boxes: int) -> InputRecord | Drop:
-    """The record with at most ``max_boxes`` boxes: 10⁵ boxes on one record must not travel
-    to a worker (or sit in the driver's shard in flight)."""
-    if isinstance(item, Drop) or not isinstance(item.boxes, list) or len(item.boxes) <= max_boxes:
-        return item
-    return item._replace(boxes=item.boxes[:max_boxes], boxes_cut=len(item.boxes) - max_boxes)
+def cap_boxes(items: Iterator[InputRecord | Drop], max_boxes: int) -> Iterator[InputRecord | Drop]:
+    """Each record with at most ``max_boxes`` boxes: 10⁵ boxes on one record must not travel
+    to a worker (or sit in the driver's shard in flight). Runs on every input: kept lean."""
+    for item in items:
+        boxes = item.boxes if type(item) is InputRecord else None
+        if type(boxes) is list and len(boxes) > max_boxes:
+            item = item._replace(boxes=boxes[:max_boxes], boxes_cut=len(boxes) - max_boxes)
+        yield item
 
 
 def ordinal_slice(

@@ -30,7 +30,7 @@ from pipeline.lineage import code_version
 from pipeline.prep import inputs, tars
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.pool import WorkerPool
-from pipeline.prep.records import Drop, InputRecord
+from pipeline.prep.records import Drop, InputRecord, keep_memory_returnable
 from pipeline.prep.worker import PROGRESS_DIR, ShardTask
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards import manifest as mf
@@ -57,6 +57,7 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         log.info("resuming: %d shards of an earlier run of this job are complete and verified", len(done))
 
     _init_ray(cfg.ray.address)
+    keep_memory_returnable()  # the duplicate-id set grows with the input
     pool = WorkerPool(cfg, root, source, run_id)
     provenance = pool.provenance()  # fails fast: a missing spaCy model, a detector that does not load
     planner = ShardPlanner(cfg.samples_per_shard, skip=set(done))

@@ -135,7 +135,9 @@ class WorkerPool:
         if not refs:
             time.sleep(HEARTBEAT_S)
             return []
-        return ray.wait(refs, num_returns=1, timeout=HEARTBEAT_S)[0]
+        if not ray.wait(refs, num_returns=1, timeout=HEARTBEAT_S)[0]:
+            return []
+        return ray.wait(refs, num_returns=len(refs), timeout=0)[0]  # all that are ready by now
 
     def shutdown(self) -> None:
         for worker in [*self.live, *self.starting.values()]:
