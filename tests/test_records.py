@@ -1,5 +1,6 @@
 import json
 import random
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -7,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import storage
+from pipeline.prep import index as index_module
 from pipeline.prep.index import read_index
 from pipeline.prep.records import Drop, IdSet, InputRecord
 
@@ -113,3 +115,27 @@ def test_id_set_tells_apart_digests_whose_first_half_collides():
     probe_hi = np.array([5, 5, 5, 9, 9, 7], dtype=np.uint64)
     probe_lo = np.array([3, 2, 4, 4, 1, 1], dtype=np.uint64)
     assert seen._contains(probe_hi, probe_lo).tolist() == [True, True, False, True, False, False]
+
+
+@pytest.mark.integration  # starts the reader processes
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_an_index_read_in_blocks_by_reader_processes_reads_as_in_one(tmp_path, monkeypatch, fmt):
+    """Blank lines, broken lines and ids repeated across blocks: the same records and drops,
+    with the same ordinals, as the whole index parsed in this process."""
+    rows = [{"id": f"r{i % 700}", "image": f"{i}.jpg", "caption": f"Caption {i}."} for i in range(1000)]
+    index = tmp_path / f"records.{fmt}"
+    if fmt == "jsonl":
+        lines = [json.dumps(row).encode() for row in rows]
+        broken = [b"{not json", b'{"id": "\xff"}', b"[" * 100_000, b'{"n": ' + b"9" * 5000 + b"}"]
+        lines[10:10] = [b"", b"   ", *broken]
+        _write_jsonl(index, lines)
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), index)
+    whole = list(read_index(str(index), 100))
+    monkeypatch.setattr(index_module, "BLOCK_BYTES", 2000)
+    monkeypatch.setattr(index_module, "BLOCK_ROWS", 64)
+    assert list(read_index(str(index), 100)) == whole
+    assert [item.ordinal for item in whole] == list(range(len(whole)))
+    reasons = Counter(item.reason for item in whole if isinstance(item, Drop))
+    broken = {"unparseable_record": 3, "invalid_utf8": 1} if fmt == "jsonl" else {}
+    assert reasons == {"duplicate_id": 300, **broken}
