@@ -139,22 +139,17 @@ def cluster(two_nodes, *command: str) -> None:
     )
 
 
-def test_two_nodes_share_the_work_and_write_the_one_node_dataset(two_nodes, s3, one_node):
-    finished(two_nodes, submit(s3, two_nodes, "two-node"))
-    manifest = json.loads(storage.read_bytes(f"{s3.url}/two-node/dataset.json"))
-    assert {s["node"] for s in manifest["shard_stats"]} == {"node1", "node2"}, manifest["shard_stats"]
-    assert dataset(f"{s3.url}/two-node") == one_node
-
-
 def test_a_node_lost_mid_job_costs_nothing(two_nodes, s3, one_node):
-    """Every process of node 2 killed once it has written a shard: its shards in flight run on
-    node 1, and the job finishes by itself with the one-node dataset."""
+    """Both nodes take shards; every process of node 2 is killed once it has written one: its
+    shards in flight run on node 1, and the job finishes by itself with the one-node dataset."""
     job = submit(s3, two_nodes, "node-lost")
     wait_for(
         lambda: any(s["node"] == "node2" for s in completion_records(s3, "node-lost")), "shard from node2"
     )
     cluster(two_nodes, "kill-node", "2")
     assert "lost" in finished(two_nodes, job)
+    manifest = json.loads(storage.read_bytes(f"{s3.url}/node-lost/dataset.json"))
+    assert {s["node"] for s in manifest["shard_stats"]} == {"node1", "node2"}
     assert dataset(f"{s3.url}/node-lost") == one_node
 
 

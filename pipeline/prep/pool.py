@@ -127,7 +127,7 @@ class WorkerPool:
         finally:
             self.shutdown()
         if self.failed:
-            raise JobIncomplete(f"{len(self.failed)} shards could not be written: {sorted(self.failed)}")
+            raise JobIncomplete("could not write shard " + ", ".join(map(str, sorted(self.failed))))
 
     def _wait(self) -> list[ray.ObjectRef]:
         """What came back (a result, a started worker, a heartbeat), waiting a heartbeat at most."""
