@@ -192,6 +192,19 @@ def s3_server(host: str) -> Iterator[S3Server]:
 # --- Ray -----------------------------------------------------------------------------------------
 
 
+def build_shards_command(corpus: Path, out: Path, *overrides: str) -> list[str]:
+    """``data_prep/build_shards.py`` on a generated corpus with the default preset, as a user runs it."""
+    return [
+        sys.executable,
+        "data_prep/build_shards.py",
+        "--config",
+        "configs/prep/default.yaml",
+        f"input.index={corpus}/records.jsonl",
+        f"output={out}",
+        *overrides,
+    ]
+
+
 def ray_job_submit(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run a ``ray job submit`` command from the checkout; retried while a fresh head's job
     agent is not up yet ("No available agent to submit job")."""

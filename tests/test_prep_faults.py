@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from fault_grounders import ARMED_ENV, MARK
-from helpers import REPO
+from helpers import REPO, build_shards_command
 
 from pipeline.config import load_config
 from pipeline.prep import PrepConfig, run
@@ -144,16 +143,7 @@ def plugin(name: str) -> list[str]:
 
 def build_shards(corpus: Path, out: Path, armed: Path, *overrides: str) -> subprocess.CompletedProcess:
     """The job as a user runs it, with its own local Ray."""
-    cmd = [
-        sys.executable,
-        "data_prep/build_shards.py",
-        "--config",
-        "configs/prep/default.yaml",
-        f"input.index={corpus}/records.jsonl",
-        f"output={out}",
-        *ARGS,
-        *overrides,
-    ]
+    cmd = build_shards_command(corpus, out, *ARGS, *overrides)
     env = {**os.environ, "PYTHONPATH": TESTS, ARMED_ENV: str(armed)}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -6,12 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import build_shards_command
 
 from pipeline.prep.worker import PROGRESS_DIR
 from pipeline.synthetic import SyntheticConfig, write_corpus
@@ -22,17 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def start(corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
     """The job in a session of its own: the driver and the local Ray it starts are one process group."""
-    cmd = [
-        sys.executable,
-        "data_prep/build_shards.py",
-        "--config",
-        "configs/prep/default.yaml",
-        f"input.index={corpus}/records.jsonl",
-        f"output={out}",
-        "samples_per_shard=8",
-        "existing_output=resume",
-        *extra,
-    ]
+    cmd = build_shards_command(corpus, out, "samples_per_shard=8", "existing_output=resume", *extra)
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
