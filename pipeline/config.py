@@ -137,18 +137,18 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 
 def at_least(config: Any, minimum: float, *names: str) -> None:
-    """Fail naming the first of the fields ``names`` whose value is below ``minimum`` (an unset
-    optional field, None, passes): the one way configs check their numbers."""
+    """Fail naming the first of the fields ``names`` whose value is below ``minimum`` or NaN (an
+    unset optional field, None, passes): the one way configs check their numbers."""
     for name in names:
         value = getattr(config, name)
-        if value is not None and value < minimum:
+        if value is not None and not value >= minimum:
             raise ValueError(f"{name}: must be >= {minimum}, got {value}")
 
 
 def positive(config: Any, *names: str) -> None:
-    """Fail naming the first of the fields ``names`` whose value is not > 0."""
+    """Fail naming the first of the fields ``names`` whose value is not > 0 (NaN is not)."""
     for name in names:
-        if getattr(config, name) <= 0:
+        if not getattr(config, name) > 0:
             raise ValueError(f"{name}: must be > 0, got {getattr(config, name)}")
 
 

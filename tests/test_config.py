@@ -111,3 +111,22 @@ def test_replica_check_needs_replicas():
 def test_an_override_that_is_not_yaml_names_its_key():
     with pytest.raises(ConfigError, match=r"^name: '\[unclosed' is not a YAML value"):
         load_config(PrepConfig, None, ["input.index=x.jsonl", "output=out", "name=[unclosed"])
+
+
+@pytest.mark.parametrize(
+    "preset, override, message",
+    [
+        ("prep/default.yaml", "ray.worker_timeout_s=.nan", "ray.worker_timeout_s: must be > 0"),
+        ("prep/default.yaml", "ray.worker_num_gpus=.nan", "ray.worker_num_gpus: must be >= 0"),
+        ("train/beta_tiny.yaml", "optim.lr=.nan", "optim.lr: must be > 0"),
+    ],
+)
+def test_nan_is_no_number_a_config_accepts(preset, override, message):
+    """NaN fails every comparison: a check written as ``value <= 0`` lets it through."""
+    from pipeline.training.config import TrainConfig
+
+    cls, extra = (
+        (PrepConfig, ["input.index=x.jsonl", "output=o"]) if preset.startswith("prep") else (TrainConfig, [])
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_config(cls, REPO / "configs" / preset, [*extra, override])
