@@ -5,8 +5,10 @@ runs, in fresh processes, (a) the driver's whole read pass (``inputs.read_input`
 shard planner, as ``job.run`` consumes it; blocks are parsed in ``index.READERS`` processes) and
 (b) ``json.loads`` over the same lines in one process. Prints records/s for both and their ratio,
 records per CPU second of the driver process alone, and the read pass's peak RSS growth per
-record: what the driver holds per input record (its duplicate-id set). Targets (issue 23):
->= 100k records/s, <= 16 bytes per record. Not a timed test; figures go in the notes.
+record, and between two sizes the growth per record added: what the driver holds per input
+record (its duplicate-id set) without the constant (blocks in flight; a Parquet row group,
+which pyarrow decodes whole). Targets (issue 23): >= 100k records/s, <= 16 bytes per record.
+Not a timed test; figures go in the notes.
 
     python benchmarks/bench_driver.py [--lines 1000000 10000000] [--format jsonl parquet]
 """
@@ -14,6 +16,7 @@ record: what the driver holds per input record (its duplicate-id set). Targets (
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -114,6 +117,7 @@ def main() -> None:
         "B/record",
     )
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, (11, 8, 16, 17, 17, 6, 9))))
+    growth: dict[str, list[tuple[int, int]]] = {fmt: [] for fmt in args.format}
     with tempfile.TemporaryDirectory() as tmp:
         for lines in args.lines:
             jsonl = Path(tmp) / f"index-{lines}.jsonl"
@@ -125,6 +129,7 @@ def main() -> None:
                     index = Path(tmp) / f"index-{lines}.parquet"
                     to_parquet(jsonl, index)
                 run = measure("read_pass", str(index))
+                growth[fmt].append((lines, run["rss_growth"]))
                 rate = lines / run["seconds"]
                 print(
                     f"{lines:>11,} {fmt:>8} {rate:>16,.0f} {lines / run['driver_cpu']:>17,.0f}"
@@ -134,6 +139,10 @@ def main() -> None:
                 if fmt == "parquet":
                     index.unlink()
             jsonl.unlink()
+    for fmt, sizes in growth.items():
+        for (small, at_small), (large, at_large) in itertools.pairwise(sizes):
+            added = (at_large - at_small) / (large - small)
+            print(f"{fmt}: {added:.1f} bytes per record added from {small:,} to {large:,} records")
 
 
 if __name__ == "__main__":

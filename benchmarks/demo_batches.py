@@ -23,7 +23,8 @@ def prepare(records: int, workdir: str, shards: int = 10) -> str:
     elsewhere, on a GPU machine that has neither."""
     import ray
 
-    from pipeline.prep import PrepConfig, run
+    from pipeline.prep.config import PrepConfig
+    from pipeline.prep.job import run
 
     write_corpus(f"{workdir}/corpus", SyntheticConfig(num_records=records))
     cfg = load_config(

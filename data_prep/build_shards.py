@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from pipeline.config import config_from_command_line, exit_on_user_error
-from pipeline.prep import PrepConfig, run
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.job import run
 from pipeline.shards.check import inspect
 
 if __name__ == "__main__":

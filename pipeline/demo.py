@@ -20,7 +20,8 @@ from pathlib import Path
 from pipeline.config import load_config
 from pipeline.eval import EvalConfig, evaluate
 from pipeline.objectives.config import NAMES
-from pipeline.prep import PrepConfig, run
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.job import run
 from pipeline.shards import check
 from pipeline.synthetic import SyntheticConfig, write_corpus
 

@@ -8,7 +8,8 @@ from helpers import REPO, S3Server, s3_server
 
 from pipeline.config import load_config
 from pipeline.grounding.random_owlv2 import save_random_owlv2
-from pipeline.prep import PrepConfig, run
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.job import run
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
 # Fixtures that start a local Ray or a moto_server: these below, and local_ray in prep test modules.

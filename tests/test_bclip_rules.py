@@ -15,7 +15,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from pipeline.config import ConfigError, load_config, to_dict
-from pipeline.prep import PrepConfig
+from pipeline.prep.config import PrepConfig
 from pipeline.prep.job import _run_id
 from pipeline.prep.records import InputRecord
 from pipeline.prep.worker import ShardTask, ShardWorker

@@ -5,7 +5,7 @@ from typing import Literal
 import pytest
 
 from pipeline.config import ConfigError, build, load_config
-from pipeline.prep import PrepConfig
+from pipeline.prep.config import PrepConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

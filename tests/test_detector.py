@@ -23,7 +23,7 @@ from pipeline.grounding.detector import (
     pixel_boxes,
     query_phrases,
 )
-from pipeline.prep import PrepConfig
+from pipeline.prep.config import PrepConfig
 from pipeline.prep.pool import pool_size, worker_num_gpus
 from pipeline.schema import Phrase, Region, clean_box
 from pipeline.text.lexeme import Lexeme

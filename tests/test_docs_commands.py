@@ -18,7 +18,7 @@ from helpers import REPO, doc_commands
 
 from pipeline.__main__ import build_parser, eval_config
 from pipeline.config import config_from_command_line, load_config
-from pipeline.prep import PrepConfig
+from pipeline.prep.config import PrepConfig
 from pipeline.training.config import TrainConfig
 
 PLACEHOLDER = "[key=value ...]"  # "and any other overrides", in usage lines

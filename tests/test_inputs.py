@@ -15,9 +15,10 @@ import webdataset as wds
 
 from pipeline import storage
 from pipeline.config import ConfigError, load_config
-from pipeline.prep import PrepConfig, inputs, run
+from pipeline.prep import inputs
 from pipeline.prep.coco import coco_items, join_captions
-from pipeline.prep.job import _run_id
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.job import _run_id, run
 from pipeline.prep.records import Drop, InputRecord
 from pipeline.prep.tars import expand, locate, read_tars
 from pipeline.schema import clean_box

@@ -12,7 +12,9 @@ import ray
 import webdataset as wds
 
 from pipeline.config import ConfigError, load_config
-from pipeline.prep import PrepConfig, inputs, run
+from pipeline.prep import inputs
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.job import run
 from pipeline.prep.jsonlist import BrokenList, parse_json_list, read_json_list
 from pipeline.prep.records import Drop, InputRecord
 from pipeline.prep.sharegpt4v import sharegpt4v_record

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import load_config
-from pipeline.prep import PrepConfig
+from pipeline.prep.config import PrepConfig
 from pipeline.prep.inputs import locate, read_input
 from pipeline.prep.job import ShardPlanner
 from pipeline.prep.worker import ShardWorker

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.prep import PrepConfig, run
+from pipeline.prep.config import PrepConfig
 from pipeline.prep.inputs import locate, read_input
-from pipeline.prep.job import ShardPlanner, _prepare_output
+from pipeline.prep.job import ShardPlanner, _prepare_output, run
 from pipeline.prep.worker import ShardTask, ShardWorker, each_or_alone
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards.manifest import ManifestError, load_manifest

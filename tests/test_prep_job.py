@@ -9,7 +9,8 @@ import ray
 import webdataset as wds
 
 from pipeline.config import load_config
-from pipeline.prep import PrepConfig, run
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.job import run
 from pipeline.prep.worker import CHAOS_ENV
 from pipeline.shards import check
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus

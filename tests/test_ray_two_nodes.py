@@ -18,7 +18,8 @@ from helpers import BIN, REPO, ray_job_submit, s3_server
 
 from pipeline import storage
 from pipeline.config import load_config
-from pipeline.prep import PrepConfig, run
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.job import run
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
 pytestmark = pytest.mark.integration

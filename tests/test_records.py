@@ -10,7 +10,7 @@ import pytest
 from pipeline import storage
 from pipeline.prep import index as index_module
 from pipeline.prep.index import read_index
-from pipeline.prep.records import Drop, IdSet, InputRecord
+from pipeline.prep.records import Drop, IdSet, InputRecord, _add, _contains, id_digests, pack, unpack
 
 
 def _write_jsonl(path, lines):
@@ -98,23 +98,33 @@ def test_id_set_finds_exactly_the_ids_a_python_set_finds():
         "\ud800 lone surrogate",
     ]
     seen, expected, got = IdSet(), set(), []
-    seen.RUN = 256
     for start in range(0, len(ids), 700):
-        got += seen.add_new(ids[start : start + 700])
+        got += seen.add_new(id_digests(ids[start : start + 700])).tolist()
     for i in ids:
         expected_new = i not in expected
         expected.add(i)
         assert got.pop(0) == expected_new, i
-    assert len(seen) == len(expected) and len(seen.runs) >= 2
+    assert len(seen) == len(expected)
+    assert max(len(runs) for runs in seen.parts) >= 2  # lookups went through runs merged and not
 
 
 def test_id_set_tells_apart_digests_whose_first_half_collides():
-    seen = IdSet()
-    hi = np.array([5, 5, 5, 9], dtype=np.uint64)
-    seen._add(hi, np.array([1, 2, 3, 4], dtype=np.uint64))
+    runs: list = []
+    _add(runs, np.array([5, 5, 5, 9], dtype=np.uint64), np.array([1, 2, 3, 4], dtype=np.uint32))
     probe_hi = np.array([5, 5, 5, 9, 9, 7], dtype=np.uint64)
-    probe_lo = np.array([3, 2, 4, 4, 1, 1], dtype=np.uint64)
-    assert seen._contains(probe_hi, probe_lo).tolist() == [True, True, False, True, False, False]
+    probe_lo = np.array([3, 2, 4, 4, 1, 1], dtype=np.uint32)
+    assert _contains(runs, probe_hi, probe_lo).tolist() == [True, True, False, True, False, False]
+
+
+def test_records_packed_to_cross_processes_unpack_as_they_were():
+    items = [
+        InputRecord(0, "a", "/x/0.jpg", "A.", None),
+        Drop(1, None, "unparseable_record", "no"),
+        InputRecord(2, "b", "/x/2.jpg", "B.", [{"box": [1, 2, 3, 4], "label": "b"}], 5, 9, 2),
+        Drop(3, "c", "missing_field", "caption"),
+    ]
+    assert unpack(pack(items)) == items
+    assert unpack(pack(items[:1])) == items[:1] and unpack(pack([])) == []
 
 
 @pytest.mark.integration  # starts the reader processes

@@ -17,7 +17,8 @@ from pipeline import storage
 from pipeline.__main__ import main
 from pipeline.config import load_config
 from pipeline.models import TINY_MODEL
-from pipeline.prep import PrepConfig, run
+from pipeline.prep.config import PrepConfig
+from pipeline.prep.job import run
 from pipeline.shards import check
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
 from pipeline.training.data import DataConfig, build_loader

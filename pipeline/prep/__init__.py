@@ -1,6 +1,4 @@
-"""Data prep on Ray: reader → workers (image, text, grounding) → shard writer → manifest."""
+"""Data prep on Ray: reader → workers (image, text, grounding) → shard writer → manifest.
 
-from pipeline.prep.config import PrepConfig
-from pipeline.prep.job import run
-
-__all__ = ["PrepConfig", "run"]
+The job is ``job.run(config.PrepConfig)``. This package imports nothing itself: the index's
+reader processes import ``index`` alone, not Ray."""

@@ -21,7 +21,18 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.config import BadInput
-from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, record_id, unique_ids
+from pipeline.prep.records import (
+    Drop,
+    IdSet,
+    InputRecord,
+    caption_problem,
+    first_of_ids,
+    id_digests,
+    is_text,
+    pack,
+    record_id,
+    unpack,
+)
 
 REQUIRED_FIELDS = ("id", "image", "caption")
 READERS = min(4, os.cpu_count() or 1)  # processes that parse and validate an index's blocks
@@ -38,19 +49,24 @@ def index_format(url: str) -> str:
 
 def read_index(url: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
     """Every row of the index, in order, as a valid record or a drop; duplicate ids are dropped.
-    Blocks of rows are parsed and validated in ``READERS`` processes when the index has more than
-    one block (``_in_order``); the driver then only finds duplicates and cuts shards."""
+    Blocks of rows are parsed, validated and their ids hashed in ``READERS`` processes when the
+    index has more than one block (``_in_order``); the driver then only finds duplicates among the
+    digests and cuts shards."""
     parse = functools.partial(parse_block, base_dir=storage.parent(url), max_caption_chars=max_caption_chars)
-    yield from unique_ids(_in_order(parse, _blocks(url)))
+    seen = IdSet()
+    for packed, digests in _in_order(parse, _blocks(url)):
+        yield from first_of_ids(seen, unpack(packed), digests)
 
 
-def parse_block(first: int, block: bytes | pa.RecordBatch, base_dir: str, max_caption_chars: int) -> list:
-    """A block's rows, numbered from ``first``, as records or drops (``validate``)."""
+def parse_block(first: int, block: bytes | pa.RecordBatch, base_dir: str, max_caption_chars: int) -> tuple:
+    """A block's rows, numbered from ``first``, as records or drops (``validate``), packed
+    (``records.pack``), and the digests of the records' ids."""
     rows = block.to_pylist() if isinstance(block, pa.RecordBatch) else _json_rows(block, first)
-    return [
-        row if isinstance(row, Drop) else validate(row, ordinal, base_dir, max_caption_chars)
+    items = [
+        row if type(row) is Drop else validate(row, ordinal, base_dir, max_caption_chars)
         for ordinal, row in enumerate(rows, first)
     ]
+    return pack(items), id_digests(item.id for item in items if type(item) is InputRecord)
 
 
 def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> InputRecord | Drop:
@@ -101,13 +117,13 @@ def _blocks(url: str) -> Iterator[tuple[int, bytes | pa.RecordBatch]]:
             first += sum(map(bool, map(bytes.strip, block.split(b"\n"))))
 
 
-def _in_order(parse: Callable[..., list], blocks: Iterator[tuple]) -> Iterator[InputRecord | Drop]:
+def _in_order(parse: Callable[..., tuple], blocks: Iterator[tuple]) -> Iterator[tuple]:
     """``parse`` over the blocks, results in order: in this process when there is one block (the
     spawn of the readers costs a second), else in ``READERS`` processes, one block ahead each."""
     head = list(itertools.islice(blocks, 2))
     if len(head) < 2:
         for block in head:
-            yield from parse(*block)
+            yield parse(*block)
         return
     context = multiprocessing.get_context("spawn")  # the driver runs Ray's threads: never fork it
     with ProcessPoolExecutor(READERS, mp_context=context) as pool:
@@ -115,9 +131,9 @@ def _in_order(parse: Callable[..., list], blocks: Iterator[tuple]) -> Iterator[I
         for block in itertools.chain(head, blocks):
             ahead.append(pool.submit(parse, *block))
             if len(ahead) > READERS:
-                yield from ahead.popleft().result()
+                yield ahead.popleft().result()
         while ahead:
-            yield from ahead.popleft().result()
+            yield ahead.popleft().result()
 
 
 def _json_rows(block: bytes, first: int) -> list[dict | Drop]:

@@ -3,8 +3,11 @@
 Failures are counted per shard, never per worker or per job:
 
 - A worker that dies (killed, out of memory, a native crash, its node gone) is removed; the
-  shards it held go back to the queue and run on a live worker. Ray restarts nothing
-  (``max_restarts=0``): a restarting actor whose node is gone waits for resources forever.
+  shards it held go back to the queue and run on a live worker. The death counts against the
+  one it was running (calls run in the order sent), not those queued behind it: a poison
+  record must not use up the attempts of the shards that waited at its worker. Ray restarts
+  nothing (``max_restarts=0``): a restarting actor whose node is gone waits for resources
+  forever.
 - A worker that does not answer a heartbeat for ``ray.worker_timeout_s`` (a frozen process, a
   node cut off from the network) is killed, which is a death as above: a shard in flight on a
   vanished node is back in the queue within that time, whatever Ray's own health checks say.
@@ -173,23 +176,27 @@ class WorkerPool:
             return
         if ref not in self.running:  # a call of a worker already given up for lost
             return
-        worker, work = self.running.pop(ref)
-        worker.in_flight -= 1
+        worker, work = self.running[ref]
         try:
             result = ray.get(ref)
         except ray.exceptions.RayTaskError as e:  # our code raised: the worker lives on
+            self._done(ref)
             self._errored(work, e)
             return
         except ray.exceptions.RayError as e:  # the worker died, or its node went away
-            self._died(work)
             self._lost(worker, type(e).__name__)
             return
+        self._done(ref)
         if work.part is not None:
             self._probe_passed(work)
             return
         if work.shard.crashed:
             log.warning("%s written without %d poison records", result.stats["name"], len(work.shard.crashed))
         yield result
+
+    def _done(self, ref: ray.ObjectRef) -> None:
+        worker, _ = self.running.pop(ref)
+        worker.in_flight -= 1
 
     def _placed(self, ref: ray.ObjectRef) -> None:
         worker = self.starting.pop(ref)
@@ -220,9 +227,11 @@ class WorkerPool:
         log.warning("worker on %s lost (%s)", worker.node, why)
         if not self.live:
             self.alone_since = time.monotonic()
-        held = [ref for ref, (holder, _) in self.running.items() if holder is worker]
-        for ref in held:
-            self._died(self.running.pop(ref)[1])
+        refs = [ref for ref, (holder, _) in self.running.items() if holder is worker]
+        held = [self.running.pop(ref)[1] for ref in refs]
+        if held:  # calls run in the order sent: the first was running, the others were waiting
+            self._died(held[0])
+            self.queue.extendleft(reversed(held[1:]))  # not charged: they never ran there
 
     def _died(self, work: Work) -> None:
         shard = work.shard

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 ID_BATCH = 16_384  # records whose ids are looked up together (unique_ids)
 
@@ -52,19 +53,58 @@ def unique_ids(items: Iterable[InputRecord | Drop]) -> Iterator[InputRecord | Dr
     ``ID_BATCH`` items at a time, so that the ids are looked up together (:class:`IdSet`)."""
     seen, items = IdSet(), iter(items)
     while batch := list(itertools.islice(items, ID_BATCH)):
-        records = [item for item in batch if isinstance(item, InputRecord)]
-        first = iter(seen.add_new([record.id for record in records]))
-        for item in batch:
-            if isinstance(item, InputRecord) and not next(first):
-                item = Drop(item.ordinal, item.id, "duplicate_id", "an earlier input has this id")
-            yield item
+        yield from first_of_ids(
+            seen, batch, id_digests([item.id for item in batch if type(item) is InputRecord])
+        )
+
+
+def first_of_ids(
+    seen: IdSet, batch: list[InputRecord | Drop], digests: bytes
+) -> Iterator[InputRecord | Drop]:
+    """``batch`` in order, its records whose id is in ``seen`` (or earlier in the batch) turned
+    into drops; ``digests`` are those of its records' ids (:func:`id_digests`), made where the
+    records were (the index's reader processes)."""
+    new = iter(seen.add_new(digests).tolist())
+    for item in batch:
+        if type(item) is InputRecord and not next(new):
+            item = Drop(item.ordinal, item.id, "duplicate_id", "an earlier input has this id")
+        yield item
+
+
+def id_digests(ids: Iterable[str]) -> bytes:
+    """The ids' digests, :data:`IdSet.DIGEST` bytes each, end to end."""
+    size = IdSet.DIGEST
+    return b"".join(
+        hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=size).digest() for i in ids
+    )
+
+
+def pack(items: list[InputRecord | Drop]) -> tuple[list[list], list[Drop]]:
+    """Items as record columns and drops, to cross a process boundary: a list of records
+    pickles and unpickles 4x slower than its columns (the driver reads 10⁵ records a second)."""
+    records = [item for item in items if type(item) is InputRecord]
+    drops = [item for item in items if type(item) is not InputRecord]
+    return [list(column) for column in zip(*records)], drops
+
+
+def unpack(packed: tuple[list[list], list[Drop]]) -> list[InputRecord | Drop]:
+    """:func:`pack`'s items, in their order (by ordinal)."""
+    columns, drops = packed
+    records: list[InputRecord | Drop] = list(map(InputRecord._make, zip(*columns)))
+    return sorted(records + drops, key=ordinal) if drops else records
+
+
+def ordinal(item: InputRecord | Drop) -> int:
+    return item.ordinal
 
 
 def keep_memory_returnable() -> None:
     """Large arrays freed go back to the OS: glibc raises its mmap threshold after big frees, and
     arrays then come from a heap that holds on to their pages, a third more than :class:`IdSet`
     holds at 10⁷ ids. A fixed threshold (glibc's default, 128 KiB) keeps the driver's memory what
-    it holds. A no-op where libc is not glibc."""
+    it holds (a no-op where libc is not glibc). Arrow allocates from the same heap, not its own
+    pool, which kept 50 MB of a Parquet index's freed batches."""
+    pa.set_memory_pool(pa.system_memory_pool())
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
@@ -72,63 +112,67 @@ def keep_memory_returnable() -> None:
 
 
 class IdSet:
-    """Every id seen so far, exactly, in 16 bytes an id: its 128-bit BLAKE2b digest, held as two
-    uint64 columns in sorted runs that are searched a batch at a time. Two different ids share a
-    digest with probability below n²/2¹²⁹ (10⁻²¹ for 10⁹ ids): that is the only way a record
-    could be taken for a duplicate it is not. A Python set of the ids costs about 100 bytes each."""
+    """Every id seen so far, exactly, in 12 bytes an id: its 96-bit BLAKE2b digest (a uint64 and a
+    uint32 column). Two different ids share a digest with probability below n²/2⁹⁷ (10⁻¹³ for
+    10⁸ ids, 10⁻¹¹ for 10⁹): the only way a record could be taken for a duplicate it is not. A
+    Python set of the ids costs about 100 bytes each.
 
-    RUN = 1 << 20  # digests in a full run; the runs filling up are sorted batches
+    The digests are split by their first 4 bits into 16 parts, each a few sorted runs merged as
+    a binary counter (a run merges into the one before while that is no larger): a batch is
+    looked up in O(log n) runs a part, and the largest merge copies 1/8 of the set, so the set
+    holds under 14 bytes an id at its peak, at any size. (More parts copy less but cost a
+    numpy call per part and run for every batch: 256 parts made the lookups 3x slower.)"""
+
+    DIGEST = 12  # bytes
+    PART_BITS = 4  # the digest's first bits that choose its part
 
     def __init__(self) -> None:
-        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (hi, lo), sorted by hi
-        self.filling: list[tuple[np.ndarray, np.ndarray]] = []  # small runs, merged at RUN digests
+        self.parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(1 << self.PART_BITS)]
 
-    def add_new(self, ids: list[str]) -> list[bool]:
-        """For each id in order, whether it is new (not seen before, nor earlier in ``ids``);
-        the new ones are added."""
-        digests = [hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=16).digest() for i in ids]
-        pairs = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2)
-        hi, lo = pairs[:, 0], pairs[:, 1]
-        known = self._contains(hi, lo)
-        in_batch: set[bytes] = set()
-        new = []
-        for digest, was_known in zip(digests, known):
-            new.append(not was_known and digest not in in_batch)
-            in_batch.add(digest)
-        keep = np.array(new, dtype=bool)
-        self._add(hi[keep], lo[keep])
-        return new
-
-    def __len__(self) -> int:
-        return sum(len(hi) for hi, _ in self.runs + self.filling)
-
-    def _contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        order = np.argsort(hi)  # sorted needles: each search starts where the last one ended
-        hi, lo = hi[order], lo[order]
-        found = np.zeros(len(hi), dtype=bool)
-        for run_hi, run_lo in self.runs + self.filling:
-            at = np.minimum(np.searchsorted(run_hi, hi), len(run_hi) - 1)
-            same_hi = run_hi[at] == hi
-            found |= same_hi & (run_lo[at] == lo)
-            for i in np.flatnonzero(same_hi & ~found):  # digests whose first 64 bits collide: rare
-                end = np.searchsorted(run_hi, hi[i], side="right")
-                found[i] = bool((run_lo[at[i] : end] == lo[i]).any())
-        unsorted = np.empty_like(found)
-        unsorted[order] = found
+    def add_new(self, digests: bytes) -> np.ndarray:
+        """For each digest in order (:func:`id_digests`), whether it is new (not seen before, nor
+        earlier in ``digests``); the new ones are added."""
+        columns = np.frombuffer(digests, dtype=[("hi", "<u8"), ("lo", "<u4")])
+        order = np.lexsort((columns["lo"], columns["hi"]))  # stable: the first of equal digests first
+        hi, lo = columns["hi"][order], columns["lo"][order]
+        new = np.ones(len(hi), dtype=bool)
+        new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        part = hi >> np.uint64(64 - self.PART_BITS)
+        bounds = np.searchsorted(part, np.arange(len(self.parts) + 1, dtype=np.uint64))
+        for part, start, end in zip(self.parts, bounds[:-1], bounds[1:]):
+            if start < end:
+                new[start:end] &= ~_contains(part, hi[start:end], lo[start:end])
+                _add(part, hi[start:end][new[start:end]], lo[start:end][new[start:end]])
+        unsorted = np.empty_like(new)
+        unsorted[order] = new
         return unsorted
 
-    def _add(self, hi: np.ndarray, lo: np.ndarray) -> None:
-        """A sorted run of the batch, merged with the last runs filling up while they are no
-        larger (a binary counter: O(log) runs to search); a run of ``RUN`` digests is full."""
-        run = _sorted(hi, lo)
-        while self.filling and len(self.filling[-1][0]) <= len(run[0]):
-            run = _sorted(*(np.concatenate(column) for column in zip(self.filling.pop(), run)))
-        (self.runs if len(run[0]) >= self.RUN else self.filling).append(run)
+    def __len__(self) -> int:
+        return sum(len(hi) for part in self.parts for hi, _ in part)
 
 
-def _sorted(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(hi, kind="stable")  # timsort: two sorted runs merge in linear time
-    return hi[order], lo[order]
+def _contains(runs: list[tuple[np.ndarray, np.ndarray]], hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Which of the (sorted) digests ``hi, lo`` are in the sorted ``runs``."""
+    found = np.zeros(len(hi), dtype=bool)
+    for run_hi, run_lo in runs:
+        at = np.minimum(np.searchsorted(run_hi, hi), len(run_hi) - 1)
+        same_hi = run_hi[at] == hi
+        found |= same_hi & (run_lo[at] == lo)
+        for i in np.flatnonzero(same_hi & ~found):  # digests whose first 64 bits collide: rare
+            end = np.searchsorted(run_hi, hi[i], side="right")
+            found[i] = bool((run_lo[at[i] : end] == lo[i]).any())
+    return found
+
+
+def _add(runs: list[tuple[np.ndarray, np.ndarray]], hi: np.ndarray, lo: np.ndarray) -> None:
+    """A sorted run of new digests, merged with the last runs while they are no larger."""
+    run = (hi, lo)
+    while runs and len(runs[-1][0]) <= len(run[0]):
+        merged = [np.concatenate(column) for column in zip(runs.pop(), run)]
+        order = np.argsort(merged[0], kind="stable")  # timsort: two sorted runs merge in linear time
+        run = (merged[0][order], merged[1][order])
+    if len(run[0]):
+        runs.append(run)
 
 
 def is_text(value: Any) -> bool:
