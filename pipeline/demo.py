@@ -59,7 +59,7 @@ def run_demo(
         return 1
     runs = [f"pretrained={pretrained}"]
     for objective in objectives:
-        start = f"model.pretrained={pretrained / 'export/open_clip_model.pt'}"
+        start = f"model.pretrained={pretrained / 'export'}"
         run_dir = _train(
             work / "runs" / objective.replace("+", "_"), objective, train_set, train_steps, [start]
         )

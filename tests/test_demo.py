@@ -45,7 +45,7 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path, capsys)
     assert list(report["models"]) == ["pretrained", "clip", "beta", "harmo", "beta+harmo"]
     assert report["data"]["images"] == 32
     for name, model in report["models"].items():
-        assert (work / "runs" / name.replace("+", "_") / "export/open_clip_model.pt").exists()
+        assert (work / "runs" / name.replace("+", "_") / "export/open_clip_model.safetensors").exists()
         assert "roi" in model["boxes"] and ("head" in model["boxes"]) == ("harmo" in name)
     assert (work / "report/training_curves.png").exists() and (work / "report/report.html").exists()
 
@@ -53,7 +53,7 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path, capsys)
     train_sha = hashlib.sha256((work / "shards/train/dataset.json").read_bytes()).hexdigest()
     lineage = report["lineage"]
     assert lineage["datasets"][0]["path"] == str(work / "shards/heldout")
-    start = str(work / "runs/pretrained/export/open_clip_model.pt")
+    start = str(work / "runs/pretrained/export")
     for name, checkpoint in lineage["checkpoints"].items():
         assert [d["sha256"] for d in checkpoint["datasets"]] == [train_sha]
         model = checkpoint["config"]["model"]

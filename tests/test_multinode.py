@@ -84,4 +84,4 @@ def test_zero2_checkpoint_from_two_nodes_resumes_on_one_and_back(two_nodes, tmp_
     assert second[4][0] == third[4][0] and third[4][1:] == (2, "node1,node2")  # and back on two
     assert logged_steps(out) == [1, 2, 3, 4, 5, 6]
     assert not (out / "checkpoints/universal").exists()  # the converted copy is removed once loaded
-    assert (out / "export/open_clip_model.pt").exists()
+    assert (out / "export/open_clip_model.safetensors").exists()

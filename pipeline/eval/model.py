@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.eval.data import EvalImage
-from pipeline.models import FineGrainedCLIP, ModelConfig
+from pipeline.models import FineGrainedCLIP, ModelConfig, open_clip_dir
 from pipeline.models.dense import encode_image_dense
-from pipeline.models.loading import CLIP_WEIGHTS, load_fine_grained
+from pipeline.models.loading import load_fine_grained
 from pipeline.models.regions import pool_regions
 from pipeline.models.text import encode_tokens
 from pipeline.models.transform import model_input_image, normalizer
@@ -42,7 +42,7 @@ def export_folder(spec: str) -> Path:
     """The export a run-folder or export spec names; fails naming the key when there is none."""
     path = Path(spec)
     export = path / "export" if (path / "export").is_dir() else path
-    if not (export / CLIP_WEIGHTS).exists():
+    if not (export / open_clip_dir.WEIGHTS).exists():
         raise FileNotFoundError(
             f"checkpoints: {spec} is neither a run folder with export/ nor an export "
             "(python -m pipeline export RUN OUT makes one from any checkpoint)"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import open_clip
+import torch
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
+from pipeline.models import open_clip_dir
 from pipeline.models.config import ModelConfig
 from pipeline.models.long_context import extend_context
 
@@ -21,14 +24,50 @@ def create_backbone(cfg: ModelConfig) -> open_clip.CLIP:
     """``open_clip.create_model(cfg.name, cfg.pretrained)``, extended to 248 tokens if configured.
 
     Pretrained weights are loaded at their native 77-token context first, then interpolated, so
-    ``pretrained="openai"`` and a Long-CLIP context combine as in β-CLIP.
+    ``pretrained="openai"`` and a Long-CLIP context combine as in β-CLIP. An export of ours (its
+    folder, or its weights file) loads at the context it was trained with: open_clip would
+    interpolate a 248-token one down to 77 without a word.
     """
-    clip = open_clip.create_model(cfg.name, pretrained=cfg.pretrained)
+    export = open_clip_dir.folder_of(cfg.pretrained) if cfg.pretrained else None
+    clip = open_clip.create_model(cfg.name, pretrained=None if export else cfg.pretrained)
     _check_supported(clip, cfg.name)
+    if export:
+        _load_export(clip, export, cfg)
     if cfg.context_length != clip.context_length:
         extend_context(clip, freeze_first=cfg.freeze_first_20)
     log.info("backbone %s (pretrained=%s), text context %d", cfg.name, cfg.pretrained, clip.context_length)
     return clip
+
+
+def image_stats(cfg: ModelConfig) -> dict:
+    """The mean and std the weights ``cfg.pretrained`` were trained with (an open_clip tag's, an
+    export's), as open_clip's preprocess config; empty: open_clip's defaults (OpenAI's)."""
+    export = open_clip_dir.folder_of(cfg.pretrained) if cfg.pretrained else None
+    if export:
+        pretrained = json.loads((export / open_clip_dir.CONFIG).read_text())["preprocess_cfg"]
+    else:
+        pretrained = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained or "")
+    return {key: pretrained[key] for key in ("mean", "std") if key in pretrained}
+
+
+def _load_export(clip: open_clip.CLIP, export: Path, cfg: ModelConfig) -> None:
+    config, state = open_clip_dir.read(export)
+    context = config["model_cfg"]["text_cfg"]["context_length"]
+    if context > cfg.context_length:
+        raise ValueError(
+            f"model.context_length: {cfg.context_length}, but model.pretrained={cfg.pretrained} "
+            f"was trained with {context} tokens (set model.context_length={context})"
+        )
+    if context != clip.context_length:
+        extend_context(clip, freeze_first=cfg.freeze_first_20)
+    if _shapes(state) != _shapes(clip.state_dict()):
+        raise ValueError(f"model.pretrained: {cfg.pretrained} is not a {cfg.name} (model.name)")
+    clip.load_state_dict(state, strict=True)
+    open_clip_dir.set_preprocess(clip, config)
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def _check_supported(clip: object, name: str) -> None:

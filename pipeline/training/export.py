@@ -14,8 +14,8 @@ import torch
 
 from pipeline.config import InputNotFound, UserError, build, to_dict
 from pipeline.lineage import LINEAGE_FILE
-from pipeline.models import ModelConfig
-from pipeline.models.loading import CLIP_CONFIG, CLIP_WEIGHTS, HEADS, MODEL_CONFIG, untrained
+from pipeline.models import FineGrainedCLIP, ModelConfig, open_clip_dir
+from pipeline.models.loading import HEADS, MODEL_CONFIG, untrained
 from pipeline.training.checkpoint import latest_tag, tensors_only
 
 log = logging.getLogger(__name__)
@@ -27,27 +27,33 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, zero_stage: i
     state = _fp32_weights(checkpoint_dir, tag, zero_stage)
     model = untrained(model_cfg, heads={k.partition(".")[0] for k in state if not k.startswith("clip.")})
     shapes = {k: v.shape for k, v in model.state_dict().items()}
-    state = {k: v.reshape(shapes[k]) for k, v in state.items()}  # 0-d parameters trained as [1]
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")}, out / CLIP_WEIGHTS
-    )
-    heads = {k: v for k, v in state.items() if not k.startswith("clip.")}
-    if heads:
-        torch.save(heads, out / HEADS)
-    config = open_clip.get_model_config(model_cfg.name)
-    config["text_cfg"]["context_length"] = model_cfg.context_length
-    (out / CLIP_CONFIG).write_text(json.dumps(config, indent=1))
-    (out / MODEL_CONFIG).write_text(json.dumps(to_dict(model_cfg), indent=1))
+    model.load_state_dict(
+        {k: v.reshape(shapes[k]) for k, v in state.items()}, strict=True
+    )  # 0-d trained as [1]
+    write_export(model, out, f"trained to {tag}")
     if (checkpoint_dir / tag / LINEAGE_FILE).exists():
         shutil.copy(checkpoint_dir / tag / LINEAGE_FILE, out / LINEAGE_FILE)
-    (out / "README.txt").write_text(
-        f"{model_cfg.name} trained to {tag}.\n"
-        "open_clip model: from pipeline.models.loading import load_exported; load_exported(this)\n"
-        "with its heads:  from pipeline.models.loading import load_fine_grained; load_fine_grained(this)\n"
-    )
     log.info("exported %s", out)
     return out
+
+
+def write_export(model: FineGrainedCLIP, model_cfg: ModelConfig, out: Path, what: str) -> None:
+    """``model``'s export files: open_clip's layout for the CLIP, then our heads and config
+    (``model_cfg`` as trained: ``pretrained`` names the weights it started from)."""
+    out.mkdir(parents=True, exist_ok=True)
+    clip_cfg = open_clip.get_model_config(model_cfg.name)
+    clip_cfg["text_cfg"]["context_length"] = model.clip.context_length
+    open_clip_dir.write(out, model.clip, clip_cfg)
+    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
+    if heads:
+        torch.save(heads, out / HEADS)
+    (out / MODEL_CONFIG).write_text(json.dumps(to_dict(model_cfg), indent=1))
+    (out / "README.txt").write_text(
+        f"{model_cfg.name} {what}, text context {model.clip.context_length} tokens.\n"
+        "open_clip:      model, _, preprocess = open_clip.create_model_and_transforms('local-dir:THIS')\n"
+        "                tokenizer = open_clip.get_tokenizer('local-dir:THIS')\n"
+        "with its heads: from pipeline.models.loading import load_fine_grained; load_fine_grained(THIS)\n"
+    )
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:

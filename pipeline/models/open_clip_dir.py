@@ -1,0 +1,67 @@
+"""The open_clip part of an export, in open_clip's own folder layout (what ``push_to_hf_hub``
+writes), so that plain open_clip loads it without this library::
+
+    open_clip_config.json        {"model_cfg": ..., "preprocess_cfg": ...}
+    open_clip_model.safetensors  the CLIP state dict
+
+``open_clip.create_model_and_transforms("local-dir:EXPORT")`` and
+``open_clip.get_tokenizer("local-dir:EXPORT")`` then give the model, the preprocessing and the
+tokenizer (its context, 248 tokens after Long-CLIP) that our training and evaluation use; the
+same folder uploaded to the Hugging Face hub loads as ``hf-hub:ORG/REPO``. safetensors holds
+tensors only: loading one runs no code, whoever wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG = "open_clip_config.json"
+WEIGHTS = "open_clip_model.safetensors"
+
+
+def preprocess_cfg(clip: open_clip.CLIP) -> dict:
+    """What our training and evaluation feed ``clip`` (``models/transform.py``), in open_clip's
+    terms: the whole image squashed to the square input (nothing cropped), bicubic, normalised
+    with the statistics its pretrained weights were trained with."""
+    visual = clip.visual
+    return {
+        "size": list(visual.image_size),
+        "mode": "RGB",
+        "mean": list(visual.image_mean),
+        "std": list(visual.image_std),
+        "interpolation": "bicubic",
+        "resize_mode": "squash",
+        "fill_color": 0,
+    }
+
+
+def write(out: Path, clip: open_clip.CLIP, model_cfg: dict) -> None:
+    """``clip``'s weights and its open_clip config (``model_cfg``, the context as trained)."""
+    state = {k: v.detach().contiguous() for k, v in clip.state_dict().items()}
+    save_file(state, out / WEIGHTS)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg(clip)}
+    (out / CONFIG).write_text(json.dumps(config, indent=1))
+
+
+def read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(open_clip config, CLIP state dict) of an export."""
+    return json.loads((folder / CONFIG).read_text()), load_file(folder / WEIGHTS)
+
+
+def folder_of(pretrained: str) -> Path | None:
+    """The export that a ``model.pretrained`` value names (the folder, or its weights file);
+    None for an open_clip tag or another checkpoint file."""
+    path = Path(pretrained)
+    folder = path.parent if path.name == WEIGHTS else path
+    return folder if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file() else None
+
+
+def set_preprocess(clip: open_clip.CLIP, config: dict) -> None:
+    """Give ``clip`` an export's image statistics (``visual.image_mean``/``image_std``)."""
+    merged = {**clip.visual.preprocess_cfg, **config["preprocess_cfg"]}
+    open_clip.set_model_preprocess_cfg(clip, merged)
