@@ -49,7 +49,9 @@ def export(tmp_path_factory):
 def test_plain_open_clip_embeds_an_export_as_our_eval_does(export, tmp_path):
     paths, images = [], []
     for i, (w, h) in enumerate(SIZES):
-        pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+        pixels = torch.randint(
+            0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(i)
+        )
         buffer = io.BytesIO()
         Image.fromarray(pixels.numpy()).save(buffer, "JPEG", quality=90)
         (tmp_path / f"{i}.jpg").write_bytes(buffer.getvalue())
@@ -78,7 +80,9 @@ def test_pretrained_from_an_export_keeps_its_context(export):
     trained = json.loads((export / "open_clip_config.json").read_text())
     for pretrained in (str(export), str(export / "open_clip_model.safetensors")):
         clip = create_backbone(ModelConfig(name=TINY_MODEL, pretrained=pretrained, context_length=248))
-        again = FineGrainedCLIP(ModelConfig(name=TINY_MODEL, pretrained=None, context_length=248), False, False)
+        again = FineGrainedCLIP(
+            ModelConfig(name=TINY_MODEL, pretrained=None, context_length=248), False, False
+        )
         assert clip.context_length == 248 and trained["model_cfg"]["text_cfg"]["context_length"] == 248
         expected = load_model(str(export), torch.device("cpu")).clip.positional_embedding
         assert torch.equal(clip.positional_embedding, expected)

@@ -40,7 +40,9 @@ def test_the_readme_cpu_line_trains_checkpoints_and_exports(slurm, tmp_path, gen
     log = job_log(out)
     assert result.returncode == 0, result.stdout + result.stderr + log[-4000:]
     assert "2 tasks on localhost" in log and "finished at step 200" in log, log[-4000:]
-    assert (out / "checkpoints/step-00000200").is_dir() and (out / "export/open_clip_model.safetensors").exists()
+    assert (out / "checkpoints/step-00000200").is_dir() and (
+        out / "export/open_clip_model.safetensors"
+    ).exists()
     assert logged_steps(out) == list(range(10, 201, 10))  # beta_tiny.yaml: log_every 10
 
 
