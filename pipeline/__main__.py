@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import TYPE_CHECKING
 
-from pipeline.config import ConfigError, UserError, load_config
+from pipeline.config import ConfigError, UserError, load_config, setup_logging
 
 if TYPE_CHECKING:
     from pipeline.eval import EvalConfig
@@ -70,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     try:
         if args.command == "manifest":
             return _manifest(args.action, args.path)

@@ -102,12 +102,31 @@ def config_from_command_line(cls: type[T], description: str, argv: list[str] | N
     parser.add_argument("--config", help="YAML file (configs/*/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value (YAML value), e.g. output=runs/x")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     try:
         return load_config(cls, args.config, args.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
+
+
+def setup_logging() -> None:
+    """Our lines at INFO, and warnings. Libraries that log through the root logger itself
+    (open_clip: which config and file it loaded, on every model built) are heard from at WARNING
+    only, and open_clip's "No pretrained weights loaded ... initialized randomly" not at all: it
+    comes for every model whose weights we load next (an export, a checkpoint), and the backbone
+    line says what was loaded."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_not_library_chatter)
+
+
+def _not_library_chatter(record: logging.LogRecord) -> bool:
+    if record.name != "root":  # our modules (and well-behaved libraries) log under their name
+        return True
+    return record.levelno >= logging.WARNING and not record.getMessage().startswith(
+        "No pretrained weights loaded"
+    )
 
 
 def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:

@@ -54,6 +54,7 @@ class Sample:
     sentences: list[str]
     phrases: list[Phrase]
     regions: list[Region]
+    origin: dict[str, Any] | None = None  # the input's own metadata (img2dataset's url, sha256, ...)
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +86,8 @@ class Sample:
         ]
         if not all(isinstance(s, str) for s in d["sentences"]):
             raise SchemaError("sentences: every entry must be a string")
+        if not isinstance(d.get("origin"), dict | None):
+            raise SchemaError("origin: must be an object or null")
         return cls(
             id=d["id"],
             source=d["source"],
@@ -94,6 +97,7 @@ class Sample:
             sentences=list(d["sentences"]),
             phrases=phrases,
             regions=regions,
+            origin=d.get("origin"),
         )
 
 

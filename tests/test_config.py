@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -5,6 +7,7 @@ from typing import Literal
 import pytest
 
 from pipeline.config import ConfigError, build, load_config
+from pipeline.models import TINY_MODEL
 from pipeline.prep.config import PrepConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,3 +133,23 @@ def test_nan_is_no_number_a_config_accepts(preset, override, message):
     )
     with pytest.raises(ConfigError, match=message):
         load_config(cls, REPO / "configs" / preset, [*extra, override])
+
+
+def test_logs_hold_our_lines_and_warnings_not_open_clip_chatter():
+    """open_clip logs which config and file it loaded through the root logger on every model
+    built, and that weights were initialised randomly when we are about to load them."""
+    code = """
+import logging
+from pipeline.config import setup_logging
+from pipeline.models import TINY_MODEL, FineGrainedCLIP, ModelConfig
+setup_logging()
+FineGrainedCLIP(ModelConfig(name=TINY_MODEL, pretrained=None), with_pooler=False, with_region_head=False)
+logging.warning("a library's warning")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stderr.splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        f"pipeline.models.backbone: backbone {TINY_MODEL} (pretrained=None), text context 77",
+        "root: a library's warning",
+    ], lines

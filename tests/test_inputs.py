@@ -43,6 +43,10 @@ def _records(corpus: Path) -> list[dict]:
     return [json.loads(line) for line in (corpus / "records.jsonl").read_text().splitlines()]
 
 
+HOSTILE_META = "000000003"
+PLAIN_META = ("key", "url", "status", "original_width", "sha256", "exif")
+
+
 def write_tars(corpus: Path, out: Path) -> dict[str, dict]:
     """img2dataset's layout (``00000.tar`` + ``00000.parquet`` + ``00000_stats.json``, keys
     shard + row) from the generated corpus, broken as ``TAR_DROPS`` says; 00003.tar is named by
@@ -61,7 +65,12 @@ def write_tars(corpus: Path, out: Path) -> dict[str, dict]:
                     "caption": record["caption"],
                     "status": "success",
                     "boxes": record["boxes"],
+                    "original_width": 640,
+                    "sha256": f"{shard:064d}",
+                    "exif": None,
                 }
+                if key == HOSTILE_META:  # kept: what any JSON reader reads back; the rest left out
+                    meta |= {"nan": float("nan"), "big": 2**70, "nested": {"a": 1}, "\ud800": 1}
                 sample = {"__key__": key, "jpg": jpg, "txt": record["caption"], "json": json.dumps(meta)}
                 if key == "000000002":
                     del sample["jpg"]
@@ -373,12 +382,17 @@ def test_prep_from_local_tars(tar_dataset, tars):
         in check.inspect(m)
     )
     assert check.verify(m) == [] and check.validate(m) == []
-    metas = [json.loads(s["json"]) for s in wds.WebDataset(m.shard_urls(), shardshuffle=False)]
+    samples = list(wds.WebDataset(m.shard_urls(), shardshuffle=False))
+    metas = [json.loads(s["json"]) for s in samples]
     assert {meta["id"] for meta in metas} == set(by_key) - set(TAR_DROPS) - LOST
     assert CAPTION_IN_JSON_ONLY in {meta["id"] for meta in metas}
+    assert [s["txt"].decode() for s in samples] == [meta["caption"] for meta in metas]
+    sizes = json.loads((Path(m.root) / "sizes.json").read_text())
+    assert sizes == {shard.name: shard.samples for shard in m.shards}
     for meta in metas:
         source = by_key[meta["id"]]
         assert meta["caption"] == source["caption"]
+        assert list(meta["origin"]) == sorted(PLAIN_META) and meta["origin"]["key"] == meta["id"]
         assert _regions(meta) == _expected_regions(
             source["boxes"], meta["width"], meta["height"]
         )  # 160 px: unscaled

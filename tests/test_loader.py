@@ -125,14 +125,16 @@ def datasets(tmp_path_factory):
         for name, size in (("alpha", 8), ("beta", 4), ("gamma", 4))
     }
 
-    # bad: 4 shards of 8 with a truncated JPEG (#3), garbage JSON (#9) and no caption (#20), then a
+    # bad: 4 shards of 8 with a truncated JPEG (#3), garbage JSON (#9) and no caption (#12), then a
     # fifth "shard" that is not a tar at all but claims 8 samples: 40 samples, 5 batches of 8
     bad = samples["bad"]
     bad[3] = (bad[3][0], bad[3][1][: len(bad[3][1]) // 2], bad[3][2])
-    bad[20] = (bad[20][0], bad[20][1], {k: v for k, v in bad[20][2].items() if k != "caption"})
     out["bad"] = write_dataset(root / "bad", [*chunks(bad, 8), []], claimed={4: 8})
     (root / "bad" / "shard-000004.tar").write_bytes(b"not a tar file " * 100)
-    with tarfile.open(root / "bad" / "shard-000001.tar", "w") as tar:  # again: write_shard writes valid JSON
+    bad[12] = (bad[12][0], bad[12][1], {k: v for k, v in bad[12][2].items() if k != "caption"})
+    with tarfile.open(
+        root / "bad" / "shard-000001.tar", "w"
+    ) as tar:  # by hand: write_shard writes valid samples
         for key, jpg, meta in bad[8:16]:
             body = b"{garbage" if key == bad[9][0] else json.dumps(meta).encode()
             for name, data in ((f"{key}.jpg", jpg), (f"{key}.json", body)):

@@ -110,6 +110,7 @@ def test_overwrite_removes_only_what_our_manifest_and_records_name(tmp_path):
         "dataset.json",
         "shards.parquet",
         "dropped.parquet",
+        "sizes.json",
         ".shard-000002.tar.0123456789ab.tmp",
     ]
     theirs = ["input-00000.tar", "notes.txt", ".cache.tmp", "shard-000009.tar"]

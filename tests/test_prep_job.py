@@ -88,7 +88,7 @@ def test_every_input_is_written_or_dropped_with_its_reason(local_ray, corpus, tm
     assert sum(p["region"] is not None for meta in metas for p in meta["phrases"]) > len(metas)
     assert m.data["text"]["model"] and m.data["grounder"]["name"] == "annotations"
     assert sorted(os.listdir(tmp_path / "ds")) == sorted(
-        [s.name for s in m.shards] + ["dataset.json", "shards.parquet", "dropped.parquet"]
+        [s.name for s in m.shards] + ["dataset.json", "shards.parquet", "dropped.parquet", "sizes.json"]
     )
 
 

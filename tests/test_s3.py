@@ -101,7 +101,8 @@ def test_prep_reads_and_writes_s3(s3, tmp_path, capsys):
     assert manifest.data["input"]["source"] == "corpus"
     names = storage.list_names(out)
     assert sorted(names) == sorted(
-        [s.name for s in manifest.shards] + ["dataset.json", "shards.parquet", "dropped.parquet"]
+        [s.name for s in manifest.shards]
+        + ["dataset.json", "shards.parquet", "dropped.parquet", "sizes.json"]
     )
     assert check.verify(manifest) == [] and check.validate(manifest) == []
 

@@ -11,7 +11,7 @@ from pipeline.shards.writer import file_digest, write_shard
 
 
 def _samples(n):
-    return [(f"k{i:03d}", f"jpg-{i}".encode(), {"id": str(i)}) for i in range(n)]
+    return [(f"k{i:03d}", f"jpg-{i}".encode(), {"id": str(i), "caption": f"Sample {i}."}) for i in range(n)]
 
 
 def test_shard_is_deterministic_whole_and_readable_by_webdataset(tmp_path):
@@ -22,7 +22,8 @@ def test_shard_is_deterministic_whole_and_readable_by_webdataset(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar", "b.tar"]  # no temp files left
     got = list(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False))
     assert [s["__key__"] for s in got] == [f"k{i:03d}" for i in range(5)]
-    assert json.loads(got[2]["json"]) == {"id": "2"} and got[2]["jpg"] == b"jpg-2"
+    assert json.loads(got[2]["json"]) == {"id": "2", "caption": "Sample 2."} and got[2]["jpg"] == b"jpg-2"
+    assert got[2]["txt"] == b"Sample 2."
     with tarfile.open(tmp_path / "a.tar") as tar:
         assert {m.mtime for m in tar.getmembers()} == {0}
 

@@ -38,7 +38,7 @@ from pipeline.shards.writer import file_digest, is_shard_name, shard_name
 
 log = logging.getLogger(__name__)
 
-OUR_TABLES = (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE)
+OUR_TABLES = (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE, mf.SIZES_FILE)
 
 
 def run(cfg: PrepConfig) -> mf.Manifest:
@@ -60,6 +60,13 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     keep_memory_returnable()  # the duplicate-id set grows with the input
     pool = WorkerPool(cfg, root, source, run_id)
     provenance = pool.provenance()  # fails fast: a missing spaCy model, a detector that does not load
+    text = provenance["text"]
+    log.info(
+        "text: spaCy model %s %s (not loadable: %s)",
+        text["model"],
+        text["model_version"],
+        text["models_not_loadable"] or "none",
+    )
     planner = ShardPlanner(cfg.samples_per_shard, skip=set(done))
     items = inputs.read_input(
         cfg.input,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -36,6 +37,7 @@ class InputRecord(NamedTuple):
     image_offset: int = 0
     image_size: int = -1
     boxes_cut: int = 0  # input boxes after the first image.max_boxes: counted, never carried
+    origin: dict | None = None  # the input's own metadata for the sample (origin_fields)
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,31 @@ def caption_problem(caption: Any, max_caption_chars: int) -> tuple[str, str] | N
     if len(caption) > max_caption_chars:
         return "caption_too_long", f"{len(caption)} > {max_caption_chars} characters"
     return None
+
+
+ORIGIN_MAX_CHARS = 8192  # a longer metadata string (a whole EXIF dump) is left out
+
+
+def origin_fields(meta: dict) -> dict:
+    """An input's own metadata for a sample (img2dataset's url, original size, sha256, ...), as
+    given, where any JSON reader gets it back exactly: top-level fields whose value is null, a
+    bool, a 64-bit int, a finite float or a string of valid Unicode up to ``ORIGIN_MAX_CHARS``.
+    Nested values are left out, and the caption and boxes, which the sample carries itself."""
+    return {
+        key: value
+        for key, value in meta.items()
+        if key not in ("caption", "boxes") and is_text(key) and _plain(value)
+    }
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= ORIGIN_MAX_CHARS and is_text(value)
 
 
 def record_id(value: Any) -> str | None:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import braceexpand
 
 from pipeline import storage
-from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, unique_ids
+from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, origin_fields, unique_ids
 from pipeline.storage import FileStat
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,8 @@ def sample_item(tar: str, sample: Sample, ordinal: int, max_caption_chars: int) 
     problem = caption_problem(caption, max_caption_chars)
     if problem:
         return Drop(ordinal, key, *problem)
-    return InputRecord(ordinal, key, tar, caption, meta.get("boxes"), image.offset, image.size)
+    origin = origin_fields(meta) if meta else None
+    return InputRecord(ordinal, key, tar, caption, meta.get("boxes"), image.offset, image.size, origin=origin)
 
 
 def list_tar(tar: Tar) -> TarListing:

@@ -226,6 +226,7 @@ class ShardWorker:
                 sentences=h.sentences,
                 phrases=phrases,
                 regions=grounding.regions,
+                origin=item.record.origin,
             )
             samples.append((sample.to_json(), grounding.ambiguous))
         return samples

@@ -73,14 +73,16 @@ def validate(m: Manifest) -> list[str]:
     for shard in m.shards:
         for key, files in _samples(shard.url):
             where = f"{shard.name}/{key}"
-            if set(files) != {"jpg", "json"}:
-                problems.append(f"{where}: files {sorted(files)}, expected jpg and json")
+            if set(files) - {"txt"} != {"jpg", "json"}:  # txt: in shards written since 2026-12
+                problems.append(f"{where}: files {sorted(files)}, expected jpg, json and txt")
                 continue
             try:
                 sample = Sample.from_json(json.loads(files["json"]))
             except (SchemaError, json.JSONDecodeError, UnicodeDecodeError) as e:
                 problems.append(f"{where}: {e}")
                 continue
+            if files.get("txt", sample.caption.encode()) != sample.caption.encode():
+                problems.append(f"{where}: txt is not the json's caption")
             if key != sample_key(sample.source, sample.id):
                 problems.append(f"{where}: key is not sample_key(source, id)")
             try:

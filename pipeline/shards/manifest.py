@@ -22,6 +22,7 @@ from pipeline.schema import SCHEMA_VERSION
 MANIFEST_FILE = "dataset.json"
 SHARDS_TABLE = "shards.parquet"
 DROPPED_TABLE = "dropped.parquet"
+SIZES_FILE = "sizes.json"  # {shard name: samples}: how open_clip_train counts a dataset's samples
 
 SHARDS_SCHEMA = pa.schema(
     [
@@ -130,7 +131,9 @@ def load_manifest(path: str) -> Manifest:
 
 
 def write_manifest(root: str, manifest: dict[str, Any], shard_rows: list[dict], drops: list[dict]) -> None:
-    """Write both tables, then ``dataset.json`` last, each atomically."""
+    """Write both tables and ``sizes.json``, then ``dataset.json`` last, each atomically."""
+    sizes = {row["name"]: row["samples"] for row in shard_rows}
+    storage.write_atomic(f"{root}/{SIZES_FILE}", json.dumps(sizes, indent=1).encode())
     storage.write_atomic(
         f"{root}/{SHARDS_TABLE}", _parquet(pa.Table.from_pylist(shard_rows, schema=SHARDS_SCHEMA))
     )

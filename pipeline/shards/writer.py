@@ -33,7 +33,8 @@ def is_shard_name(name: str | None) -> bool:
 
 
 def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict]]) -> ShardFile:
-    """Write ``(key, jpg, json)`` samples as ``key.jpg`` + ``key.json``, hashing as we go; the
+    """Write ``(key, jpg, json)`` samples as ``key.jpg``, ``key.json`` and ``key.txt`` (the json's
+    caption: what open_clip_train and most WebDataset pipelines read), hashing as we go; the
     shard appears at ``url`` only when whole (``storage.open_write``). Fixed tar metadata makes
     reruns byte-identical."""
     count = 0
@@ -43,6 +44,7 @@ def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict]]) -> ShardFi
             for key, jpg, meta in samples:
                 _add(tar, f"{key}.jpg", jpg)
                 _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
+                _add(tar, f"{key}.txt", meta["caption"].encode())
                 count += 1
     return ShardFile(url.rsplit("/", 1)[-1], count, out.size, out.sha256.hexdigest())
 

@@ -28,6 +28,7 @@ class LoadedModel:
     nlp: Language
     name: str  # the package name that loaded
     version: str  # the model package's version
+    passed_over: tuple[str, ...] = ()  # the models tried before it, and why each failed
 
 
 def load_nlp(cfg: TextConfig) -> LoadedModel:
@@ -38,23 +39,17 @@ def load_nlp(cfg: TextConfig) -> LoadedModel:
             nlp = spacy.load(name)
         except (OSError, ImportError) as e:  # E050: not installed; a broken package: ImportError
             failures.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-            log.warning("spaCy model %s not loadable, trying the next one", name)
+            log.debug("spaCy model %s not loadable, trying the next one", name)
             continue
         missing = [p for p in REQUIRED_PIPES if p not in nlp.component_names]
         if missing:
             failures.append(f"{name} (lacks pipes {missing})")
-            log.warning("spaCy model %s lacks pipes %s, trying the next one", name, missing)
+            log.debug("spaCy model %s lacks pipes %s, trying the next one", name, missing)
             continue
         nlp.select_pipes(enable=list(REQUIRED_PIPES))
         version = nlp.meta.get("version", "unknown")
-        log.info(
-            "loaded spaCy model %s %s (spaCy %s; disabled: %s)",
-            name,
-            version,
-            spacy.__version__,
-            ", ".join(nlp.disabled) or "none",
-        )
-        return LoadedModel(nlp, name, version)
+        log.debug("loaded spaCy model %s %s", name, version)  # per worker: the job says it once
+        return LoadedModel(nlp, name, version, tuple(failures))
     raise ModelUnavailable(
         "no usable spaCy model; tried "
         + "; ".join(failures)

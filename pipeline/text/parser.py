@@ -45,6 +45,7 @@ class CaptionParser:
         return {
             "model": self.model.name,
             "model_version": self.model.version,
+            "models_not_loadable": list(self.model.passed_over),
             "spacy_version": spacy.__version__,
             "pipes": list(nlp.pipe_names),
             "disabled_pipes": list(nlp.disabled),
