@@ -63,5 +63,5 @@ def folder_of(pretrained: str) -> Path | None:
 
 def set_preprocess(clip: open_clip.CLIP, config: dict) -> None:
     """Give ``clip`` an export's image statistics (``visual.image_mean``/``image_std``)."""
-    merged = {**clip.visual.preprocess_cfg, **config["preprocess_cfg"]}
+    merged = {**getattr(clip.visual, "preprocess_cfg", {}), **config["preprocess_cfg"]}  # set by create_model
     open_clip.set_model_preprocess_cfg(clip, merged)

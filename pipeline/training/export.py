@@ -27,10 +27,9 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, zero_stage: i
     state = _fp32_weights(checkpoint_dir, tag, zero_stage)
     model = untrained(model_cfg, heads={k.partition(".")[0] for k in state if not k.startswith("clip.")})
     shapes = {k: v.shape for k, v in model.state_dict().items()}
-    model.load_state_dict(
-        {k: v.reshape(shapes[k]) for k, v in state.items()}, strict=True
-    )  # 0-d trained as [1]
-    write_export(model, out, f"trained to {tag}")
+    state = {k: v.reshape(shapes[k]) for k, v in state.items()}  # 0-d parameters trained as [1]
+    model.load_state_dict(state, strict=True)
+    write_export(model, model_cfg, out, f"trained to {tag}")
     if (checkpoint_dir / tag / LINEAGE_FILE).exists():
         shutil.copy(checkpoint_dir / tag / LINEAGE_FILE, out / LINEAGE_FILE)
     log.info("exported %s", out)
