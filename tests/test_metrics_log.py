@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import time
 
 import torch
 
@@ -16,19 +17,29 @@ from pipeline.training.preemption import SIGNALS, Preemption
 WORLD = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
 
 
-def _log(path, steps, start_step):
-    log = MetricsLog(path, enabled=True, start_step=start_step)
+def _log(run_dir, steps, start_step):
+    log = MetricsLog(run_dir, enabled=True, start_step=start_step, tensorboard=True)
     for step in steps:
-        log.write({"step": step, "loss": float(step)})
+        log.write({"step": step, "time": 1e9 + step, "loss": float(step)})
     log.close()
+
+
+def _board(run_dir) -> dict[int, float]:
+    """The loss scalars of ``run_dir/tensorboard``, as TensorBoard shows them (later wins)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("loss")}
 
 
 def test_a_resumed_run_replaces_what_the_dead_run_logged_after_its_checkpoint(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    _log(path, range(1, 8), start_step=0)  # died after logging step 7; last checkpoint at step 5
-    _log(path, range(6, 11), start_step=5)
+    _log(tmp_path, range(1, 8), start_step=0)  # died after logging step 7; last checkpoint at step 5
+    _log(tmp_path, range(6, 11), start_step=5)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == list(range(1, 11))
-    _log(path, [1, 2], start_step=0)  # a fresh run (no checkpoint) in the same folder starts over
+    assert _board(tmp_path) == {step: float(step) for step in range(1, 11)}
+    _log(tmp_path, [1, 2], start_step=0)  # a fresh run (no checkpoint) in the same folder starts over
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
 
 
@@ -57,12 +68,14 @@ def test_step_metrics_logs_every_n_steps_and_the_last_with_the_mean_over_micro_s
     optimizer = torch.optim.SGD(
         [{"params": [torch.zeros(1, requires_grad=True)], "name": "backbone"}], lr=0.5
     )
-    metrics = StepMetrics(tmp_path, WORLD, log_every=2, peak_tflops=1.0, steps=(0, 5))
+    metrics = StepMetrics(
+        tmp_path, WORLD, log_every=2, peak_tflops=1.0, steps=(0, 5), epoch_samples=4, tensorboard=True
+    )
     records = []
     for step in range(1, 6):
         for micro in range(2):  # grad_accum 2: the step's loss is the mean of its micro-steps'
             metrics.count(_batch([3]), {"loss": torch.tensor(float(step + micro))})
-        records.append(metrics.end_step(step, optimizer, skipped=step, last=step == 5))
+        records.append(metrics.end_step(step, 2 * step, optimizer, skipped=step, last=step == 5))
     metrics.close()
     assert [r is not None for r in records] == [False, True, False, True, True]
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -70,6 +83,9 @@ def test_step_metrics_logs_every_n_steps_and_the_last_with_the_mean_over_micro_s
     assert [r["loss"] for r in logged] == [2.5, 4.5, 5.5]
     assert logged[0]["lr_backbone"] == 0.5 and logged[-1]["skipped_samples"] == 5
     assert logged[0]["tokens_per_s"] > 0 and "mfu" not in logged[0]  # MFU on GPUs only
+    assert [(r["samples_seen"], r["epoch"]) for r in logged] == [(4, 1.0), (8, 2.0), (10, 2.5)]
+    assert all(abs(r["time"] - time.time()) < 60 for r in logged)
+    assert _board(tmp_path) == {2: 2.5, 4: 4.5, 5: 5.5}
 
 
 def test_checkpoints_are_due_every_n_steps_and_when_forced(tmp_path):

@@ -112,6 +112,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs, fp32 on CPUs
     seed: int = 0  # model initialisation; the loader has its own (data.seed)
     log_every: int = 10
+    tensorboard: bool = True  # the logged metrics also as TensorBoard event files, OUTPUT/tensorboard/
     replica_check_every: int = 0  # steps between checks that all ranks hold identical parameters; 0: off
     stop_after: int | None = None  # end this run after that step, checkpointed (time-boxed jobs)
     # per-GPU dense bf16 peak for MFU; null: by the GPU's name (pipeline.device), none if unknown

@@ -64,7 +64,15 @@ def train(cfg: TrainConfig) -> RunResult:
         log.info("%s; steps %d → %d", epoch, step, cfg.steps)
     stop_at = cfg.stop_after or cfg.steps
     peak = cfg.peak_tflops or device_peak_tflops(world.device)
-    metrics = StepMetrics(run_dir, world, cfg.log_every, peak, steps=(step, cfg.steps))
+    metrics = StepMetrics(
+        run_dir,
+        world,
+        cfg.log_every,
+        peak,
+        steps=(step, cfg.steps),
+        epoch_samples=loader.num_samples,
+        tensorboard=cfg.tensorboard,
+    )
     dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
     batches = iter(loader)
     while step < stop_at:
@@ -76,7 +84,7 @@ def train(cfg: TrainConfig) -> RunResult:
             metrics.count(batch, {"loss": loss, **terms})
         step += 1
         samples += global_batch
-        metrics.end_step(step, engine.optimizer, sum(loader.skipped.values()), last=step == stop_at)
+        metrics.end_step(step, samples, engine.optimizer, sum(loader.skipped.values()), last=step == stop_at)
         replicas.check(engine.module, step)
         preempted = preemption.agreed(step)
         checkpoints.maybe_save(

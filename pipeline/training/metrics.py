@@ -7,6 +7,7 @@ GPU, and doing so per micro-step would stall the host from queueing the next one
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from tqdm import tqdm
 
 from pipeline.batch import Batch
 from pipeline.training.distributed import World, mean_over_ranks
+
+log = logging.getLogger(__name__)
 
 
 def text_tokens(batch: Batch) -> torch.Tensor:
@@ -51,12 +54,13 @@ class FlopCount:
 
 
 class MetricsLog:
-    """One JSON object per logged step in ``metrics.jsonl``. A run that starts at ``start_step``
-    continues the file from there: records of later steps (logged after the checkpoint it resumes
-    from, by a run that then died) are dropped, so every step appears once."""
+    """One JSON object per logged step in ``metrics.jsonl`` and, with ``tensorboard``, its numbers
+    as scalars in ``tensorboard/``. A run that starts at ``start_step`` continues both from there:
+    records of later steps (logged after the checkpoint it resumes from, by a run that then died)
+    are dropped, so every step appears once."""
 
-    def __init__(self, path: Path, enabled: bool, start_step: int = 0) -> None:
-        self.enabled = enabled
+    def __init__(self, run_dir: Path, enabled: bool, start_step: int = 0, tensorboard: bool = False) -> None:
+        path = run_dir / "metrics.jsonl"
         if enabled and path.exists():
             kept = [
                 line
@@ -65,15 +69,27 @@ class MetricsLog:
             ]
             path.write_text("".join(f"{line}\n" for line in kept))
         self._file = path.open("a") if enabled else None
+        self._board = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when used
+
+            self._board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def write(self, record: dict) -> None:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        if self._board is not None:
+            for name, value in record.items():
+                if name not in ("step", "time"):
+                    self._board.add_scalar(name, value, record["step"], walltime=record["time"])
+            self._board.flush()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        if self._board is not None:
+            self._board.close()
 
 
 class StepMetrics:
@@ -91,16 +107,22 @@ class StepMetrics:
         log_every: int,
         peak_tflops: float | None,
         steps: tuple[int, int],
+        epoch_samples: int,
+        tensorboard: bool,
     ):
         start, total = steps
+        self.epoch_samples = epoch_samples
         self.world, self.log_every, self.peak_tflops = world, log_every, peak_tflops
         # MFU on a GPU whose peak is known; elsewhere counting is wasted work
         self.flops = FlopCount(enabled=world.device.type == "cuda" and peak_tflops is not None)
-        self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=world.is_main, start_step=start)
+        self.log = MetricsLog(run_dir, enabled=world.is_main, start_step=start, tensorboard=tensorboard)
+        self.total = total
+        # a bar on a terminal; in a log file (Slurm's) its redraws become one endless line, so
+        # there each logged step is a line of its own
         self.bar = tqdm(
             total=total,
             initial=start,
-            disable=not world.is_main,
+            disable=not (world.is_main and sys.stderr.isatty()),
             file=sys.stderr,
             dynamic_ncols=True,
             mininterval=5,
@@ -119,9 +141,12 @@ class StepMetrics:
         self._samples += self._batch_size
         self._tokens += text_tokens(batch)
 
-    def end_step(self, step: int, optimizer: torch.optim.Optimizer, skipped: int, last: bool) -> dict | None:
+    def end_step(
+        self, step: int, samples: int, optimizer: torch.optim.Optimizer, skipped: int, last: bool
+    ) -> dict | None:
         """Close optimizer step ``step``; on a logged step, reduce over ranks and write a record.
-        ``skipped``: bad samples this rank's loader has replaced so far."""
+        ``samples``: seen by all ranks so far; ``skipped``: bad samples this rank's loader has
+        replaced so far."""
         self.bar.update(1)
         terms, micro_steps = self._terms, self._micro_steps
         self._terms, self._micro_steps = {}, 0
@@ -135,6 +160,9 @@ class StepMetrics:
         samples_s = self._samples * ranks / elapsed
         record = {
             "step": step,
+            "time": round(time.time(), 3),
+            "samples_seen": samples,
+            "epoch": round(samples / self.epoch_samples, 4),
             **{n: reduced[n] for n in terms},
             **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
             "samples_per_s": round(samples_s, 2),
@@ -146,6 +174,14 @@ class StepMetrics:
             record["mfu"] = round(samples_s * flops_per_sample / (self.peak_tflops * 1e12 * ranks), 4)
         self.log.write(record)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", sps=record["samples_per_s"])
+        if self.world.is_main and self.bar.disable:
+            log.info(
+                "step %d/%d: loss %.4f, %.1f samples/s",
+                step,
+                self.total,
+                record["loss"],
+                record["samples_per_s"],
+            )
         self._since, self._samples = time.perf_counter(), 0
         self._tokens.zero_()
         return record
