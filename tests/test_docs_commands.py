@@ -46,6 +46,11 @@ def check(words: list[str]) -> None:
         parsed = build_parser().parse_args(args[2:])
         if parsed.command == "eval":
             eval_config(parsed)
+    elif program == "python" and args[:2] == ["-m", "open_clip_train.main"]:
+        from open_clip_train.params import parse_args
+
+        assert env.get("PYTHONPATH") in (REPO / "scripts/install.sh").read_text(), "its webdataset 0.2"
+        parse_args(args[2:])
     elif program == "sbatch":
         script = next(a for a in args if a.endswith(".sh"))
         overrides = args[args.index(script) + 1 :]
