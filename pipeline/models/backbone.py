@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -28,7 +27,7 @@ def create_backbone(cfg: ModelConfig) -> open_clip.CLIP:
     folder, or its weights file) loads at the context it was trained with: open_clip would
     interpolate a 248-token one down to 77 without a word.
     """
-    export = open_clip_dir.folder_of(cfg.pretrained) if cfg.pretrained else None
+    export = open_clip_dir.folder_of(cfg.pretrained)
     clip = open_clip.create_model(cfg.name, pretrained=None if export else cfg.pretrained)
     _check_supported(clip, cfg.name)
     if export:
@@ -42,9 +41,9 @@ def create_backbone(cfg: ModelConfig) -> open_clip.CLIP:
 def image_stats(cfg: ModelConfig) -> dict:
     """The mean and std the weights ``cfg.pretrained`` were trained with (an open_clip tag's, an
     export's), as open_clip's preprocess config; empty: open_clip's defaults (OpenAI's)."""
-    export = open_clip_dir.folder_of(cfg.pretrained) if cfg.pretrained else None
+    export = open_clip_dir.folder_of(cfg.pretrained)
     if export:
-        pretrained = json.loads((export / open_clip_dir.CONFIG).read_text())["preprocess_cfg"]
+        pretrained = open_clip_dir.read_config(export)["preprocess_cfg"]
     else:
         pretrained = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained or "")
     return {key: pretrained[key] for key in ("mean", "std") if key in pretrained}

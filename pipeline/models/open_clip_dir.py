@@ -50,12 +50,18 @@ def write(out: Path, clip: open_clip.CLIP, model_cfg: dict) -> None:
 
 def read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(open_clip config, CLIP state dict) of an export."""
-    return json.loads((folder / CONFIG).read_text()), load_file(folder / WEIGHTS)
+    return read_config(folder), load_file(folder / WEIGHTS)
 
 
-def folder_of(pretrained: str) -> Path | None:
+def read_config(folder: Path) -> dict:
+    return json.loads((folder / CONFIG).read_text())
+
+
+def folder_of(pretrained: str | None) -> Path | None:
     """The export that a ``model.pretrained`` value names (the folder, or its weights file);
-    None for an open_clip tag or another checkpoint file."""
+    None for an open_clip tag, another checkpoint file, or none."""
+    if not pretrained:
+        return None
     path = Path(pretrained)
     folder = path.parent if path.name == WEIGHTS else path
     return folder if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file() else None

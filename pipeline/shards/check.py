@@ -81,7 +81,7 @@ def validate(m: Manifest) -> list[str]:
             except (SchemaError, json.JSONDecodeError, UnicodeDecodeError) as e:
                 problems.append(f"{where}: {e}")
                 continue
-            if files.get("txt", sample.caption.encode()) != sample.caption.encode():
+            if "txt" in files and files["txt"] != sample.caption.encode():
                 problems.append(f"{where}: txt is not the json's caption")
             if key != sample_key(sample.source, sample.id):
                 problems.append(f"{where}: key is not sample_key(source, id)")
