@@ -7,7 +7,6 @@ from typing import Literal
 import pytest
 
 from pipeline.config import ConfigError, build, load_config
-from pipeline.models import TINY_MODEL
 from pipeline.prep.config import PrepConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,12 +143,13 @@ from pipeline.config import setup_logging
 from pipeline.models import TINY_MODEL, FineGrainedCLIP, ModelConfig
 setup_logging()
 FineGrainedCLIP(ModelConfig(name=TINY_MODEL, pretrained=None), with_pooler=False, with_region_head=False)
+logging.getLogger("pipeline.ours").info("our line")
 logging.warning("a library's warning")
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stderr.splitlines()
     assert [line.split(" ", 2)[2] for line in lines] == [
-        f"pipeline.models.backbone: backbone {TINY_MODEL} (pretrained=None), text context 77",
+        "pipeline.ours: our line",
         "root: a library's warning",
     ], lines

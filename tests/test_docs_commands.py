@@ -10,8 +10,11 @@ line run as written in test_slurm.py and test_ray_job_submit.py); docs/reproduce
 test runs which command.
 """
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 from helpers import REPO, doc_commands
@@ -51,6 +54,15 @@ def check(words: list[str]) -> None:
 
         assert env.get("PYTHONPATH") in (REPO / "scripts/install.sh").read_text(), "its webdataset 0.2"
         parse_args(args[2:])
+    elif program == "python" and args[:2] == ["-m", "clip_benchmark.cli"]:
+        assert env.get("PYTHONPATH") in (REPO / "scripts/install.sh").read_text(), "its own folder"
+        run = subprocess.run(  # its parser reads sys.argv: ["-c", *args]
+            [sys.executable, "-c", "from clip_benchmark.cli import get_parser_args as p; p()", *args[2:]],
+            env={**os.environ, "PYTHONPATH": str(REPO / env["PYTHONPATH"])},
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
     elif program == "sbatch":
         script = next(a for a in args if a.endswith(".sh"))
         overrides = args[args.index(script) + 1 :]

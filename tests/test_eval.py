@@ -34,6 +34,27 @@ def test_retrieval_recall_counts_ranks_both_ways():
     assert r == {"i2t_R@1": 100.0, "i2t_R@2": 100.0, "t2i_R@1": 66.67, "t2i_R@2": 100.0}
 
 
+def test_retrieval_recall_with_several_captions_per_image():
+    """Image-to-text is a hit when any of the image's captions is in the top k; text-to-image
+    ranks the images for every caption."""
+    r = 0.5**0.5
+    image = torch.tensor([[1.0, 0], [0, 1.0], [r, r]])  # A, B, C
+    text = torch.tensor([[1.0, 0], [0.6, 0.8], [0.8, 0.6], [0, 1.0], [0.28, 0.96], [-0.6, 0.8]])
+    image_of_text = torch.tensor([0, 0, 1, 1, 1, 2])
+    # T2I: texts 0, 3, 4 rank their image first; text 5 second (after B); texts 1 and 2 third
+    # (both prefer C, then the other one of A and B).
+    # I2T: A's best caption (text 0) and B's (text 3) top their rows; C's only caption (text 5,
+    # 0.14) is beaten by all five others.
+    assert m.retrieval_recall(image, text, (1, 2, 6), image_of_text) == {
+        "i2t_R@1": 66.67,
+        "i2t_R@2": 66.67,
+        "i2t_R@6": 100.0,
+        "t2i_R@1": 50.0,
+        "t2i_R@2": 66.67,
+        "t2i_R@6": 100.0,
+    }
+
+
 def test_topk_accuracy_and_top_labels():
     classes = torch.eye(3)
     regions = F.normalize(torch.tensor([[1.0, 0.1, 0.0], [0.0, 1.0, 0.9], [0.2, 0.0, 1.0]]), dim=1)

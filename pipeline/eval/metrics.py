@@ -16,13 +16,20 @@ import torch
 DIFFICULTIES = {1: "hard", 2: "medium", 3: "easy"}  # FG-OVD: how many attributes a negative changes
 
 
-def retrieval_recall(image: torch.Tensor, text: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
-    """Image ``i`` and text ``i`` [N, D] are the pairs. I2T: rank the N texts for each image; T2I:
-    rank the N images for each text. R@k: % of queries whose pair is in the top k."""
-    sim = image @ text.T
-    right = sim.diagonal()
-    i2t = (sim > right[:, None]).sum(dim=1)  # texts scored above the right one, per image
-    t2i = (sim > right[None, :]).sum(dim=0)
+def retrieval_recall(
+    image: torch.Tensor, text: torch.Tensor, ks: Sequence[int], image_of_text: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Images [N, D] and texts [M, D]; text ``j`` describes image ``image_of_text[j]`` (default: text
+    ``i`` is image ``i``'s one caption). T2I: rank the N images for each text. I2T: rank the M texts
+    for each image, a hit when any of its captions is in the top k (the COCO/Flickr30k protocol
+    with 5 captions per image). R@k: % of queries with a hit."""
+    if image_of_text is None:
+        image_of_text = torch.arange(len(text))
+    sim = image @ text.T  # [N, M]
+    right = sim[image_of_text, torch.arange(len(text))]  # each text's score with its image
+    t2i = (sim > right[None, :]).sum(dim=0)  # images scored above the right one, per text
+    best = torch.full((len(image),), -torch.inf).scatter_reduce(0, image_of_text, right, "amax")
+    i2t = (sim > best[:, None]).sum(dim=1)  # texts scored above the image's best caption
     return {**{f"i2t_R@{k}": _percent(i2t < k) for k in ks}, **{f"t2i_R@{k}": _percent(t2i < k) for k in ks}}
 
 

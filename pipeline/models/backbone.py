@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import open_clip
@@ -12,8 +11,6 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from pipeline.models import open_clip_dir
 from pipeline.models.config import ModelConfig
 from pipeline.models.long_context import extend_context
-
-log = logging.getLogger(__name__)
 
 TINY_MODEL = "FG-Tiny-16"  # 128 px, 8x8 patch grid, width 64, 2+2 layers: tests and the CPU demo
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
@@ -34,7 +31,6 @@ def create_backbone(cfg: ModelConfig) -> open_clip.CLIP:
         _load_export(clip, export, cfg)
     if cfg.context_length != clip.context_length:
         extend_context(clip, freeze_first=cfg.freeze_first_20)
-    log.info("backbone %s (pretrained=%s), text context %d", cfg.name, cfg.pretrained, clip.context_length)
     return clip
 
 

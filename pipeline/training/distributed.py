@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,7 @@ def init_distributed(device: DeviceChoice) -> World:
     use_cuda = target.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank)
+    quiet_logs(rank, use_cuda)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(local_rank))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
@@ -50,15 +52,28 @@ def init_distributed(device: DeviceChoice) -> World:
 
     deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False)
     log.info(
-        "rank %d/%d (local %d) on %s, rendezvous %s:%s",
-        rank,
+        "%d rank(s) on %s, rendezvous %s:%s",
         size,
-        local_rank,
-        target,
+        target.type,
         os.environ["MASTER_ADDR"],
         os.environ["MASTER_PORT"],
     )
     return World(rank, size, local_rank, target)
+
+
+def quiet_logs(rank: int, use_cuda: bool) -> None:
+    """A job's log says each thing once: ranks other than 0 log warnings and errors only, and
+    Python warnings come from rank 0. DeepSpeed is told the device we picked (instead of warning
+    that it found no GPU), and torch's deprecations of the collectives DeepSpeed calls
+    (``all_gather_into_tensor``, ``reduce_scatter_tensor``) are not shown: nothing a user can
+    act on."""
+    if rank:
+        logging.getLogger().setLevel(logging.WARNING)
+        warnings.simplefilter("ignore")
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_cuda else "cpu")
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
+    )
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -113,6 +113,14 @@ def _model_at_start(
     model = FineGrainedCLIP(
         cfg.model, with_pooler=cfg.objective.uses_beta_cal, with_region_head=cfg.objective.uses_regions
     )
+    log.info(
+        "model %s (pretrained=%s), text context %d%s%s",
+        cfg.model.name,
+        cfg.model.pretrained,
+        model.clip.context_length,
+        ", β-CLIP pooler" if model.pooler is not None else "",
+        ", region head" if model.region_head is not None else "",
+    )
     saved = checkpoints.latest()
     resized = saved is not None and saved.world_size != world.size
     engine = build_engine(cfg, model, world, load_universal=resized)
