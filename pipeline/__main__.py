@@ -132,6 +132,7 @@ def _manifest(action: str, path: str) -> int:
     from pipeline.shards import check, load_manifest
 
     m = load_manifest(path)
+    samples = m.num_samples  # a manifest without its totals fails here, before any work
     if action == "inspect":
         print(check.inspect(m))
         return 0
@@ -140,7 +141,7 @@ def _manifest(action: str, path: str) -> int:
         print(problem)
     print(
         f"{action}: {'OK' if not problems else f'{len(problems)} problem(s)'} "
-        f"({len(m.shards)} shards, {m.num_samples} samples)"
+        f"({len(m.shards)} shards, {samples} samples)"
     )
     return 1 if problems else 0
 

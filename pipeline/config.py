@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 import types
 import typing
@@ -147,28 +148,40 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix}{missing[0]}: required")
     kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     try:
-        return cls(**kwargs)
+        config = cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:  # from __post_init__, which names its own field
         message = str(e)
         raise ConfigError(message if message.startswith(prefix) else prefix + message) from e
+    _check_finite(config, prefix)
+    return config
 
 
 def at_least(config: Any, minimum: float, *names: str) -> None:
-    """Fail naming the first of the fields ``names`` whose value is below ``minimum`` or NaN (an
-    unset optional field, None, passes): the one way configs check their numbers."""
+    """Fail naming the first of the fields ``names`` whose value is below ``minimum``, NaN or
+    infinite (an unset optional field, None, passes): the one way configs check their numbers."""
     for name in names:
         value = getattr(config, name)
-        if value is not None and not value >= minimum:
-            raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+        if value is not None and not (is_finite(value) and value >= minimum):
+            raise _number_error(name, f">= {minimum}", value)
 
 
 def positive(config: Any, *names: str) -> None:
-    """Fail naming the first of the fields ``names`` whose value is not > 0 (NaN is not)."""
+    """Fail naming the first of the fields ``names`` whose value is not a finite number > 0."""
     for name in names:
-        if not getattr(config, name) > 0:
-            raise ValueError(f"{name}: must be > 0, got {getattr(config, name)}")
+        value = getattr(config, name)
+        if not (is_finite(value) and value > 0):
+            raise _number_error(name, "> 0", value)
+
+
+def is_finite(value: float) -> bool:
+    """Not NaN nor ±inf: a learning rate of ``1e999`` (YAML reads it as inf) trains nothing."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _number_error(name: str, rule: str, value: float) -> ValueError:
+    return ValueError(f"{name}: must be {rule}, got {value}{'' if is_finite(value) else ' (not finite)'}")
 
 
 def check_choices(config: Any) -> None:
@@ -213,18 +226,31 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is Any:
         return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-5 as a string, not a float
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected float, got {value!r}") from None
+    if tp is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        return _to_float(value, key)
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # "run=7" parses as an int; a name field still wants a str
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _to_float(value: int | float | str, key: str) -> float:
+    """PyYAML (YAML 1.1) reads 1e-5 as a string, not a float, hence the strings."""
+    try:
+        return float(value)
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
+        raise ConfigError(f"{key}: expected float, got {str(value)[:50]!r}") from None
+
+
+def _check_finite(config: Any, prefix: str) -> None:
+    """Every float key, with or without a check of its own, is a number: NaN and ±inf (YAML's
+    ``.inf``, or ``1e999``) are refused, in lists too. Nested configs checked themselves."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{prefix}{f.name}: must be a finite number, got {value}")
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

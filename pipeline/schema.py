@@ -65,7 +65,9 @@ class Sample:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Sample:
-        """Parse and validate one sample's JSON; raises SchemaError naming the bad field."""
+        """Parse and validate one sample's JSON (any JSON value: it comes from others' files);
+        raises SchemaError naming the bad field."""
+        _require_object(d, "sample")
         _require(d, "schema", int)
         if d["schema"] != SCHEMA_VERSION:
             raise SchemaError(f"schema: version {d['schema']} is not {SCHEMA_VERSION}")
@@ -106,23 +108,35 @@ def sample_key(source: str, source_id: str) -> str:
     return hashlib.sha1(f"{source}\x00{source_id}".encode()).hexdigest()[:20]
 
 
-def clean_box(box: Any, width: int, height: int) -> tuple[tuple[float, float, float, float] | None, str]:
-    """Clip a box to the image; return (box, "") or (None, reason) for one that cannot be used.
-
-    Reasons: ``box_malformed`` (not four numbers), ``box_not_finite`` (NaN/inf),
-    ``box_inverted`` (x1 < x0 or y1 < y0), ``box_outside`` (no overlap with the image),
-    ``box_degenerate`` (under one pixel wide or high after clipping). A box that merely
-    sticks out of the image is clipped and kept.
-    """
+def box_numbers(box: Any) -> tuple[float, float, float, float] | str:
+    """A box's four numbers as floats, or why it has none: ``box_malformed`` (not four ints or
+    floats) or ``box_not_finite`` (NaN, inf, or an int beyond any float)."""
     if (
         not isinstance(box, (list, tuple))
         or len(box) != 4
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
     ):
-        return None, "box_malformed"
-    x0, y0, x1, y1 = (float(v) for v in box)
+        return "box_malformed"
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except OverflowError:
+        return "box_not_finite"
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        return None, "box_not_finite"
+        return "box_not_finite"
+    return x0, y0, x1, y1
+
+
+def clean_box(box: Any, width: int, height: int) -> tuple[tuple[float, float, float, float] | None, str]:
+    """Clip a box to the image; return (box, "") or (None, reason) for one that cannot be used.
+
+    Reasons: those of :func:`box_numbers`, ``box_inverted`` (x1 < x0 or y1 < y0),
+    ``box_outside`` (no overlap with the image), ``box_degenerate`` (under one pixel wide or high
+    after clipping). A box that merely sticks out of the image is clipped and kept.
+    """
+    numbers = box_numbers(box)
+    if isinstance(numbers, str):
+        return None, numbers
+    x0, y0, x1, y1 = numbers
     if x1 < x0 or y1 < y0:
         return None, "box_inverted"
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
@@ -134,6 +148,11 @@ def clean_box(box: Any, width: int, height: int) -> tuple[tuple[float, float, fl
     return (x0, y0, x1, y1), ""
 
 
+def _require_object(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise SchemaError(f"{where}: expected an object, got {type(value).__name__}")
+
+
 def _require(d: dict[str, Any], name: str, typ: type) -> None:
     if name not in d:
         raise SchemaError(f"{name}: missing")
@@ -143,6 +162,7 @@ def _require(d: dict[str, Any], name: str, typ: type) -> None:
 
 
 def _region(r: dict[str, Any], i: int, width: int, height: int) -> Region:
+    _require_object(r, f"regions[{i}]")
     for name, typ in (("box", list), ("score", (int, float)), ("source", str), ("label", str)):
         if name not in r or not isinstance(r[name], typ):
             raise SchemaError(f"regions[{i}].{name}: missing or wrong type")
@@ -156,6 +176,7 @@ def _region(r: dict[str, Any], i: int, width: int, height: int) -> Region:
 
 
 def _phrase(p: dict[str, Any], i: int, caption: str, n_sentences: int, n_regions: int) -> Phrase:
+    _require_object(p, f"phrases[{i}]")
     for name, typ in (("text", str), ("sentence", int), ("start", int), ("end", int), ("kind", str)):
         if name not in p or not isinstance(p[name], typ):
             raise SchemaError(f"phrases[{i}].{name}: missing or wrong type")

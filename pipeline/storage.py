@@ -83,21 +83,40 @@ class TooLarge(OSError):
 
 
 def read_bytes(url: str, limit: int | None = None) -> bytes:
-    """A whole file. With ``limit``, files from others: a local path must be a regular file (a
-    FIFO would block, ``/dev/zero`` never end), and more than ``limit`` bytes raise
-    :class:`TooLarge` having read at most ``limit + 1`` (one ranged GET on S3)."""
+    """A whole file. With ``limit``, files from others (:func:`_read_regular`), and more than
+    ``limit`` bytes raise :class:`TooLarge` having read at most ``limit + 1`` (one ranged GET on
+    S3)."""
     if not is_s3(url):
         if limit is None:
             return local_path(url).read_bytes()
-        if not stat.S_ISREG(os.stat(local_path(url)).st_mode):
-            raise OSError(f"{url} is not a regular file")
-        with open(local_path(url), "rb") as f:
-            data = f.read(limit + 1)
+        data = _read_regular(local_path(url), limit)
     else:
         data = _s3_get(url, None if limit is None else f"bytes=0-{limit}")
     if limit is not None and len(data) > limit:
         raise TooLarge(f"{url}: more than {limit} bytes")
     return data
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a regular file, and no more than its size says: a read
+    that could block or never end is not started. The file is opened without blocking (a FIFO
+    would wait for a writer) and checked once open; a size of 0 reads nothing, so a kernel
+    file that looks regular (``/proc/kmsg``, whose read waits for the next log line) reads as
+    empty."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read(min(info.st_size, limit + 1))
+
+
+def is_regular_file(url: str) -> bool:
+    """An S3 object, or a local regular file (not a folder, FIFO or device)."""
+    if is_s3(url):
+        return exists(url)
+    with contextlib.suppress(OSError):
+        return stat.S_ISREG(os.stat(local_path(url)).st_mode)
+    return False
 
 
 def read_range(url: str, offset: int, size: int) -> bytes:

@@ -12,7 +12,7 @@ from pipeline.prep.config import PrepConfig
 from pipeline.prep.job import run
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
-# Fixtures that start a local Ray or a moto_server: these below, and local_ray in prep test modules.
+# Fixtures that start a local Ray or a moto_server.
 SERVICES = {"generated_shards", "s3", "local_ray"}
 
 
@@ -40,6 +40,14 @@ def generated_shards(tmp_path_factory) -> Path:
     finally:
         ray.shutdown()
     return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray on this machine for the module's tests."""
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

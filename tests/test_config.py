@@ -153,3 +153,49 @@ logging.warning("a library's warning")
         "pipeline.ours: our line",
         "root: a library's warning",
     ], lines
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optim.lr=.inf",
+        "optim.lr=1e999",  # YAML 1.1 reads it as a string, float() as inf
+        "optim.head_lr=.inf",
+        "optim.lr_end=.nan",
+        "optim.head_lr_end=-.inf",
+        "optim.warmup_start_lr=.inf",
+        "optim.grad_clip=.inf",
+        "optim.weight_decay=.nan",
+        "optim.eps=.inf",
+        "optim.betas=[0.9, .nan]",
+        "objective.alpha=.inf",
+        "objective.lambda_gr=.nan",
+        "peak_tflops=.inf",
+        "data.crop_scale=[0.5, .inf]",
+    ],
+)
+def test_every_float_key_must_be_finite(override):
+    """NaN and ±inf anywhere in a config are refused, naming the key, whether or not the key has
+    a range check of its own."""
+    from pipeline.training.config import TrainConfig
+
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key}: "):
+        load_config(TrainConfig, REPO / "configs/train/beta_tiny.yaml", [override])
+
+
+def test_range_checks_refuse_non_finite_values_in_configs_made_in_code():
+    from pipeline.training.config import OptimConfig
+
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="lr: must be > 0"):
+            OptimConfig(lr=value)
+        with pytest.raises(ValueError, match="weight_decay: must be >= 0"):
+            OptimConfig(weight_decay=value)
+
+
+def test_an_int_too_large_for_a_float_key_is_a_config_error():
+    from pipeline.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="^optim.lr: expected float"):
+        load_config(TrainConfig, REPO / "configs/train/beta_tiny.yaml", ["optim.lr=1" + "0" * 400])

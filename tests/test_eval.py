@@ -220,3 +220,46 @@ def test_eval_command_writes_a_report(generated_shards, tmp_path, capsys):
     assert (
         lineage["checkpoints"] == {"untrained": {"path": "openclip:FG-Tiny-16"}} and lineage["code_version"]
     )
+
+
+def _eval_fails(capsys, *args: str) -> str:
+    """``python -m pipeline eval ...``: exit 2 and one line on stderr, which is returned."""
+    assert main(["eval", *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(("error: ", "config error: ")), err
+    return err
+
+
+@pytest.mark.parametrize("data", ["empty", "unparsable", "unknown shard"])
+def test_eval_data_that_cannot_be_evaluated_is_one_line(tmp_path, capsys, data):
+    from test_loader import write_dataset
+
+    samples = [] if data == "empty" else [(f"k{i}", b"jpg", {"caption": "not schema v1"}) for i in range(4)]
+    path = write_dataset(tmp_path / "data", [samples])
+    extra = ["shards=[shard-000009.tar]"] if data == "unknown shard" else []
+    err = _eval_fails(
+        capsys, "--data", path, "--checkpoint", "openclip:FG-Tiny-16", "--out", str(tmp_path / "out"), *extra
+    )
+    assert (
+        "shards: 'shard-000009.tar' is not a shard" if extra else f"data: no usable image in {path}"
+    ) in err
+
+
+@pytest.mark.parametrize("file", ["open_clip_model.safetensors", "heads.pt", "open_clip_config.json"])
+def test_eval_of_a_truncated_export_is_one_line_naming_the_file(tmp_path, capsys, file):
+    from test_loader import chunks, make_sample, write_dataset
+
+    from pipeline.models import TINY_MODEL
+    from pipeline.training.export import write_export
+
+    data = write_dataset(tmp_path / "data", chunks([make_sample("a", i) for i in range(4)], 4))
+    cfg = ModelConfig(name=TINY_MODEL, pretrained=None)
+    write_export(
+        FineGrainedCLIP(cfg, with_pooler=True, with_region_head=False), cfg, tmp_path / "export", "test"
+    )
+    path = tmp_path / "export" / file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    err = _eval_fails(
+        capsys, "--data", data, "--checkpoint", f"x={tmp_path}/export", "--out", str(tmp_path / "out")
+    )
+    assert f"error: {path}: " in err

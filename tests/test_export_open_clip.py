@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
+from pipeline.config import UserError
 from pipeline.eval.data import EvalImage
 from pipeline.eval.model import embed_images, embed_texts, load_model
 from pipeline.models import TINY_MODEL, FineGrainedCLIP, ModelConfig
 from pipeline.models.backbone import create_backbone
+from pipeline.models.loading import load_exported
 from pipeline.training.export import write_export
 
 TEXTS = ["a red circle above two blue squares", "a long caption " * 40, "a cat"]
@@ -89,3 +93,48 @@ def test_pretrained_from_an_export_keeps_its_context(export):
         assert not torch.equal(again.clip.positional_embedding, expected)
     with pytest.raises(ValueError, match="model.context_length: 77, but model.pretrained="):
         create_backbone(ModelConfig(name=TINY_MODEL, pretrained=str(export), context_length=77))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "file, damage",
+    [
+        ("open_clip_model.safetensors", _truncate),
+        ("open_clip_model.safetensors", lambda p: p.write_bytes(b"\xff" * 64)),
+        ("open_clip_model.safetensors", lambda p: save_file({"visual.proj": torch.zeros(2, 2)}, p)),
+        ("open_clip_config.json", _truncate),
+        ("open_clip_config.json", lambda p: p.write_text("[]")),
+        ("open_clip_config.json", lambda p: p.write_text('{"model_cfg": {}, "preprocess_cfg": {}}')),
+        ("open_clip_config.json", lambda p: p.write_bytes(b'{"\xff": 1}')),
+        ("open_clip_config.json", lambda p: p.unlink()),
+        ("heads.pt", _truncate),
+        ("heads.pt", lambda p: p.write_bytes(b"not a zip")),
+        ("heads.pt", lambda p: torch.save({"pooler.scale": "not a tensor"}, p)),
+        ("heads.pt", lambda p: torch.save({"evil.weight": torch.zeros(1)}, p)),
+        ("heads.pt", lambda p: torch.save({"pooler.scale": torch.zeros(3, 3)}, p)),
+        ("model_config.json", _truncate),
+        ("model_config.json", lambda p: p.write_text('{"name": 5}')),
+        ("model_config.json", lambda p: p.write_text("null")),
+    ],
+)
+def test_an_unreadable_export_file_is_one_line_naming_it(export, tmp_path, file, damage):
+    """Whatever is wrong with an export's file (truncated, corrupt, another model's), loading it
+    is a :class:`UserError` naming the file: what ``eval --checkpoint`` prints as one line."""
+    bad = tmp_path / "export"
+    shutil.copytree(export, bad)
+    damage(bad / file)
+    loaders = [lambda: load_model(str(bad), torch.device("cpu"))]
+    if file.startswith("open_clip"):
+        loaders += [
+            lambda: load_exported(bad),
+            lambda: create_backbone(ModelConfig(name=TINY_MODEL, pretrained=str(bad), context_length=248)),
+        ]
+    for load in loaders:
+        with pytest.raises(UserError) as refused:
+            load()
+        message = str(refused.value)
+        assert len(message.splitlines()) == 1 and str(bad) in message, message
+        assert file in message or "export" in message, message

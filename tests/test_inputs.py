@@ -10,7 +10,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import webdataset as wds
 
 from pipeline import storage
@@ -329,11 +328,9 @@ def test_identity_changes_with_any_tar(tmp_path, tars):
 
 
 @pytest.fixture(scope="module")
-def local_ray(s3):
-    """Started after the S3 server, so that its workers see the endpoint."""
-    ray.init(num_cpus=2, include_dashboard=False)
+def local_ray(s3, local_ray):
+    """conftest's, started after the S3 server, so that its workers see the endpoint."""
     yield
-    ray.shutdown()
 
 
 def _prep(out, *overrides):

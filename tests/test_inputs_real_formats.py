@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import ray
 import webdataset as wds
 
 from pipeline.config import ConfigError, load_config
@@ -287,13 +286,6 @@ def corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
     write_corpus(str(out), SyntheticConfig(num_records=10, seed=5))
     return out
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def _records(corpus: Path) -> list[dict]:

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms
 
 from pipeline.batch import text_id
-from pipeline.config import ConfigError, build
+from pipeline.config import BadInput, ConfigError, build
 from pipeline.schema import SCHEMA_VERSION, sample_key
 from pipeline.shards.manifest import write_manifest
 from pipeline.shards.writer import write_shard
@@ -317,3 +317,21 @@ def test_reads_what_data_prep_writes(generated_shards):
     assert batches[0].tokens.shape == (8, 36, 32) and batches[0].boxes.shape == (8, 16, 4)
     assert sum(int(b.region_mask.sum()) for b in batches) > 96  # phrases do get their regions
     assert all(((b.boxes >= 0) & (b.boxes <= SIZE)).all() for b in batches)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_data_none_of_whose_samples_parse_is_one_line_naming_why(tmp_path, workers):
+    """Raised in a DataLoader worker, the error still reaches the run as its own one line."""
+    samples = [(f"k{i}", b"jpg", {"caption": "not schema v1"}) for i in range(8)]
+    path = write_dataset(tmp_path / "foreign", [samples[:4], samples[4:]])
+    with pytest.raises(BadInput) as refused:
+        next(iter(loader([path], workers=workers)))
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+    assert message.startswith("data.manifests: no usable sample in a batch of 4 ({'bad_sample': 4})")
+    assert "schema: missing" in message
+
+
+def test_a_dataset_without_samples_is_bad_input(tmp_path):
+    with pytest.raises(BadInput, match=r"^data.manifests\[0\]: .* has no samples"):
+        loader([write_dataset(tmp_path / "empty", [])])

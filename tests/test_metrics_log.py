@@ -5,13 +5,15 @@ import os
 import signal
 import time
 
+import pytest
 import torch
 
 from pipeline.batch import Batch
+from pipeline.config import UserError
 from pipeline.training.checkpoint import CheckpointManager, prune, tag_of
 from pipeline.training.config import CheckpointConfig
 from pipeline.training.distributed import World
-from pipeline.training.metrics import MetricsLog, StepMetrics, text_tokens
+from pipeline.training.metrics import LossNotFinite, MetricsLog, StepMetrics, text_tokens
 from pipeline.training.preemption import SIGNALS, Preemption
 
 WORLD = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
@@ -118,3 +120,51 @@ def test_a_preemption_signal_is_acted_on_at_the_next_checking_step():
     finally:
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+
+
+def test_a_torn_last_line_is_dropped_and_a_corrupt_one_skipped_on_resume(tmp_path, caplog):
+    """A node killed mid-write leaves half a record; a resume goes on without it."""
+    path = tmp_path / "metrics.jsonl"
+    _log(tmp_path, range(1, 5), start_step=0)
+    lines = path.read_text().splitlines()
+    lines[1] = "\x00\x00garbage"  # a disk fault in the middle
+    path.write_bytes(("\n".join([*lines, "[1]", '{"step": "7"}', '{"step": 5, "loss": 0.'])).encode())
+    with caplog.at_level("WARNING"):
+        _log(tmp_path, [5, 6], start_step=4)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 3, 4, 5, 6]
+    assert "line 2 is not a metrics record" in caplog.text and "line 7 is torn" in caplog.text
+
+
+def _count_losses(metrics: StepMetrics, losses: list[float], grad_accum: int = 1) -> list:
+    optimizer = torch.optim.SGD(
+        [{"params": [torch.zeros(1, requires_grad=True)], "name": "backbone"}], lr=0.5
+    )
+    records = []
+    for step, loss in enumerate(losses, 1):
+        for _ in range(grad_accum):
+            metrics.count(_batch([3]), {"loss": torch.tensor(loss)})
+        records.append(metrics.end_step(step, step, optimizer, skipped=0, last=step == len(losses)))
+    return records
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_loss_stops_the_run_at_the_next_check_naming_its_step(tmp_path, bad):
+    metrics = StepMetrics(
+        tmp_path, WORLD, log_every=5, peak_tflops=None, steps=(0, 20), epoch_samples=4, tensorboard=False
+    )
+    with pytest.raises(LossNotFinite, match=rf"^step 3: loss is {bad}: training diverged") as stopped:
+        _count_losses(metrics, [1.0, 1.0, bad, 1.0, 1.0, 1.0])  # checked at the logged step 5
+    assert isinstance(stopped.value, UserError) and len(str(stopped.value).splitlines()) == 1
+    assert (tmp_path / "metrics.jsonl").read_text() == ""  # no record of a diverged step
+    with pytest.raises(LossNotFinite, match="^step 3: "):
+        metrics.check_finite(7)  # as before a checkpoint: still no checkpoint, nor export
+    metrics.close()
+
+
+def test_a_finite_loss_passes_every_check(tmp_path):
+    metrics = StepMetrics(
+        tmp_path, WORLD, log_every=2, peak_tflops=None, steps=(0, 4), epoch_samples=4, tensorboard=False
+    )
+    assert [r is not None for r in _count_losses(metrics, [1.0, 2.0, 3.0, 4.0])] == [False, True, False, True]
+    metrics.check_finite(4)
+    metrics.close()

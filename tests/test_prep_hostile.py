@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.config import load_config
+from pipeline import storage
+from pipeline.config import BadInput, load_config
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.inputs import locate, read_input
 from pipeline.prep.job import ShardPlanner, _prepare_output, run
@@ -159,3 +160,131 @@ def test_unreadable_s3_images_are_drops(s3, tmp_path):
     fates = prepare(tmp_path, rows)
     assert fates["nobucket"][0] == "image_unreadable" and "NoSuchBucket" in fates["nobucket"][1]
     assert fates["nokey"] == ("image_missing", f"s3://{s3.bucket}/missing.jpg")
+
+
+# --- one record never stops a job, whatever it holds, in whatever format it came ---------------
+
+
+def test_no_record_can_stop_its_shard(tmp_path):
+    """Hostile values in every field a row has: each costs its record, or only its box."""
+    box = '{"box": [1, 1, 30, 30], "label": "red square"}'
+    rows = [
+        '{"id": "deep", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"id": ' + "9" * 5000 + ', "image": "good.png", "caption": "A red square."}',
+        json.dumps({"id": "parens", "image": "good.png", "caption": "(" * 20_000}),
+        json.dumps(
+            {"id": "emoji", "image": "good.png", "caption": "A red \U0001f600" * 3 + "\U0001f600" * 5000}
+        ),
+        '{"id": "bigbox", "image": "good.png", "caption": "A red square.", "boxes": ['
+        + box.replace("30, 30", "1" + "0" * 401 + ", 30")  # beyond any float
+        + ", "
+        + box.replace("30, 30", "9" * 5000 + ", 30")  # beyond Python's int parsing
+        + ", "
+        + box.replace("red square", "red \\udc80 square")
+        + ", "
+        + box
+        + "]}",
+    ]
+    fates = prepare(tmp_path, rows)
+    assert fates["#1"][0] == "unparseable_record" and "nested deeper" in fates["#1"][1]
+    assert fates["#2"] == ("invalid_id", "inf")
+    assert fates["parens"][0] == fates["emoji"][0] == "caption_token_too_long"
+    assert "bigbox" not in fates  # written, with its one good box; the others counted
+    stats = json.loads(next((tmp_path / "out/_progress").iterdir()).read_text())["stats"]
+    assert stats["boxes_dropped_by_reason"] == {"box_not_finite": 2, "box_label_invalid": 1}
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_tar_samples_json_and_name_cost_that_sample_only(tmp_path):
+    jpg = b"\xff\xd8jpeg"  # read as a byte range; never decoded here
+    _tar(
+        tmp_path / "t.tar",
+        {
+            "a.jpg": jpg, "a.json": b'{"caption": "A fine one."}',
+            "b.jpg": jpg, "b.json": b'{"caption": "Deep.", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "c.jpg": jpg, "c.json": b'{"caption": "Big.", "n": ' + b"9" * 5000 + b"}",
+            "../d.jpg": jpg, "../d.txt": b"Outside.",
+            "/abs/e.jpg": jpg, "/abs/e.txt": b"Absolute.",
+            "f.jpg": jpg, "f.txt": b"The last fine one.",
+        },
+    )  # fmt: skip
+    cfg = load_config(
+        PrepConfig, None, ["input.format=webdataset", f"input.shards={tmp_path}/t.tar", "output=o"]
+    )
+    items = list(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))
+    fates = {item.ordinal: getattr(item, "reason", "record") for item in items}
+    assert fates == {
+        0: "record",
+        1: "unparseable_record",
+        2: "record",  # the number is read as inf: a metadata value, not kept in origin
+        3: "unsafe_member_name",
+        4: "unsafe_member_name",
+        5: "record",
+    }
+    assert items[2].origin == {}
+
+
+def test_a_json_list_item_nobody_can_parse_is_one_drop(tmp_path):
+    good = '{"image": "a.jpg", "conversations": [{"from": "gpt", "value": "A fine caption."}]}'
+    (tmp_path / "captions.json").write_text(
+        "[" + ", ".join([good, "[" * 100_000 + "]" * 100_000, good.replace("a.jpg", "b.jpg")]) + "]"
+    )
+    cfg = load_config(
+        PrepConfig,
+        None,
+        [
+            "input.format=sharegpt4v",
+            f"input.captions={tmp_path}/captions.json",
+            f"input.images={tmp_path}",
+            "output=o",
+        ],
+    )
+    items = list(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))
+    assert [getattr(item, "reason", item.id) for item in items] == ["a.jpg", "unparseable_record", "b.jpg"]
+
+
+def test_coco_bytes_that_are_not_utf8_drop_their_image_only(tmp_path):
+    images = [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b\udcff.jpg"}]
+    captions = [{"image_id": 1, "caption": "A cat."}, {"image_id": 2, "caption": "A dog."}]
+    data = json.dumps({"images": images, "annotations": captions}, ensure_ascii=False)
+    (tmp_path / "captions.json").write_bytes(data.encode("utf-8", "surrogateescape"))  # a raw 0xff byte
+    cfg = load_config(
+        PrepConfig,
+        None,
+        [
+            "input.format=coco",
+            f"input.captions={tmp_path}/captions.json",
+            f"input.images={tmp_path}",
+            "output=o",
+        ],
+    )
+    items = list(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))
+    assert [getattr(item, "reason", "record") for item in items] == ["record", "invalid_utf8"]
+    assert items[1].id == "2"
+
+
+def test_inputs_that_are_no_regular_file_or_no_parquet_are_refused_before_any_work(tmp_path):
+    os.mkfifo(tmp_path / "index.jsonl")
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1" + bytes(100))
+    for index, message in [
+        ("index.jsonl", "is not a regular file"),
+        ("cut.parquet", "not a readable Parquet"),
+    ]:
+        cfg = load_config(PrepConfig, None, [f"input.index={tmp_path}/{index}", "output=o"])
+        with pytest.raises(BadInput, match=message):
+            list(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))
+
+
+def test_a_file_whose_size_says_nothing_is_read_as_empty():
+    """procfs files look regular and say they hold 0 bytes; /proc/kmsg's read never returns."""
+    assert storage.read_bytes("/proc/self/status", limit=1000) == b""

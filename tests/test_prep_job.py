@@ -41,13 +41,6 @@ REPAIRED = {
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
     summary = write_corpus(str(out), SyntheticConfig(num_records=60, num_broken=2 * len(BROKEN_KINDS)))

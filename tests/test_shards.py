@@ -1,10 +1,12 @@
+import io
 import json
+import re
 import tarfile
 
 import pytest
 import webdataset as wds
 
-from pipeline.schema import SCHEMA_VERSION
+from pipeline.schema import SCHEMA_VERSION, Sample, SchemaError
 from pipeline.shards import ManifestError, check, load_manifest
 from pipeline.shards.manifest import write_manifest
 from pipeline.shards.writer import file_digest, write_shard
@@ -95,3 +97,93 @@ def test_validate_reports_schema_violations(tmp_path):
 def test_folder_without_manifest_is_not_a_dataset(tmp_path):
     with pytest.raises(ManifestError, match="no dataset.json"):
         load_manifest(str(tmp_path))
+
+
+def _manifest_cli(args, capsys) -> tuple[int, str]:
+    from pipeline.__main__ import main
+
+    status = main(["manifest", *args])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda m: [m], "expected a JSON object, got list"),
+        (lambda m: {**m, "shards": {"a": 1}}, "shards: expected a list"),
+        (lambda m: {**m, "shards": [{**m["shards"][0], "samples": "3"}]}, r"shards\[0\].samples"),
+        (lambda m: {**m, "shards": [{**m["shards"][0], "bytes": -1}]}, r"shards\[0\].bytes"),
+        (lambda m: {**m, "shards": [{**m["shards"][0], "sha256": None}]}, r"shards\[0\].sha256"),
+        (lambda m: {k: v for k, v in m.items() if k != "totals"}, "totals: missing"),
+        (lambda m: {**m, "totals": [1, 2]}, "totals: expected an object"),
+        (lambda m: {**m, "totals": {**m["totals"], "written": "6"}}, "totals.written: expected a count"),
+        (lambda m: {**m, "totals": {**m["totals"], "inputs": 1.5}}, "totals.inputs: expected a count"),
+        (lambda m: {**m, "totals": {**m["totals"], "dropped_by_reason": {"x": "y"}}}, "dropped_by_reason"),
+        (lambda m: {**m, "input": "jsonl"}, "input: expected an object"),
+        (lambda m: {**m, "name": 7}, "name: expected a string"),
+    ],
+)
+@pytest.mark.parametrize("action", ["inspect", "verify", "validate"])
+def test_a_manifest_not_of_its_documented_shape_is_one_line_naming_the_field(
+    tmp_path, capsys, change, field, action
+):
+    _dataset(tmp_path)
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    status, err = _manifest_cli([action, str(tmp_path)], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {tmp_path}") and re.search(field, err), err
+
+
+@pytest.mark.parametrize("missing", ["input", "created", "text", "grounder", "name"])
+def test_inspect_names_a_missing_field_and_validate_does_without_it(tmp_path, capsys, missing):
+    _dataset(tmp_path)
+    path = tmp_path / "dataset.json"
+    data = json.loads(path.read_text())
+    data["input"]["format"] = "jsonl"
+    path.write_text(json.dumps({k: v for k, v in data.items() if k != missing}))
+    status, err = _manifest_cli(["inspect", str(tmp_path)], capsys)
+    assert status == 2 and err == f"error: {path}: {missing}: missing\n"
+    assert _manifest_cli(["validate", str(tmp_path)], capsys)[0] == 1  # _samples are not v1 samples
+
+
+@pytest.mark.parametrize(
+    "text", ["5", "null", "[1, 2]", '"a string"', "true", '{"schema": 1, "regions": [5]}']
+)
+def test_validate_reports_a_sample_json_that_is_not_an_object_and_goes_on(tmp_path, capsys, text):
+    m = _dataset(tmp_path, shards=1, per_shard=2)
+    with tarfile.open(tmp_path / "shard-000000.tar", "w") as tar:
+        for key, body in (("a", text.encode()), ("b", b'{"schema": 1, "phrases": ["x"]}')):
+            for ext, data in (("jpg", b"jpg"), ("json", body)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    problems = check.validate(m)
+    assert [p.split(":")[0] for p in problems] == ["shard-000000.tar/a", "shard-000000.tar/b"], problems
+    status, err = _manifest_cli(["validate", str(tmp_path)], capsys)
+    assert status == 1 and "Traceback" not in err
+
+
+def test_a_sample_json_of_the_wrong_type_is_a_schema_error():
+    for value in (5, None, [], "x", True):
+        with pytest.raises(SchemaError, match="sample: expected an object"):
+            Sample.from_json(value)
+    base = {
+        "schema": 1,
+        "id": "i",
+        "source": "s",
+        "width": 4,
+        "height": 4,
+        "caption": "a",
+        "sentences": ["a"],
+    }
+    with pytest.raises(SchemaError, match=r"regions\[0\]: expected an object, got int"):
+        Sample.from_json({**base, "phrases": [], "regions": [5]})
+    with pytest.raises(SchemaError, match=r"phrases\[1\]: expected an object, got str"):
+        Sample.from_json(
+            {
+                **base,
+                "regions": [],
+                "phrases": [{"text": "a", "sentence": 0, "start": 0, "end": 1, "kind": "noun_chunk"}, "x"],
+            }
+        )

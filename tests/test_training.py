@@ -38,7 +38,9 @@ def _args(shards: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+# ZeRO-1 is ZeRO-2 without gradient partitioning: one DeepSpeed optimizer class (stage_1_and_2.py)
+# saves and loads both, so stage 2 covers its resume (stage 0 trains across nodes in test_multinode.py).
+@pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_resumes_exactly(generated_shards, tmp_path, stage):
     """The loss goes down; a run stopped after step 4 and resumed matches an uninterrupted run at
     every later step."""
@@ -145,3 +147,42 @@ def test_harmo_loss_decreases_and_export_loads_into_open_clip(generated_shards, 
             == hashlib.sha256((generated_shards / "dataset.json").read_bytes()).hexdigest()
         )
         assert lineage["config"]["zero_stage"] == 3 and lineage["packages"]["deepspeed"]
+
+
+@pytest.mark.parametrize("nan_at", [3, None])
+def test_a_diverged_run_stops_without_checkpoint_or_export_and_every_run_ends_its_group(
+    tmp_path, monkeypatch, nan_at
+):
+    """In this process, one rank: the loss of micro-step ``nan_at`` made NaN stops the run at the
+    next check (here the last step's checkpoint) naming that step; with or without, the process
+    group is destroyed when the run ends."""
+    import torch.distributed as dist
+    from test_loader import chunks, make_sample, write_dataset
+
+    from pipeline.training import loop
+    from pipeline.training.metrics import LossNotFinite
+
+    data = write_dataset(tmp_path / "data", chunks([make_sample("a", i) for i in range(16)], 4))
+    cfg = load_config(
+        TrainConfig,
+        REPO / "configs/train/beta_tiny.yaml",
+        [f"data.manifests=[{data}]", f"output={tmp_path}/run", "device=cpu", "data.batch_size=4"]
+        + ["data.workers=0", "steps=4", "log_every=10", "checkpoint.every=2", "tensorboard=false"],
+    )
+    calls = []
+
+    def forward_backward(*args, **kwargs):
+        loss, terms = real(*args, **kwargs)
+        calls.append(loss)
+        return (loss * float("nan") if len(calls) == nan_at else loss), terms
+
+    real = loop.forward_backward
+    monkeypatch.setattr(loop, "forward_backward", forward_backward)
+    if nan_at is None:
+        assert loop.train(cfg).export.is_dir()
+    else:
+        with pytest.raises(LossNotFinite, match=r"^step 3: loss is nan: training diverged"):
+            loop.train(cfg)
+        assert not (tmp_path / "run" / "export").exists()
+        assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-00000002"]
+    assert not dist.is_initialized()

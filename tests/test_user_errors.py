@@ -81,3 +81,27 @@ def test_training_user_error_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: /nonexistent: no dataset.json"), (
         result.stderr[-500:]
     )
+
+
+@pytest.mark.parametrize("data", ["empty", "unparsable"])
+def test_training_on_data_that_cannot_train_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, data):
+    """A dataset without samples, or none of whose samples parse (read in DataLoader workers):
+    one line, in this process, whose process group is gone after the run."""
+    import torch.distributed as dist
+    from test_loader import write_dataset
+
+    samples = [] if data == "empty" else [(f"k{i}", b"jpg", {"caption": "not schema v1"}) for i in range(8)]
+    path = write_dataset(tmp_path / data, [samples[:4], samples[4:]])
+    command = [
+        "train/train.py",
+        "--config",
+        "configs/train/beta_tiny.yaml",
+        "device=cpu",
+        "tensorboard=false",
+    ]
+    command += [f"output={tmp_path}/run", f"data.manifests=[{path}]", "data.batch_size=4", "data.workers=2"]
+    assert exit_status(command, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not dist.is_initialized()
+    expected = "has no samples" if data == "empty" else "no usable sample in a batch of 4"
+    assert err.strip().splitlines()[-1].startswith("error: data.manifests") and expected in err, err[-2000:]

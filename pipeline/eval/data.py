@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from pipeline.config import BadInput, ConfigError
 from pipeline.schema import Sample
 from pipeline.shards import load_manifest
 from pipeline.shards.writer import read_samples
@@ -40,7 +41,7 @@ def load_eval_set(data: str, shards: Sequence[str] = (), max_images: int = 0) ->
     names = {s.name for s in manifest.shards}
     unknown = sorted(set(shards) - names)
     if unknown:
-        raise ValueError(f"shards: {unknown[0]} is not a shard of {manifest.root}")
+        raise ConfigError(f"shards: {unknown[0]!r} is not a shard of {manifest.root}")
     urls = [s.url for s in manifest.shards if not shards or s.name in shards]
     images = []
     for image in _images(urls):
@@ -48,7 +49,9 @@ def load_eval_set(data: str, shards: Sequence[str] = (), max_images: int = 0) ->
         if len(images) == max_images:
             break
     if not images:
-        raise ValueError(f"data: no usable image in {data}")
+        raise BadInput(
+            f"data: no usable image in {data} (no samples, or none that parse: see the warnings above)"
+        )
     return images
 
 
@@ -62,7 +65,7 @@ def _images(urls: list[str]) -> Iterator[EvalImage]:
             try:
                 sample = Sample.from_json(json.loads(raw["json"]))
                 yield _eval_image(sample, raw["jpg"])
-            except (KeyError, ValueError) as e:
+            except (KeyError, ValueError, RecursionError) as e:
                 log.warning("skipping sample %s of %s: %r", raw.get("__key__"), url, e)
 
 

@@ -11,6 +11,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import InputNotFound
 from pipeline.eval.data import EvalImage
 from pipeline.models import FineGrainedCLIP, ModelConfig, open_clip_dir
 from pipeline.models.dense import encode_image_dense
@@ -43,7 +44,7 @@ def export_folder(spec: str) -> Path:
     path = Path(spec)
     export = path / "export" if (path / "export").is_dir() else path
     if not (export / open_clip_dir.WEIGHTS).exists():
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"checkpoints: {spec} is neither a run folder with export/ nor an export "
             "(python -m pipeline export RUN OUT makes one from any checkpoint)"
         )

@@ -8,6 +8,7 @@ import open_clip
 import torch
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
+from pipeline.config import ConfigError
 from pipeline.models import open_clip_dir
 from pipeline.models.config import ModelConfig
 from pipeline.models.long_context import extend_context
@@ -25,7 +26,10 @@ def create_backbone(cfg: ModelConfig) -> open_clip.CLIP:
     interpolate a 248-token one down to 77 without a word.
     """
     export = open_clip_dir.folder_of(cfg.pretrained)
-    clip = open_clip.create_model(cfg.name, pretrained=None if export else cfg.pretrained)
+    try:
+        clip = open_clip.create_model(cfg.name, pretrained=None if export else cfg.pretrained)
+    except RuntimeError as e:  # open_clip's word for an unknown model name or pretrained tag
+        raise ConfigError(f"model: {str(e).splitlines()[0][:300]} (model.name, model.pretrained)") from None
     _check_supported(clip, cfg.name)
     if export:
         _load_export(clip, export, cfg)
@@ -49,14 +53,14 @@ def _load_export(clip: open_clip.CLIP, export: Path, cfg: ModelConfig) -> None:
     config, state = open_clip_dir.read(export)
     context = config["model_cfg"]["text_cfg"]["context_length"]
     if context > cfg.context_length:
-        raise ValueError(
+        raise ConfigError(
             f"model.context_length: {cfg.context_length}, but model.pretrained={cfg.pretrained} "
             f"was trained with {context} tokens (set model.context_length={context})"
         )
     if context != clip.context_length:
         extend_context(clip, freeze_first=cfg.freeze_first_20)
     if _shapes(state) != _shapes(clip.state_dict()):
-        raise ValueError(f"model.pretrained: {cfg.pretrained} is not a {cfg.name} (model.name)")
+        raise ConfigError(f"model.pretrained: {cfg.pretrained} is not a {cfg.name} (model.name)")
     clip.load_state_dict(state, strict=True)
     open_clip_dir.set_preprocess(clip, config)
 
@@ -80,7 +84,7 @@ def _check_supported(clip: object, name: str) -> None:
         and clip.context_length == 77
     )
     if not supported:
-        raise ValueError(
+        raise ConfigError(
             f"model.name: {name!r} is not an open_clip CLIP with a class-token ViT and a "
             "causal 77-token text transformer (what dense features and Long-CLIP need)"
         )

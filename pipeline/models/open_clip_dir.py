@@ -14,11 +14,19 @@ tensors only: loading one runs no code, whoever wrote it.
 from __future__ import annotations
 
 import json
+import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import open_clip
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from pipeline.config import BadInput, InputNotFound
+
+T = TypeVar("T")
 
 CONFIG = "open_clip_config.json"
 WEIGHTS = "open_clip_model.safetensors"
@@ -50,11 +58,41 @@ def write(out: Path, clip: open_clip.CLIP, model_cfg: dict) -> None:
 
 def read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(open_clip config, CLIP state dict) of an export."""
-    return read_config(folder), load_file(folder / WEIGHTS)
+    return read_config(folder), read_export_file(folder / WEIGHTS, load_file)
 
 
 def read_config(folder: Path) -> dict:
-    return json.loads((folder / CONFIG).read_text())
+    """The open_clip config, checked to have what we read of it."""
+    path = folder / CONFIG
+    config = read_export_file(path, lambda p: json.loads(p.read_text()))
+    model_cfg = config.get("model_cfg") if isinstance(config, dict) else None
+    text_cfg = model_cfg.get("text_cfg") if isinstance(model_cfg, dict) else None
+    context = text_cfg.get("context_length") if isinstance(text_cfg, dict) else None
+    if not (isinstance(context, int) and isinstance(config.get("preprocess_cfg"), dict)):
+        raise BadInput(
+            f"{path}: not an open_clip config (expected model_cfg with text_cfg.context_length, "
+            "and preprocess_cfg)"
+        )
+    return config
+
+
+def read_export_file(path: Path, read: Callable[[Path], T]) -> T:
+    """``read(path)``, where an export's file that is missing or unreadable (truncated, corrupt,
+    not what its name says) is a one-line :class:`UserError` naming it: exports come from anyone."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise InputNotFound(f"{path}: missing") from None
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True): not tensors, or not a pickle
+        raise BadInput(f"{path}: not tensors alone, refused unread ({_first_line(e)})") from None
+    except (OSError, ValueError, RuntimeError, EOFError, RecursionError, SafetensorError) as e:
+        # ValueError: bad JSON or UTF-8; RuntimeError: torch.load of a truncated zip
+        raise BadInput(f"{path}: unreadable ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def folder_of(pretrained: str | None) -> Path | None:

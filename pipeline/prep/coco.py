@@ -38,6 +38,7 @@ from pipeline.prep.records import (
     InputRecord,
     as_sentence,
     caption_problem,
+    parse_json,
     record_id,
     unique_ids,
     xywh_to_xyxy,
@@ -151,7 +152,9 @@ def _section(data: Any, name: str, file: str) -> list:
 
 
 def _load(url: str, key: str) -> Any:
+    """The file's JSON; bytes that are not UTF-8 become lone surrogates (``surrogateescape``),
+    so that one bad byte drops the record holding it (``invalid_utf8``), not the file."""
     try:
-        return json.loads(storage.read_bytes(url))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return parse_json(storage.read_bytes(url).decode("utf-8", "surrogateescape"))
+    except ValueError as e:
         raise BadInput(f"input.{key}: {url} is not JSON: {e}") from e

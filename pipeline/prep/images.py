@@ -21,7 +21,8 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.prep.config import ImageConfig
-from pipeline.schema import clean_box
+from pipeline.prep.records import is_text
+from pipeline.schema import box_numbers, clean_box
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce ImageConfig.max_pixels ourselves, before decoding
 
@@ -56,7 +57,7 @@ def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
             "image_not_decodable", f"not one of {', '.join(FORMATS)}"
         ) from e  # PIL's text names an address
     except Exception as e:  # PIL raises many types on garbage headers
-        raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}"[:200]) from e
+        raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}") from e
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageRejected("image_empty", f"{width}x{height}")
@@ -71,7 +72,7 @@ def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
     except Exception as e:
-        raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}"[:200]) from e
+        raise ImageRejected("image_corrupt", f"{type(e).__name__}: {e}") from e
     rgb = to_rgb(img)
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.BICUBIC)
@@ -124,7 +125,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[dict], dict[str, int]]:
     """Input boxes (original pixels) → clean boxes on the stored image, and drop counts by reason.
-    (The reader has already cut a record's boxes to ``cfg.max_boxes``: ``inputs.cap_boxes``.)"""
+    (The reader has already cut a record's boxes to ``cfg.max_boxes``: ``inputs.admit``.)"""
     if boxes is None:
         return [], {}
     if not isinstance(boxes, list):
@@ -133,21 +134,19 @@ def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[d
     dropped: dict[str, int] = {}
     sx, sy = stored.scale
     for item in boxes:
-        if not isinstance(item, dict) or not isinstance(item.get("label"), str) or not item["label"].strip():
+        label = item.get("label") if isinstance(item, dict) else None
+        numbers = box_numbers(item.get("box")) if isinstance(item, dict) else "box_malformed"
+        if not isinstance(label, str) or not label.strip() or not is_text(label):
             reason = "box_label_invalid"
-        elif len(item["label"]) > cfg.max_label_chars:
+        elif len(label) > cfg.max_label_chars:
             reason = "box_label_too_long"
+        elif isinstance(numbers, str):
+            reason = numbers
         else:
-            box = item.get("box")
-            if (
-                isinstance(box, list)
-                and len(box) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
-            ):
-                box = [round(v * s, 2) for v, s in zip(box, (sx, sy, sx, sy))]
-            clean, reason = clean_box(box, stored.width, stored.height)
+            scaled = [round(v * s, 2) for v, s in zip(numbers, (sx, sy, sx, sy))]
+            clean, reason = clean_box(scaled, stored.width, stored.height)
             if clean is not None:
-                kept.append({"box": list(clean), "label": item["label"].strip()})
+                kept.append({"box": list(clean), "label": label.strip()})
                 continue
         dropped[reason] = dropped.get(reason, 0) + 1
     return kept, dropped

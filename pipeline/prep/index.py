@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-import json
 import multiprocessing
 import os
 from collections import deque
@@ -30,6 +30,7 @@ from pipeline.prep.records import (
     id_digests,
     is_text,
     pack,
+    parse_json,
     record_id,
     unpack,
 )
@@ -78,11 +79,11 @@ def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> I
         if row.get(name) is None and not (name == "caption" and name in row):
             return Drop(ordinal, rid, "missing_field", name)
     if rid is None or not rid.strip():
-        return Drop(ordinal, None, "invalid_id", repr(raw_id)[:200])
+        return Drop(ordinal, None, "invalid_id", repr(raw_id))
     if not is_text(rid):
-        return Drop(ordinal, None, "invalid_utf8", f"id {rid!a}"[:200])
+        return Drop(ordinal, None, "invalid_utf8", f"id {rid!a}")
     if not isinstance(row["image"], str) or not row["image"].strip():
-        return Drop(ordinal, rid, "invalid_image_ref", repr(row["image"])[:200])
+        return Drop(ordinal, rid, "invalid_image_ref", repr(row["image"]))
     if not is_text(row["image"]):
         return Drop(ordinal, rid, "invalid_utf8", "image")
     problem = caption_problem(row["caption"], max_caption_chars)
@@ -95,17 +96,26 @@ def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> I
 
 def count_index_rows(url: str) -> int:
     """The index's rows, as ``read_index`` numbers them (non-blank lines), without parsing them."""
-    with storage.open_read(url) as f:
+    with storage.open_read(url) as f, _parquet_errors(url):
         if index_format(url) == "parquet":
             return pq.ParquetFile(f).metadata.num_rows
         return sum(1 for line in f if line.strip())
+
+
+@contextlib.contextmanager
+def _parquet_errors(url: str) -> Iterator[None]:
+    """A Parquet file pyarrow cannot read (cut short, corrupt) is a bad ``input.index``."""
+    try:
+        yield
+    except pa.ArrowException as e:
+        raise BadInput(f"input.index: {url} is not a readable Parquet file ({e})") from e
 
 
 def _blocks(url: str) -> Iterator[tuple[int, bytes | pa.RecordBatch]]:
     """The index in blocks of whole rows (JSONL: about ``BLOCK_BYTES`` of whole lines; Parquet:
     ``BLOCK_ROWS`` rows), each with the ordinal of its first row."""
     first, fmt = 0, index_format(url)
-    with storage.open_read(url) as f:
+    with storage.open_read(url) as f, _parquet_errors(url):
         if fmt == "parquet":
             streamed = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)  # not a row group at once
             for batch in streamed.iter_batches(BLOCK_ROWS):
@@ -143,12 +153,12 @@ def _json_rows(block: bytes, first: int) -> list[dict | Drop]:
 
 def _parse_line(line: bytes, ordinal: int) -> dict | Drop:
     try:
-        return json.loads(line.decode("utf-8"))
+        return parse_json(line.decode("utf-8"))
     except UnicodeDecodeError as e:
         try:  # recover the id, if we can, so the drop can be traced back to the source
-            rid = json.loads(line.decode("utf-8", "replace")).get("id")
-        except (json.JSONDecodeError, AttributeError):
+            rid = parse_json(line.decode("utf-8", "replace")).get("id")
+        except (ValueError, AttributeError):
             rid = None
-        return Drop(ordinal, None if rid is None else str(rid), "invalid_utf8", str(e)[:200])
-    except (ValueError, RecursionError) as e:  # not JSON; a number of 5,000 digits; nesting 10⁵ deep
-        return Drop(ordinal, None, "unparseable_record", f"{type(e).__name__}: {e}"[:200])
+        return Drop(ordinal, None if rid is None else str(rid), "invalid_utf8", str(e))
+    except ValueError as e:  # not JSON; nesting 10⁵ deep
+        return Drop(ordinal, None, "unparseable_record", f"{type(e).__name__}: {e}")

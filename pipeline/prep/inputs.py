@@ -21,12 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline import storage
-from pipeline.config import InputNotFound
+from pipeline.config import BadInput, InputNotFound
 from pipeline.prep import tars
 from pipeline.prep.coco import read_coco
 from pipeline.prep.config import INPUT_KEYS, InputConfig
 from pipeline.prep.index import count_index_rows, index_format, read_index
-from pipeline.prep.records import Drop, InputRecord
+from pipeline.prep.records import Drop, InputRecord, is_text
 from pipeline.prep.sharegpt4v import read_sharegpt4v
 from pipeline.prep.visual_genome import read_visual_genome
 from pipeline.shards.writer import file_digest
@@ -51,6 +51,8 @@ def locate(cfg: InputConfig) -> InputFiles:
     for key, url in named:
         if url and not storage.exists(url):
             raise InputNotFound(f"input.{key}: {url} does not exist")
+        if url and not storage.is_regular_file(url):  # a FIFO would block the read that hashes it
+            raise BadInput(f"input.{key}: {url} is not a regular file")
     return [(url, FileStat(*file_digest(url))) for _, url in named if url]
 
 
@@ -77,16 +79,20 @@ def read_input(
         items = tars.read_tars(files, max_caption_chars, list_tars)
     if cfg.skip or cfg.limit is not None:
         items = ordinal_slice(items, cfg.skip, cfg.limit)
-    return cap_boxes(items, max_boxes)
+    return admit(items, max_boxes)
 
 
-def cap_boxes(items: Iterator[InputRecord | Drop], max_boxes: int) -> Iterator[InputRecord | Drop]:
-    """Each record with at most ``max_boxes`` boxes: 10⁵ boxes on one record must not travel
-    to a worker (or sit in the driver's shard in flight). Runs on every input: kept lean."""
+def admit(items: Iterator[InputRecord | Drop], max_boxes: int) -> Iterator[InputRecord | Drop]:
+    """Each record as a worker may take it, whatever its reader checked: its id, image reference
+    and caption valid Unicode (else a lone surrogate would stop the job where a table or tar is
+    written), and at most ``max_boxes`` boxes (10⁵ boxes on one record must not travel to a
+    worker, or sit in the driver's shard in flight). Runs on every input: kept lean."""
     for item in items:
-        boxes = item.boxes if type(item) is InputRecord else None
-        if type(boxes) is list and len(boxes) > max_boxes:
-            item = item._replace(boxes=boxes[:max_boxes], boxes_cut=len(boxes) - max_boxes)
+        if type(item) is InputRecord:
+            if not (is_text(item.id) and is_text(item.image) and is_text(item.caption)):
+                item = Drop(item.ordinal, item.id, "invalid_utf8", f"id, image or caption of {item.id!a}")
+            elif type(item.boxes) is list and len(item.boxes) > max_boxes:
+                item = item._replace(boxes=item.boxes[:max_boxes], boxes_cut=len(item.boxes) - max_boxes)
         yield item
 
 

@@ -359,9 +359,9 @@ def _object_store_stats() -> str:
     """Ray's ``ray memory --stats-only`` totals: a job that spills objects to disk needs retuning.
     Best effort: it asks every node, and a node lost in the job may not answer; the dataset is
     complete by then."""
-    from ray._private.internal_api import memory_summary  # Ray's CLI reads it this way too
-
     try:
+        from ray._private.internal_api import memory_summary  # Ray's CLI reads it this way too
+
         summary = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     except Exception as e:  # noqa: BLE001 - a private API, a node that is gone: a log line, not a failure
         return f"unavailable ({type(e).__name__})"

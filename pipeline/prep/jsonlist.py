@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline import storage
 from pipeline.config import BadInput
-from pipeline.prep.records import Drop
+from pipeline.prep.records import Drop, huge_int
 
 CHUNK = 1 << 20
 _DECODER = json.JSONDecoder()
@@ -41,6 +42,8 @@ def read_json_list(url: str, key: str) -> Iterator[Any | Drop]:
         ordinal = 0
         try:
             for item in parse_json_list(iter(lambda: f.read(CHUNK), b"")):
+                if type(item) is Unreadable:
+                    item = Drop(ordinal, None, "unparseable_record", item.detail)
                 yield item
                 ordinal += 1
         except BrokenList as e:
@@ -85,7 +88,12 @@ def parse_json_list(chunks: Iterable[bytes]) -> Iterator[Any]:
             raise BrokenList("json_truncated", f"character {consumed + pos}: the file ends inside the list")
         while True:
             try:
-                item, end = _DECODER.raw_decode(buf, pos)
+                item, end = _decode(buf, pos)
+            except _ItemGoesOn:
+                if more():
+                    continue
+                detail = f"character {consumed + pos}: the file ends inside an item"
+                raise BrokenList("json_truncated", detail) from None
             except json.JSONDecodeError as e:
                 if _cut_short(e, buf, 6) and more():
                     continue  # the item goes on in the next chunk
@@ -102,6 +110,50 @@ def parse_json_list(chunks: Iterable[bytes]) -> Iterator[Any]:
             reason = "json_truncated" if not sep else "json_corrupt"
             raise BrokenList(reason, f"character {consumed + pos}: expected ',' or ']' after an item")
         pos += 1
+
+
+class Unreadable(NamedTuple):
+    """An item that is JSON but not one Python's parser reads (nested deeper than it goes)."""
+
+    detail: str
+
+
+class _ItemGoesOn(Exception):
+    """The buffer ends inside an item being skipped."""
+
+
+_TOLERANT = json.JSONDecoder(parse_int=huge_int)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|"|[\[\]{}]', re.DOTALL)
+
+
+def _decode(buf: str, pos: int) -> tuple[Any, int]:
+    """The item at ``pos`` and where it ends: an integer too long for Python is read as ±inf
+    (``records.huge_int``), an item nested too deep is skipped whole as :class:`Unreadable`."""
+    try:
+        try:
+            return _DECODER.raw_decode(buf, pos)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # an integer of over 4,300 digits
+            return _TOLERANT.raw_decode(buf, pos)
+    except RecursionError:
+        return Unreadable("nested deeper than the JSON parser goes"), _skip(buf, pos)
+
+
+def _skip(buf: str, pos: int) -> int:
+    """The end of the array or object at ``pos``, by its brackets outside strings."""
+    depth = 0
+    for token in _TOKEN.finditer(buf, pos):
+        text = token.group()
+        if text == '"':  # a string the buffer ends inside
+            break
+        if text in "[{":
+            depth += 1
+        elif text in "]}":
+            depth -= 1
+        if depth == 0:
+            return token.end()
+    raise _ItemGoesOn
 
 
 def _cut_short(e: json.JSONDecodeError, buf: str, slack: int) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import itertools
+import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+
+from pipeline.schema import box_numbers
 
 ID_BATCH = 16_384  # records whose ids are looked up together (unique_ids)
 
@@ -42,12 +45,57 @@ class InputRecord(NamedTuple):
 
 @dataclass(frozen=True)
 class Drop:
-    """An input that was not written, and why. ``dropped.parquet`` holds one row per drop."""
+    """An input that was not written, and why. ``dropped.parquet`` holds one row per drop.
+
+    Its strings come from the input, so they are made safe here, where every drop is made: an
+    id or detail that no UTF-8 file can hold (a lone surrogate) is escaped, the detail is cut
+    to ``DETAIL_CHARS``. A drop can always be written."""
 
     ordinal: int
     id: str | None
     reason: str
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.id is not None:
+            object.__setattr__(self, "id", printable(str(self.id)))
+        object.__setattr__(self, "detail", printable(str(self.detail))[:DETAIL_CHARS])
+
+
+DETAIL_CHARS = 200
+
+
+def printable(text: str) -> str:
+    """``text``, with what UTF-8 cannot encode (lone surrogates) written as ``\\udcff`` escapes."""
+    return text if is_text(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def parse_json(data: bytes | str) -> Any:
+    """One JSON document from an input. Raises ``ValueError`` only: for text that is not JSON
+    or not UTF-8, and for nesting deeper than the parser goes. An integer too long for Python
+    (over 4,300 digits) is read as ±inf, so that the field holding it fails its own check (an
+    id, a box coordinate) rather than the whole document."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested deeper than the JSON parser goes") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:
+        if "digits" not in str(e):  # not UTF-8, ...
+            raise
+    try:
+        return json.loads(data, parse_int=huge_int)
+    except RecursionError:
+        raise ValueError("nested deeper than the JSON parser goes") from None
+
+
+def huge_int(digits: str) -> int | float:
+    """``int(digits)``, or ±inf for a number too long to convert (``json``'s ``parse_int``)."""
+    try:
+        return int(digits)
+    except ValueError:
+        return -math.inf if digits.startswith("-") else math.inf
 
 
 def unique_ids(items: Iterable[InputRecord | Drop]) -> Iterator[InputRecord | Drop]:
@@ -243,11 +291,8 @@ def as_sentence(text: str) -> str:
 
 def xywh_to_xyxy(bbox: Any) -> Any:
     """COCO's ``[x, y, w, h]`` → ``[x0, y0, x1, y1]``; anything else as given (dropped as malformed)."""
-    if (
-        isinstance(bbox, list)
-        and len(bbox) == 4
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
-    ):
-        x, y, w, h = bbox
-        return [x, y, x + w, y + h]
-    return bbox
+    numbers = box_numbers(bbox)
+    if isinstance(numbers, str):
+        return bbox
+    x, y, w, h = numbers
+    return [x, y, x + w, y + h]

@@ -38,7 +38,7 @@ def sharegpt4v_record(item: Any, ordinal: int, images: str, max_caption_chars: i
     if image is None:
         return Drop(ordinal, None, "missing_field", "image")
     if not isinstance(image, str) or not image.strip():
-        return Drop(ordinal, None, "invalid_image_ref", repr(image)[:200])
+        return Drop(ordinal, None, "invalid_image_ref", repr(image))
     if not is_text(image):
         return Drop(ordinal, None, "invalid_utf8", "image")
     caption = first_gpt_turn(item.get("conversations"))

@@ -32,7 +32,6 @@ Dropped on read, with the reason:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tarfile
@@ -44,7 +43,15 @@ from dataclasses import dataclass, field
 import braceexpand
 
 from pipeline import storage
-from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, origin_fields, unique_ids
+from pipeline.prep.records import (
+    Drop,
+    InputRecord,
+    caption_problem,
+    is_text,
+    origin_fields,
+    parse_json,
+    unique_ids,
+)
 from pipeline.storage import FileStat
 
 log = logging.getLogger(__name__)
@@ -143,15 +150,17 @@ def sample_item(tar: str, sample: Sample, ordinal: int, max_caption_chars: int) 
     """One sample's members → a record whose image is a byte range of ``tar``, or a drop."""
     key, members = sample.key, sample.members
     if not is_text(key):
-        return Drop(ordinal, None, "invalid_utf8", f"{tar}: member name {key!a}"[:200])
+        return Drop(ordinal, None, "invalid_utf8", f"{tar}: member name {key!a}")
+    if key.startswith("/") or ".." in key.split("/"):  # the Trust rule: such a name is no sample
+        return Drop(ordinal, key, "unsafe_member_name", f"{tar}: member name {key!a}")
     if sample.problem:
         return Drop(ordinal, key, *sample.problem)
     meta = {}
     if "json" in members:
         try:
-            meta = json.loads(members["json"].data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            return Drop(ordinal, key, "unparseable_record", f"{key}.json: {e}"[:200])
+            meta = parse_json(members["json"].data)
+        except ValueError as e:  # not JSON, not UTF-8, nested too deep
+            return Drop(ordinal, key, "unparseable_record", f"{key}.json: {e}")
         if not isinstance(meta, dict):
             return Drop(ordinal, key, "unparseable_record", f"{key}.json: expected an object")
     image = next((members[ext] for ext in IMAGE_EXTENSIONS if ext in members), None)
@@ -161,7 +170,7 @@ def sample_item(tar: str, sample: Sample, ordinal: int, max_caption_chars: int) 
         try:
             caption = members["txt"].data.decode("utf-8")
         except UnicodeDecodeError as e:
-            return Drop(ordinal, key, "invalid_utf8", f"{key}.txt: {e}"[:200])
+            return Drop(ordinal, key, "invalid_utf8", f"{key}.txt: {e}")
     else:
         caption = meta.get("caption")
     if caption is None:

@@ -74,7 +74,7 @@ def vg_record(
         return Drop(ordinal, None, "missing_field", "id")
     rid = record_id(item["id"])
     if rid is None or not rid.strip() or not is_text(rid):
-        return Drop(ordinal, None, "invalid_id", repr(item["id"])[:200])
+        return Drop(ordinal, None, "invalid_id", repr(item["id"]))
     if not isinstance(item.get("regions"), list):
         return Drop(ordinal, rid, "missing_field", "regions")
     caption, boxes = regions_caption(item["regions"], max_sentences)

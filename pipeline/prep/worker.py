@@ -14,10 +14,11 @@ stage         adds                                           drops (``error``)
 ============  ============================================  ==============================
 image         ``stored`` (capped RGB JPEG, size, scale),     ``image_*`` (missing, empty,
               ``annotations`` (input boxes on the stored     corrupt, too large, not
-              image, cleaned), ``box_drops`` (by reason)     decodable, unreadable)
-text          the caption cleaned (``text.clean``),          ``caption_unparseable``,
-              ``hierarchy`` (sentences, phrases, lexemes),   ``box_label_unparseable``
-              a ``lexeme`` on every annotation
+              image, cleaned), ``box_drops`` (by reason)     decodable, unreadable),
+                                                             ``boxes_unusable``
+text          the caption cleaned (``text.clean``),          ``caption_token_too_long``,
+              ``hierarchy`` (sentences, phrases, lexemes),   ``caption_unparseable``,
+              a ``lexeme`` on every annotation               ``box_label_unparseable``
 grounding     ``sample`` (the schema-v1 JSON: phrases →      ``grounding_failed``
               regions), ``ambiguous``
 writer        (the tar; per-shard stats; drops with shard)
@@ -34,6 +35,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -173,7 +175,11 @@ class ShardWorker:
                 item.error, item.detail = "image_unreadable", _describe(e)
                 continue
             item.stored = stored
-            item.annotations, item.box_drops = map_boxes(item.record.boxes, stored, self.cfg.image)
+            try:
+                item.annotations, item.box_drops = map_boxes(item.record.boxes, stored, self.cfg.image)
+            except Exception as e:  # noqa: BLE001 - a box no check foresaw fails its record only
+                item.error, item.detail = "boxes_unusable", _describe(e)
+                continue
             if item.record.boxes_cut:
                 item.box_drops["box_over_limit"] = item.record.boxes_cut
 
@@ -183,6 +189,13 @@ class ShardWorker:
         if self.cfg.text.clean == "bclip":
             for item in items:
                 item.record = item.record._replace(caption=clean_caption(item.record.caption))
+        limit = self.cfg.text.max_token_chars
+        long_token = re.compile(rf"\S{{{limit + 1}}}")
+        for item in items:
+            if token := long_token.search(item.record.caption):
+                item.error = "caption_token_too_long"
+                item.detail = f"over text.max_token_chars = {limit} non-space characters at {token.start()}"
+        items = [item for item in items if not item.error]
         hierarchies = each_or_alone(self.parser.parse, [item.record.caption for item in items])
         for item, hierarchy in zip(items, hierarchies):
             if isinstance(hierarchy, Exception):
@@ -297,7 +310,7 @@ def each_or_alone(fn: Callable[[list[T]], list[R]], args: list[T]) -> list[R | E
 
 
 def _describe(e: Exception) -> str:
-    return f"{type(e).__name__}: {e}"[:200]
+    return f"{type(e).__name__}: {e}"
 
 
 def prefetch(fn: Callable[[T], R], args: Iterable[T], depth: int) -> Iterator[Future]:

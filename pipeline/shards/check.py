@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from pipeline import storage
-from pipeline.schema import Sample, SchemaError, sample_key
+from pipeline.schema import Sample, sample_key
 from pipeline.shards.manifest import Manifest
 from pipeline.shards.writer import file_digest, read_samples
 
@@ -18,14 +18,14 @@ MAX_PROBLEMS = 50  # a broken dataset usually breaks the same way many times
 
 
 def inspect(m: Manifest) -> str:
-    t, source = m.data["totals"], m.data["input"]
+    t, source, text = m.totals, m.get("input"), m.get("text")
     spec = "  ".join(f"{k}={v}" for k, v in source.items() if k not in ("format", "source") and v is not None)
     lines = [
         f"dataset   {m.name}  ({m.root})",
-        f"created   {m.data['created']}  by {m.data['code_version']}",
-        f"input     {source['format']}  {spec}  (source {source['source']!r})",
-        f"text      spaCy {m.data['text'].get('model')} {m.data['text'].get('model_version')}",
-        f"grounder  {m.data['grounder'].get('name')}",
+        f"created   {m.get('created')}  by {m.get('code_version')}",
+        f"input     {m.get('input.format')}  {spec}  (source {m.get('input.source')!r})",
+        f"text      spaCy {text.get('model')} {text.get('model_version')}",
+        f"grounder  {m.get('grounder').get('name')}",
         f"shards    {len(m.shards)}  ({t['bytes'] / 1e6:.1f} MB)",
         f"records   {t['inputs']} in = {t['written']} written + {t['dropped']} dropped",
         f"text      {t['phrases']} phrases, {t['regions']} regions, {t['linked_phrases']} phrases grounded "
@@ -45,7 +45,7 @@ def inspect(m: Manifest) -> str:
 def verify(m: Manifest) -> list[str]:
     """Every shard exists with the recorded size, sha256 and sample count; totals add up."""
     problems = []
-    t = m.data["totals"]
+    t = m.totals
     if t["inputs"] != t["written"] + t["dropped"]:
         problems.append(f"totals: inputs {t['inputs']} != written {t['written']} + dropped {t['dropped']}")
     if sum(s.samples for s in m.shards) != t["written"]:
@@ -72,29 +72,33 @@ def validate(m: Manifest) -> list[str]:
     problems = []
     for shard in m.shards:
         for key, files in _samples(shard.url):
-            where = f"{shard.name}/{key}"
-            if set(files) - {"txt"} != {"jpg", "json"}:  # txt: in shards written since 2026-12
-                problems.append(f"{where}: files {sorted(files)}, expected jpg, json and txt")
-                continue
-            try:
-                sample = Sample.from_json(json.loads(files["json"]))
-            except (SchemaError, json.JSONDecodeError, UnicodeDecodeError) as e:
-                problems.append(f"{where}: {e}")
-                continue
-            if "txt" in files and files["txt"] != sample.caption.encode():
-                problems.append(f"{where}: txt is not the json's caption")
-            if key != sample_key(sample.source, sample.id):
-                problems.append(f"{where}: key is not sample_key(source, id)")
-            try:
-                size = Image.open(io.BytesIO(files["jpg"])).size
-            except Exception as e:  # noqa: BLE001 (any decoder failure is the finding)
-                problems.append(f"{where}: jpg does not decode: {e}")
-                continue
-            if size != (sample.width, sample.height):
-                problems.append(f"{where}: jpg is {size}, json says {(sample.width, sample.height)}")
+            problem = _sample_problem(key, files)
+            if problem:
+                problems.append(f"{shard.name}/{key}: {problem}")
             if len(problems) >= MAX_PROBLEMS:
                 return problems
     return problems
+
+
+def _sample_problem(key: str, files: dict[str, bytes]) -> str:
+    """What is wrong with one sample ("" if nothing): whatever its bytes hold, a finding."""
+    if set(files) - {"txt"} != {"jpg", "json"}:  # txt: in shards written since 2026-12
+        return f"files {sorted(files)}, expected jpg, json and txt"
+    try:
+        sample = Sample.from_json(json.loads(files["json"]))
+        if "txt" in files and files["txt"] != sample.caption.encode():
+            return "txt is not the json's caption"
+        if key != sample_key(sample.source, sample.id):
+            return "key is not sample_key(source, id)"
+    except (ValueError, RecursionError) as e:  # SchemaError, bad JSON or UTF-8, lone surrogates
+        return str(e)[:300] or repr(e)
+    try:
+        size = Image.open(io.BytesIO(files["jpg"])).size
+    except Exception as e:  # noqa: BLE001 (any decoder failure is the finding)
+        return f"jpg does not decode: {e}"
+    if size != (sample.width, sample.height):
+        return f"jpg is {size}, json says {(sample.width, sample.height)}"
+    return ""
 
 
 def _samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -46,6 +46,9 @@ class TextConfig:
     max_sentences: int = 16  # the first ones are kept; phrases come only from kept sentences
     max_phrases: int = 64  # the first ones are kept (ours: in reading order; bclip: by sentence)
     batch_size: int = 64  # captions per nlp.pipe batch
+    # A caption with a longer run of non-space characters is dropped (caption_token_too_long):
+    # spaCy's tokenizer takes time quadratic in a run of punctuation or emoji (20,000 "(": 96 s).
+    max_token_chars: int = 200
     frame_nouns: tuple[str, ...] = FRAME_NOUNS
     location_nouns: tuple[str, ...] = LOCATION_NOUNS
 
@@ -54,7 +57,7 @@ class TextConfig:
             raise ValueError("spacy_model: must name a spaCy pipeline package")
         if not all(self.fallback_models):
             raise ValueError(f"fallback_models: empty name in {list(self.fallback_models)}")
-        at_least(self, 1, "max_sentences", "batch_size")
+        at_least(self, 1, "max_sentences", "batch_size", "max_token_chars")
         at_least(self, 0, "max_phrases")
         check_choices(self)
         needed = BCLIP_MAX_PHRASES * self.max_sentences

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from pipeline.config import InputNotFound
+from pipeline.config import BadInput, InputNotFound, build
 from pipeline.lineage import LINEAGE_FILE
+from pipeline.shards.manifest import is_plain_name
 from pipeline.training.distributed import World, barrier
 
 if TYPE_CHECKING:
@@ -116,13 +117,20 @@ def latest_progress(run_dir: Path) -> Progress | None:
     ckpt_dir = run_dir / "checkpoints"
     if not (ckpt_dir / "latest").exists():
         return None
-    path = ckpt_dir / latest_tag(ckpt_dir) / PROGRESS_FILE
+    tag = latest_tag(ckpt_dir)
+    path = ckpt_dir / tag / PROGRESS_FILE
     if not path.exists():
         raise InputNotFound(
             f"{path}: missing, so this checkpoint cannot be resumed (an older format?); "
             "checkpoint.resume=false starts the run over"
         )
-    return Progress(**json.loads(path.read_text()))
+    try:
+        progress = build(Progress, json.loads(path.read_text()))
+    except (ValueError, OSError) as e:  # ConfigError, bad JSON or UTF-8
+        raise BadInput(f"{path}: not a checkpoint's progress ({' '.join(str(e).split())[:200]})") from None
+    if tag_of(progress.step) != tag:
+        raise BadInput(f"{path}: step {progress.step}, but it is in {tag}")
+    return progress
 
 
 def resume(engine, run_dir: Path, progress: Progress, world: World) -> None:
@@ -192,11 +200,21 @@ def to_universal(tag_dir: Path, out: Path) -> Path:
 
 
 def latest_tag(checkpoint_dir: Path) -> str:
-    """The tag DeepSpeed's ``latest`` pointer names: the newest complete checkpoint."""
+    """The tag DeepSpeed's ``latest`` pointer names: the newest complete checkpoint. Only a folder
+    of ``checkpoint_dir`` by its plain name: ``../../other-run/step-N`` or an absolute path would
+    resume from, or export, another run's weights."""
     pointer = checkpoint_dir / "latest"
     if not pointer.exists():
         raise InputNotFound(f"{checkpoint_dir}: no checkpoint (no 'latest' file)")
-    return pointer.read_text().strip()
+    try:
+        tag = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+    except OSError as e:
+        raise BadInput(f"{pointer}: unreadable ({e.strerror})") from None
+    if not is_plain_name(tag) or not (checkpoint_dir / tag).is_dir():
+        raise BadInput(
+            f"{pointer}: names {tag[:100]!r}, which is not a checkpoint folder in {checkpoint_dir}"
+        )
+    return tag
 
 
 def _repair_zero3_universal_groups(optimizer: torch.optim.Optimizer, universal_tag: Path) -> None:

@@ -77,7 +77,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
 
     def __post_init__(self) -> None:
-        positive(self, "lr", "head_lr")
+        positive(self, "lr", "head_lr", "eps")
         at_least(self, 0, "weight_decay", "grad_clip", "warmup_steps", "head_warmup_steps")
         at_least(self, 0, "warmup_start_lr", "lr_end", "head_lr_end")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -57,6 +57,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.batch import Batch, Box
+from pipeline.config import BadInput, ConfigError, UserError
 from pipeline.models.transform import model_input_image, random_resized_crop
 from pipeline.schema import Phrase, Sample
 from pipeline.shards.manifest import ManifestError, load_manifest
@@ -188,6 +189,11 @@ class BadSample(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+class NoUsableSample(BadInput, RuntimeError):
+    """A batch none of whose samples can be used: missing or foreign data, not a bad sample (a
+    RuntimeError too, as it was before it became a :class:`BadInput`)."""
 
 
 @dataclass(frozen=True)
@@ -327,10 +333,15 @@ class RankStream(IterableDataset):
             else None
         )
 
-    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, int]]]:
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, int]] | tuple[None, UserError]]:
+        """A :class:`UserError` (data that cannot train) is yielded as ``(None, error)``: raised in a
+        worker process, DataLoader would wrap its one line in a traceback (:class:`Loader` raises it)."""
         info = get_worker_info()
         worker, streams = (info.id, info.num_workers) if info else (0, 1)
-        return self.stream((self.start_batch + worker) % streams, streams)
+        try:
+            yield from self.stream((self.start_batch + worker) % streams, streams)
+        except UserError as e:
+            yield None, e
 
     def stream(self, stream: int, streams: int) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, int]]]:
         """Stream ``stream`` of ``streams``, from the first of its batches at or after start_batch."""
@@ -357,6 +368,7 @@ class RankStream(IterableDataset):
         """Decode a chunk; fill the slots of bad samples with copies of the good ones, in order."""
         decoded: list[Example | None] = []
         skipped: Counter[str] = Counter()
+        first_error = None
         for raw in chunk:
             try:
                 decoded.append(decode(raw, self.cfg, self.image_size, self.transform, epoch))
@@ -364,12 +376,14 @@ class RankStream(IterableDataset):
                 if _SKIP not in raw:  # placeholders were logged once per shard
                     log.warning("skipping sample %s of %s: %s", raw.get("__key__"), raw.get("__url__"), e)
                 skipped[e.reason] += 1
+                first_error = first_error or e
                 decoded.append(None)
         good = [e for e in decoded if e is not None]
         if not good:
-            raise RuntimeError(
-                f"no usable sample in a batch of {len(chunk)} ({dict(skipped)}), e.g. "
-                f"{chunk[0].get('__url__')}: is the data reachable?"
+            raise NoUsableSample(
+                f"data.manifests: no usable sample in a batch of {len(chunk)} ({dict(skipped)}), e.g. "
+                f"{chunk[0].get('__key__')} of {chunk[0].get('__url__')}: {str(first_error)[:200]} "
+                "(is the data reachable, and data prep output of this schema?)"
             )
         spare = itertools.cycle(good)
         examples = [e if e is not None else next(spare) for e in decoded]
@@ -403,6 +417,8 @@ class Loader:
             self.stream, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory
         )
         for tensors, skipped in loader:
+            if tensors is None:
+                raise skipped  # a UserError from the stream (RankStream.__iter__)
             self.skipped.update(skipped)
             yield Batch(**tensors)
 
@@ -431,19 +447,19 @@ def build_loader(
     manifests = [load_manifest(path) for path in cfg.manifests]
     for i, m in enumerate(manifests):
         if m.num_samples == 0:
-            raise ValueError(f"data.manifests[{i}]: {m.root} has no samples")
+            raise BadInput(f"data.manifests[{i}]: {m.root} has no samples")
         if sum(s.samples for s in m.shards) != m.num_samples:
             raise ManifestError(f"{m.root}: shard counts do not add up to totals.written={m.num_samples}")
     shards = [Shard(s.url, s.samples, d) for d, m in enumerate(manifests) for s in m.shards if s.samples]
     num_samples = sum(m.num_samples for m in manifests)
     batches_per_epoch = num_samples // (cfg.batch_size * world_size)
     if batches_per_epoch == 0:
-        raise ValueError(
+        raise ConfigError(
             f"data.batch_size: {cfg.batch_size} × {world_size} ranks is more than the {num_samples} samples"
         )
     streams = max(cfg.workers, 1)
     if cfg.mode == "epochs" and len(shards) < world_size * streams:
-        raise ValueError(
+        raise ConfigError(
             f"data.workers: {len(shards)} shards cannot give each of {world_size} rank(s) × "
             f"{streams} worker(s) a shard of its own; lower data.workers or set "
             "data.mode=resampled"

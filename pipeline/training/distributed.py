@@ -143,6 +143,17 @@ class ReplicaCheck:
             check_replicas(module, step)
 
 
+def shutdown() -> None:
+    """Destroy the process group once a run is over, also when it failed: on every rank, once.
+    DeepSpeed's clone of the world group goes with it, so that a later run in this process (a
+    test, a notebook) starts afresh instead of broadcasting over a destroyed group."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+        from deepspeed.utils import groups
+
+        groups._WORLD_GROUP = None
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

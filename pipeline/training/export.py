@@ -7,15 +7,18 @@ import json
 import logging
 import pickle
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import open_clip
 import torch
 
-from pipeline.config import InputNotFound, UserError, build, to_dict
+from pipeline.config import BadInput, ConfigError, InputNotFound, build, to_dict
 from pipeline.lineage import LINEAGE_FILE
 from pipeline.models import FineGrainedCLIP, ModelConfig, open_clip_dir
-from pipeline.models.loading import HEADS, MODEL_CONFIG, untrained
+from pipeline.models.loading import HEADS, MODEL_CONFIG, load_weights, model_config, untrained
+from pipeline.models.open_clip_dir import read_export_file
 from pipeline.training.checkpoint import latest_tag, tensors_only
 
 log = logging.getLogger(__name__)
@@ -25,10 +28,14 @@ def export(checkpoint_dir: Path, tag: str, model_cfg: ModelConfig, zero_stage: i
     """Consolidate the ZeRO checkpoint ``checkpoint_dir/tag`` into the files of an export
     (``pipeline.models.loading`` lists them); the run's lineage goes with them."""
     state = _fp32_weights(checkpoint_dir, tag, zero_stage)
-    model = untrained(model_cfg, heads={k.partition(".")[0] for k in state if not k.startswith("clip.")})
+    source = checkpoint_dir / tag
+    model = untrained(
+        model_cfg, heads={k.partition(".")[0] for k in state if not k.startswith("clip.")}, source=source
+    )
     shapes = {k: v.shape for k, v in model.state_dict().items()}
-    state = {k: v.reshape(shapes[k]) for k, v in state.items()}  # 0-d parameters trained as [1]
-    model.load_state_dict(state, strict=True)
+    fits = {k for k, v in state.items() if k in shapes and v.numel() == shapes[k].numel()}
+    # 0-d parameters trained as [1]; load_weights names what does not fit
+    load_weights(model, {k: v.reshape(shapes[k]) if k in fits else v for k, v in state.items()}, source)
     write_export(model, model_cfg, out, f"trained to {tag}")
     if (checkpoint_dir / tag / LINEAGE_FILE).exists():
         shutil.copy(checkpoint_dir / tag / LINEAGE_FILE, out / LINEAGE_FILE)
@@ -64,8 +71,29 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         run_dir, checkpoint_dir, tag = path.parent.parent, path.parent, path.name
     else:
         raise InputNotFound(f"{path}: neither a run folder (with checkpoints/) nor a checkpoint in one")
-    config = json.loads((run_dir / "config.json").read_text())
-    return export(checkpoint_dir, tag, build(ModelConfig, config["model"]), config["zero_stage"], Path(out))
+    model_cfg, zero_stage = run_config(run_dir / "config.json")
+    return export(checkpoint_dir, tag, model_cfg, zero_stage, Path(out))
+
+
+@dataclass(frozen=True)
+class _ExportKeys:
+    """The keys of a run's ``config.json`` (a :class:`TrainConfig`) that an export needs."""
+
+    model: dict[str, Any]
+    zero_stage: Literal[0, 1, 2, 3]
+
+
+def run_config(path: Path) -> tuple[ModelConfig, int]:
+    """(model config, ZeRO stage) of a training run's ``config.json``; a user error naming the
+    file when it is not one of ours (another tool's ``config.json`` beside a ``checkpoints/``)."""
+    data = read_export_file(path, lambda p: json.loads(p.read_text()))
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a mapping, got {type(data).__name__}")
+        keys = build(_ExportKeys, {k: data[k] for k in ("model", "zero_stage") if k in data})
+    except ConfigError as e:
+        raise BadInput(f"{path}: not the config of a training run of ours ({e})") from None
+    return model_config(keys.model, path), keys.zero_stage
 
 
 def _fp32_weights(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -81,7 +109,12 @@ def _fp32_weights(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, 
                 return {k: v.float() for k, v in states["module"].items()}
             return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
     except pickle.UnpicklingError as e:
-        raise UserError(
+        raise BadInput(
             f"{checkpoint_dir / tag}: holds objects other than tensors and DeepSpeed's "
             f"metadata, refused unread ({str(e).splitlines()[-1][:200]})"
+        ) from None
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError) as e:  # truncated, partial, foreign
+        detail = " ".join(str(e).split())[:200]
+        raise BadInput(
+            f"{checkpoint_dir / tag}: not a readable checkpoint ({type(e).__name__}: {detail})"
         ) from None

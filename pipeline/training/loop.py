@@ -19,7 +19,7 @@ from pipeline.models.transform import normalizer
 from pipeline.training.checkpoint import CheckpointManager, Progress, tag_of
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Loader, build_loader
-from pipeline.training.distributed import ReplicaCheck, World, init_distributed
+from pipeline.training.distributed import ReplicaCheck, World, init_distributed, shutdown
 from pipeline.training.engine import build_engine, precision_of
 from pipeline.training.export import export
 from pipeline.training.metrics import StepMetrics
@@ -40,6 +40,13 @@ class RunResult:
 
 def train(cfg: TrainConfig) -> RunResult:
     world = init_distributed(cfg.device)
+    try:
+        return _train(cfg, world)
+    finally:
+        shutdown()
+
+
+def _train(cfg: TrainConfig, world: World) -> RunResult:
     run_dir = Path(cfg.output)
     if world.is_main:
         _start_run_dir(run_dir, cfg)
@@ -75,26 +82,31 @@ def train(cfg: TrainConfig) -> RunResult:
     )
     dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
     batches = iter(loader)
-    while step < stop_at:
-        for _ in range(cfg.grad_accum):
-            batch, plan = to_device(next(batches), model, world.device, dtype)
-            with metrics.flops:
-                loss, terms = forward_backward(engine, batch, plan, cfg.objective)
-            engine.step()
-            metrics.count(batch, {"loss": loss, **terms})
-        step += 1
-        samples += global_batch
-        metrics.end_step(step, samples, engine.optimizer, sum(loader.skipped.values()), last=step == stop_at)
-        replicas.check(engine.module, step)
-        preempted = preemption.agreed(step)
-        checkpoints.maybe_save(
-            engine, Progress(step, samples, world.size, global_batch), force=step == stop_at or preempted
-        )
-        if preempted:
-            if world.is_main:
-                requeue()
-            break
-    metrics.close()
+    try:
+        while step < stop_at:
+            for _ in range(cfg.grad_accum):
+                batch, plan = to_device(next(batches), model, world.device, dtype)
+                with metrics.flops:
+                    loss, terms = forward_backward(engine, batch, plan, cfg.objective)
+                engine.step()
+                metrics.count(batch, {"loss": loss, **terms})
+            step += 1
+            samples += global_batch
+            last = step == stop_at
+            metrics.end_step(step, samples, engine.optimizer, sum(loader.skipped.values()), last=last)
+            replicas.check(engine.module, step)
+            preempted = preemption.agreed(step)
+            if checkpoints.due(step, force=last or preempted):
+                metrics.check_finite(step)  # never a checkpoint, nor so an export, of diverged weights
+            checkpoints.maybe_save(
+                engine, Progress(step, samples, world.size, global_batch), force=last or preempted
+            )
+            if preempted:
+                if world.is_main:
+                    requeue()
+                break
+    finally:
+        metrics.close()
 
     finished = step >= cfg.steps
     exported = None

@@ -17,7 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from pipeline.batch import Batch
-from pipeline.training.distributed import World, mean_over_ranks
+from pipeline.config import UserError
+from pipeline.training.distributed import World, any_rank, mean_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,11 @@ def text_tokens(batch: Batch) -> torch.Tensor:
     """Tokens of the valid text slots, up to and including each end token (0-d, on the device)."""
     lengths = batch.tokens.argmax(dim=-1) + 1
     return (lengths * batch.token_mask).sum()
+
+
+class LossNotFinite(UserError, ValueError):
+    """The loss became NaN or inf: the weights are lost, and the config (its learning rates) is
+    what a user changes."""
 
 
 class FlopCount:
@@ -62,12 +68,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool, start_step: int = 0, tensorboard: bool = False) -> None:
         path = run_dir / "metrics.jsonl"
         if enabled and path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= start_step
-            ]
-            path.write_text("".join(f"{line}\n" for line in kept))
+            path.write_text("".join(f"{line}\n" for line in kept_records(path, start_step)))
         self._file = path.open("a") if enabled else None
         self._board = None
         if enabled and tensorboard:
@@ -90,6 +91,30 @@ class MetricsLog:
             self._file.close()
         if self._board is not None:
             self._board.close()
+
+
+def kept_records(path: Path, start_step: int) -> list[str]:
+    """The lines of ``path`` a run resumed at ``start_step`` keeps: records up to that step. A torn
+    last line (the node died mid-write) is dropped, and so, with a warning, is any other line that
+    is not a record (a disk fault, an edit): a resume never fails on its log."""
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    kept = []
+    for number, line in enumerate(lines, 1):
+        step = _step_of(line)
+        if step is None and line.strip():
+            why = "torn (the run died writing it)" if number == len(lines) else "not a metrics record"
+            log.warning("%s: line %d is %s; dropped", path, number, why)
+        elif step is not None and step <= start_step:
+            kept.append(line)
+    return kept
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 class StepMetrics:
@@ -131,11 +156,19 @@ class StepMetrics:
         self._micro_steps = self._samples = self._batch_size = 0
         self._tokens = torch.zeros((), dtype=torch.long, device=world.device)
         self._since = time.perf_counter()
+        # the first step whose loss was not finite (0: none) and that loss, kept on the device
+        self._step, self._checked = start, start
+        self._bad_step = torch.zeros((), dtype=torch.long, device=world.device)
+        self._bad_loss = torch.zeros((), dtype=torch.float64, device=world.device)
 
     def count(self, batch: Batch, terms: dict[str, torch.Tensor]) -> None:
         """One micro-step: its batch (samples, tokens) and its loss terms, kept on the device."""
         for name, value in terms.items():
             self._terms[name] = self._terms.get(name, 0) + value.detach()
+        loss = terms["loss"].detach().double()
+        first = ~torch.isfinite(loss) & (self._bad_step == 0)
+        self._bad_step = torch.where(first, self._step + 1, self._bad_step)
+        self._bad_loss = torch.where(first, loss, self._bad_loss)
         self._micro_steps += 1
         self._batch_size = batch.images.shape[0]
         self._samples += self._batch_size
@@ -148,10 +181,12 @@ class StepMetrics:
         ``samples``: seen by all ranks so far; ``skipped``: bad samples this rank's loader has
         replaced so far."""
         self.bar.update(1)
+        self._step = step
         terms, micro_steps = self._terms, self._micro_steps
         self._terms, self._micro_steps = {}, 0
         if step % self.log_every and not last:
             return None
+        self.check_finite(step)
         local = [*(terms[n].double() / micro_steps for n in terms), self._tokens.double()]
         local.append(torch.tensor(float(skipped), dtype=torch.float64, device=self.world.device))
         reduced = dict(zip([*terms, "tokens", "skipped"], mean_over_ranks(torch.stack(local)).tolist()))
@@ -185,6 +220,22 @@ class StepMetrics:
         self._since, self._samples = time.perf_counter(), 0
         self._tokens.zero_()
         return record
+
+    def check_finite(self, step: int) -> None:
+        """Raise :class:`LossNotFinite` on every rank if any rank's loss was NaN or inf at a step
+        since the last check (one all-reduce: called at logged steps, and before a checkpoint)."""
+        if step == self._checked:
+            return
+        self._checked = step
+        bad_step = int(self._bad_step.item())
+        if any_rank(bad_step != 0, self.world.device):
+            where = f"step {bad_step}: loss is {self._bad_loss.item()}"
+            if not bad_step:
+                where = f"by step {step}: another rank's loss is not finite"
+            raise LossNotFinite(
+                f"{where}: training diverged and stops here, with no checkpoint or export of these "
+                "weights (lower optim.lr or optim.head_lr, or raise optim.warmup_steps)"
+            )
 
     def close(self) -> None:
         self.bar.close()
