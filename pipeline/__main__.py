@@ -2,7 +2,7 @@
 
 python -m pipeline manifest inspect|verify|validate PATH
 python -m pipeline synth OUT [key=value ...]     # generate a corpus (SyntheticConfig keys)
-python -m pipeline eval --data DATASET --checkpoint [NAME=]SPEC ... --out DIR [key=value ...]
+python -m pipeline eval [--data DATASET] [--benchmark NAME=PATH ...] --checkpoint [NAME=]SPEC ... --out DIR
 python -m pipeline export CHECKPOINT OUT          # a run (its latest) or checkpoint → open_clip weights
 python -m pipeline lineage PATH [--json]         # what a run, checkpoint, export or report was made from
 python -m pipeline demo [--workdir DIR]          # the README's main job: prep, train 4 objectives, eval
@@ -36,10 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset folder or dataset.json (data prep output), local or s3://")
     ev.add_argument(
         "--checkpoint",
+        "--model",
         action="append",
         default=[],
         dest="checkpoints",
         help="[name=]run folder | export folder | openclip:NAME[:TAG]; repeat to compare",
+    )
+    ev.add_argument(
+        "--benchmark",
+        action="append",
+        default=[],
+        dest="benchmarks",
+        help="NAME=PATH, a benchmark as distributed: urban1k, sharegpt4v[:10k], docci, flickr30k, coco",
     )
     ev.add_argument("--out", help="report folder")
     ev.add_argument("--config", help="YAML file with EvalConfig keys (pipeline/eval/config.py)")
@@ -115,8 +123,9 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
     given = {"data": args.data, "out": args.out}
     overrides = [f"{k}={v}" for k, v in given.items() if v is not None] + list(args.overrides)
-    if args.checkpoints:
-        overrides.append("checkpoints=" + json.dumps(args.checkpoints))
+    for key in ("checkpoints", "benchmarks"):
+        if getattr(args, key):
+            overrides.append(f"{key}=" + json.dumps(getattr(args, key)))
     return load_config(EvalConfig, args.config, overrides)
 
 

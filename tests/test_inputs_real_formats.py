@@ -193,7 +193,7 @@ def test_vg_caption_is_a_sentence_per_distinct_phrase_with_its_box():
         region("a dog", 5, 5, 10, None),
         region("tree", 1, 2, 3, 4),
     ]
-    caption, boxes = regions_caption(regions, max_sentences=3)
+    caption, boxes, left_out = regions_caption(regions, max_sentences=3)
     assert caption == "Man wearing a red shirt. The sky is blue! A dog."
     assert boxes == [
         {"box": [10, 20, 40, 60], "label": "man wearing a red shirt"},
@@ -202,7 +202,8 @@ def test_vg_caption_is_a_sentence_per_distinct_phrase_with_its_box():
         {"box": [1, 1, 3, 3], "label": None},
         {"box": None, "label": None},
         {"box": [5, 5, 10, None], "label": "a dog"},  # counted as box_malformed; its sentence stays
-    ]  # the cap: "tree" is not read
+    ]
+    assert left_out == {"box_repeated_phrase": 1, "box_sentence_cut": 1}  # counted, never lost
 
 
 def test_vg_records_find_images_in_either_folder(tmp_path):

@@ -86,7 +86,7 @@ def test_boxes_beyond_max_boxes_are_cut_where_they_are_read_and_counted(tmp_path
         [f"input.index={tmp_path}/index.jsonl", f"output={tmp_path}/out", "image.max_boxes=3"],
     )
     [record] = read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, cfg.image.max_boxes)
-    assert len(record.boxes) == 3 and record.boxes_cut == 99_997
+    assert len(record.boxes) == 3 and record.boxes_left_out == {"box_over_limit": 99_997}
     Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
     result = ShardWorker(cfg, cfg.output, "hostile", run_id="").process(ShardTask(0, [record]))
     assert result.stats["boxes_dropped_by_reason"] == {"box_over_limit": 99_997}

@@ -5,13 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.config import DeviceChoice, at_least, check_choices
+from pipeline.eval.benchmarks import parse_benchmark
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    data: str  # a dataset (folder or dataset.json, local or s3://) from data prep; see docs/evaluation.md
     out: str  # report folder: metrics.json, report.md, report.html, *.png
     checkpoints: tuple[str, ...]  # "[name=]spec": a run folder, an export folder, or openclip:NAME[:TAG]
+    data: str = ""  # a dataset (folder or dataset.json, local or s3://) from data prep: docs/evaluation.md
+    # The papers' benchmarks as distributed, "NAME=PATH" (pipeline/eval/benchmarks.py): urban1k,
+    # sharegpt4v (or sharegpt4v:10k), docci, flickr30k, coco. Data, benchmarks, or both.
+    benchmarks: tuple[str, ...] = ()
     shards: tuple[str, ...] = ()  # evaluate only these shards of the dataset (held-out ones); default all
     max_images: int = 1000  # the first N images (0: all)
     batch_size: int = 32
@@ -29,6 +33,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.checkpoints:
             raise ValueError("checkpoints: at least one (a run folder, an export, or openclip:NAME[:TAG])")
+        if not self.data and not self.benchmarks:
+            raise ValueError("data: required unless benchmarks are given (NAME=PATH)")
+        benchmark_names = [parse_benchmark(b)[0] for b in self.benchmarks]
+        if len(set(benchmark_names)) != len(benchmark_names):
+            raise ValueError(f"benchmarks: each at most once, got {benchmark_names}")
         names = [parse_checkpoint(c)[0] for c in self.checkpoints]
         if len(set(names)) != len(names):
             raise ValueError(f"checkpoints: names must differ, got {names}; write them as name=spec")

@@ -30,11 +30,13 @@ class ModelResult:
     boxes: dict[str, dict[str, float]] = field(default_factory=dict)  # view → top1/top5
     fgovd: dict[str, dict] = field(default_factory=dict)  # view → hard/medium/easy + by_attribute
     top_labels: list[str] = field(default_factory=list)  # per box: the roi view's best class
+    benchmarks: dict[str, dict[str, float]] = field(default_factory=dict)  # name → R@k, counts
 
     def headline(self) -> str:
+        scored = {"": self.retrieval} if self.retrieval else {}
         parts = [
-            f"I2T R@1 {self.retrieval.get('i2t_R@1', math.nan):.1f}",
-            f"T2I R@1 {self.retrieval.get('t2i_R@1', math.nan):.1f}",
+            f"{name + ' ' if name else ''}I2T R@1 {r['i2t_R@1']:.1f}, T2I R@1 {r['t2i_R@1']:.1f}"
+            for name, r in {**scored, **self.benchmarks}.items()
         ]
         if "roi" in self.boxes:
             parts.append(f"box top-1 {self.boxes['roi']['top1']:.1f}")
@@ -46,27 +48,26 @@ class ModelResult:
 def write_report(
     out: Path,
     cfg: EvalConfig,
-    data: dict,
+    data: dict | None,
     results: list[ModelResult],
     images: list[EvalImage],
-    classes: list[str],
     lineage: dict,
 ) -> Path:
+    """``data``: the held-out dataset's summary (None: benchmarks only). ``metrics.json`` has every
+    model's scores under ``models``; with one checkpoint, its benchmark scores also as
+    ``benchmarks: {NAME: {metric: value}}``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "data": data,
-                "config": to_dict(cfg),
-                "lineage": lineage,
-                "models": {
-                    r.name: {k: v for k, v in asdict(r).items() if k not in ("name", "top_labels")}
-                    for r in results
-                },
-            },
-            indent=1,
-        )
-    )
+    everything = {
+        "data": data,
+        "config": to_dict(cfg),
+        "lineage": lineage,
+        "models": {
+            r.name: {k: v for k, v in asdict(r).items() if k not in ("name", "top_labels")} for r in results
+        },
+    }
+    if len(results) == 1 and results[0].benchmarks:
+        everything["benchmarks"] = results[0].benchmarks
+    (out / "metrics.json").write_text(json.dumps(everything, indent=1))
     plots = [
         p
         for p in (
@@ -76,7 +77,8 @@ def write_report(
         )
         if p
     ]
-    sections = _tables(cfg, data, results, len(classes))
+    listed = [("Checkpoints", "", ["checkpoint", "spec"], [[r.name, r.spec] for r in results])]
+    sections = (_tables(cfg, data, results) if data else listed) + _benchmark_tables(cfg, results)
     (out / "report.md").write_text(_markdown(sections, plots))
     (out / "report.html").write_text(_html(sections, plots))
     return out
@@ -86,7 +88,21 @@ def write_report(
 # Tables: (title, note, header, rows), rendered as markdown and HTML
 
 
-def _tables(cfg: EvalConfig, data: dict, results: list[ModelResult], num_classes: int) -> list[tuple]:
+def _benchmark_tables(cfg: EvalConfig, results: list[ModelResult]) -> list[tuple]:
+    """A table per benchmark, shaped like the papers' (I2T, then T2I, R@k as percentages)."""
+    sections = []
+    for entry in cfg.benchmarks:
+        name, path = entry.split("=", 1)
+        scores = [r.benchmarks[name] for r in results]
+        keys = [k for k in scores[0] if "_R@" in k]
+        note = f"{path}: {scores[0]['images']} images, {scores[0]['captions']} captions."
+        rows = [[r.name, *(s[k] for k in keys)] for r, s in zip(results, scores)]
+        sections.append((f"{name} retrieval (%)", note, ["checkpoint", *keys], rows))
+    return sections
+
+
+def _tables(cfg: EvalConfig, data: dict, results: list[ModelResult]) -> list[tuple]:
+    num_classes = data["classes"]
     summary = (
         f"{data['path']}: {data['images']} images, {data['boxes']} labelled boxes, "
         f"{num_classes} distinct labels."

@@ -12,6 +12,7 @@ import torch
 from pipeline.config import to_dict
 from pipeline.device import pick_device
 from pipeline.eval import metrics
+from pipeline.eval.benchmarks import parse_benchmark, read_benchmark, score_retrieval
 from pipeline.eval.config import EvalConfig, parse_checkpoint
 from pipeline.eval.data import EvalImage, load_eval_set
 from pipeline.eval.model import OPENCLIP_PREFIX, embed_images, embed_texts, export_folder, load_model
@@ -50,29 +51,38 @@ def evaluate(cfg: EvalConfig) -> Path:
     for _, spec in checkpoints:  # before any work: every checkpoint is there
         if not spec.startswith(OPENCLIP_PREFIX):
             export_folder(spec)
-    task = build_task(cfg)
+    benchmarks = {name: read_benchmark(name, path) for name, path in map(parse_benchmark, cfg.benchmarks)}
+    task = build_task(cfg) if cfg.data else None
     results = []
     for name, spec in checkpoints:
         started = time.time()
         model = load_model(spec, device)
-        result = score(name, spec, model, task)
+        result = score(name, spec, model, task) if task else ModelResult(name, spec, retrieval={})
+        for bench, data in benchmarks.items():
+            result.benchmarks[bench] = score_retrieval(model, data, cfg.batch_size, cfg.recall_ks)
         log.info("%s: %s (%.0f s)", result.name, result.headline(), time.time() - started)
         results.append(result)
         del model
-    data = {
-        "path": cfg.data,
+    lineage = {
+        **make_lineage([cfg.data] if cfg.data else [], to_dict(cfg)),
+        "checkpoints": {r.name: _checkpoint_lineage(r.spec) for r in results},
+    }
+    images = task.images if task else []
+    return write_report(Path(cfg.out), cfg, _data_summary(task), results, images, lineage)
+
+
+def _data_summary(task: EvalTask | None) -> dict | None:
+    if task is None:
+        return None
+    return {
+        "path": task.cfg.data,
         "images": len(task.images),
         "boxes": len(task.targets),
         "classes": len(task.classes),
         "fgovd_trials": len(task.trials),
         "fgovd_unparsed_boxes": task.unparsed,
-        "chance": metrics.chance_levels(len(task.images), len(task.classes), task.trials, cfg.recall_ks),
+        "chance": metrics.chance_levels(len(task.images), len(task.classes), task.trials, task.cfg.recall_ks),
     }
-    lineage = {
-        **make_lineage([cfg.data], to_dict(cfg)),
-        "checkpoints": {r.name: _checkpoint_lineage(r.spec) for r in results},
-    }
-    return write_report(Path(cfg.out), cfg, data, results, task.images, task.classes, lineage)
 
 
 def build_task(cfg: EvalConfig) -> EvalTask:

@@ -92,7 +92,8 @@ def admit(items: Iterator[InputRecord | Drop], max_boxes: int) -> Iterator[Input
             if not (is_text(item.id) and is_text(item.image) and is_text(item.caption)):
                 item = Drop(item.ordinal, item.id, "invalid_utf8", f"id, image or caption of {item.id!a}")
             elif type(item.boxes) is list and len(item.boxes) > max_boxes:
-                item = item._replace(boxes=item.boxes[:max_boxes], boxes_cut=len(item.boxes) - max_boxes)
+                left_out = {**(item.boxes_left_out or {}), "box_over_limit": len(item.boxes) - max_boxes}
+                item = item._replace(boxes=item.boxes[:max_boxes], boxes_left_out=left_out)
         yield item
 
 

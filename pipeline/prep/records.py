@@ -39,7 +39,7 @@ class InputRecord(NamedTuple):
     boxes: Any  # as given (validated per box later, against the decoded image size)
     image_offset: int = 0
     image_size: int = -1
-    boxes_cut: int = 0  # input boxes after the first image.max_boxes: counted, never carried
+    boxes_left_out: dict[str, int] | None = None  # input boxes not carried, by reason: counted
     origin: dict | None = None  # the input's own metadata for the sample (origin_fields)
 
 

@@ -15,8 +15,10 @@ cut would be a region no phrase can reach. Each sentence's region is its box, ``
 y + h]`` labelled with the phrase, so the ``annotations`` grounder links the sentence's first
 noun chunk to it (the label is the sentence; docs/text_and_grounding.md). A phrase repeated in
 an image (VG has many: several annotators, several windows) is said once and keeps its first
-region. A region whose phrase is not a non-empty string becomes a box without a label, which
-the image stage counts as ``box_label_invalid``.
+region. The regions left out are counted in the shard's ``boxes_dropped_by_reason``:
+``box_repeated_phrase`` and ``box_sentence_cut`` (after ``text.max_sentences``). A region
+whose phrase is not a non-empty string becomes a box without a label, which the image stage
+counts as ``box_label_invalid``.
 """
 
 from __future__ import annotations
@@ -77,30 +79,36 @@ def vg_record(
         return Drop(ordinal, None, "invalid_id", repr(item["id"]))
     if not isinstance(item.get("regions"), list):
         return Drop(ordinal, rid, "missing_field", "regions")
-    caption, boxes = regions_caption(item["regions"], max_sentences)
+    caption, boxes, left_out = regions_caption(item["regions"], max_sentences)
     if not caption:
         return Drop(ordinal, rid, "missing_field", "caption (no region has a phrase)")
     problem = caption_problem(caption, max_caption_chars)
     if problem:
         return Drop(ordinal, rid, *problem)
     name = f"{rid}.jpg"
-    return InputRecord(ordinal, rid, found.get(name) or storage.resolve(images, name), caption, boxes)
+    image = found.get(name) or storage.resolve(images, name)
+    return InputRecord(ordinal, rid, image, caption, boxes, boxes_left_out=left_out or None)
 
 
-def regions_caption(regions: list, max_sentences: int) -> tuple[str, list[dict]]:
-    """The caption (a sentence per distinct phrase, at most ``max_sentences``) and the boxes of
-    the regions it says, each labelled with its phrase."""
+def regions_caption(regions: list, max_sentences: int) -> tuple[str, list[dict], dict[str, int]]:
+    """The caption (a sentence per distinct phrase, at most ``max_sentences``), the boxes of the
+    regions it says, each labelled with its phrase, and the regions left out, by reason:
+    ``box_repeated_phrase`` (a phrase said already keeps its first region), ``box_sentence_cut``
+    (after the last sentence kept)."""
     sentences: list[str] = []
     boxes: list[dict] = []
+    left_out = {"box_repeated_phrase": 0, "box_sentence_cut": 0}
     for region in regions:
-        if len(sentences) == max_sentences:
-            break
         phrase = region.get("phrase") if isinstance(region, dict) else None
         sentence = as_sentence(phrase) if isinstance(phrase, str) and is_text(phrase) else ""
         if sentence in sentences:
+            left_out["box_repeated_phrase"] += 1
+            continue
+        if len(sentences) == max_sentences:
+            left_out["box_sentence_cut"] += 1
             continue
         if sentence:
             sentences.append(sentence)
         xywh = [region.get(k) for k in ("x", "y", "width", "height")] if isinstance(region, dict) else None
         boxes.append({"box": xywh_to_xyxy(xywh), "label": " ".join(phrase.split()) if sentence else None})
-    return " ".join(sentences), boxes
+    return " ".join(sentences), boxes, {reason: n for reason, n in left_out.items() if n}

@@ -180,8 +180,8 @@ class ShardWorker:
             except Exception as e:  # noqa: BLE001 - a box no check foresaw fails its record only
                 item.error, item.detail = "boxes_unusable", _describe(e)
                 continue
-            if item.record.boxes_cut:
-                item.box_drops["box_over_limit"] = item.record.boxes_cut
+            for reason, count in (item.record.boxes_left_out or {}).items():
+                item.box_drops[reason] = item.box_drops.get(reason, 0) + count
 
     def text_stage(self, items: list[Item]) -> None:
         """Captions (cleaned first, if configured) and annotation labels, each in one batched

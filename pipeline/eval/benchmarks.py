@@ -1,0 +1,198 @@
+"""The papers' retrieval benchmarks, read as they are distributed, scored as the papers score them.
+
+``--benchmark NAME=PATH`` (``pipeline eval``); the layouts follow the benchmarks' own loaders:
+
+==============  ===================================================================================
+``urban1k``     the folder holding ``image/N.jpg`` and ``caption/N.txt`` (Long-CLIP's Urban1k;
+                the caption is the file's first line, as Long-CLIP reads it)
+``sharegpt4v``  ShareGPT4V's caption JSON list; its first 1,000 items (``sharegpt4v:10k``: 10,000),
+                images at ``item["image"]`` under the file's folder (Long-CLIP's ``share4v_val``)
+``docci``       the folder holding ``docci_descriptions.jsonlines`` and ``images/``: the ``test``
+                split, ``image_file`` and ``description`` of each row
+``flickr30k``   Karpathy's split file (``dataset_flickr30k.json``): the ``test`` images, all their
+                captions (``sentences[].raw``), images in ``images/`` or ``flickr30k-images/``
+                beside it
+``coco``        the same for ``dataset_coco.json``: images at ``<filepath>/<filename>``
+                (``val2014/...``) beside it, or in ``images/``
+==============  ===================================================================================
+
+Each is a :class:`RetrievalSet`: images, captions, and which image each caption describes.
+Text-to-image ranks the images for every caption; image-to-text is a hit when any caption of
+the image is in the top k (``metrics.retrieval_recall``). A file that is not in its benchmark's
+layout is a one-line error naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import BadInput, InputNotFound
+from pipeline.eval.data import EvalImage
+from pipeline.eval.metrics import retrieval_recall
+from pipeline.eval.model import embed_images, embed_texts
+from pipeline.models import FineGrainedCLIP
+from pipeline.prep.sharegpt4v import first_gpt_turn
+
+IMAGE_CHUNK = 256  # images whose bytes are held at once while embedding
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    images: list[Path]
+    captions: list[str]
+    image_of_text: list[int]  # per caption: the index of its image
+
+
+def parse_benchmark(entry: str) -> tuple[str, str]:
+    """``NAME=PATH`` → (NAME, PATH), the name one :data:`READERS` knows (with its variant)."""
+    name, sep, path = entry.partition("=")
+    if not sep or not path:
+        raise ValueError(f"benchmarks: {entry!r} is not NAME=PATH")
+    if name not in READERS:
+        raise ValueError(f"benchmarks: {name!r} is not one of {', '.join(READERS)}")
+    return name, path
+
+
+def read_benchmark(name: str, path: str) -> RetrievalSet:
+    root = Path(path)
+    if not root.exists():
+        raise InputNotFound(f"benchmarks: {name}={path} does not exist")
+    bench = READERS[name](root)
+    missing = next((p for p in bench.images if not p.is_file()), None)
+    if missing is not None:
+        raise InputNotFound(f"benchmarks: {name}: image {missing} does not exist")
+    if not bench.images:
+        raise BadInput(f"benchmarks: {name}={path} holds no image")
+    return bench
+
+
+@torch.no_grad()
+def score_retrieval(
+    model: FineGrainedCLIP, bench: RetrievalSet, batch_size: int, ks: tuple[int, ...]
+) -> dict[str, float]:
+    """R@k both ways, as percentages, with the images and captions counted."""
+    chunks = _image_chunks(bench.images)
+    images = torch.cat([embed_images(model, chunk, batch_size).image for chunk in chunks])
+    texts = torch.cat([embed_texts(model, chunk) for chunk in _chunks(bench.captions)])
+    scores = retrieval_recall(images, texts, ks, torch.tensor(bench.image_of_text))
+    return {**scores, "images": len(bench.images), "captions": len(bench.captions)}
+
+
+def _image_chunks(paths: list[Path]) -> Iterator[list[EvalImage]]:
+    for chunk in _chunks(paths):
+        yield [EvalImage(p.name, p.read_bytes(), 0, 0, "", [], []) for p in chunk]
+
+
+def _chunks(items: list) -> Iterator[list]:
+    for start in range(0, len(items), IMAGE_CHUNK):
+        yield items[start : start + IMAGE_CHUNK]
+
+
+# --- readers ------------------------------------------------------------------------------------
+
+
+def urban1k(root: Path) -> RetrievalSet:
+    captions_dir, images_dir = root / "caption", root / "image"
+    if not captions_dir.is_dir() or not images_dir.is_dir():
+        raise BadInput(f"benchmarks: urban1k={root} has no caption/ and image/ folders")
+    names = sorted((p.stem for p in captions_dir.glob("*.txt")), key=_natural)
+    captions = [_first_line(captions_dir / f"{n}.txt") for n in names]
+    return RetrievalSet([images_dir / f"{n}.jpg" for n in names], captions, list(range(len(names))))
+
+
+def sharegpt4v(root: Path, count: int = 1000) -> RetrievalSet:
+    items = _json(root, list)[:count]
+    images, captions = [], []
+    for i, item in enumerate(items):
+        where = f"{root} item {i}"
+        image = _field(item, "image", str, where)
+        turns = _field(item, "conversations", list, where)
+        caption = first_gpt_turn(turns)
+        if not isinstance(caption, str):
+            raise BadInput(f"benchmarks: {where}: no gpt turn with a string value in conversations")
+        images.append(root.parent / image)
+        captions.append(caption)
+    return RetrievalSet(images, captions, list(range(len(images))))
+
+
+def docci(root: Path) -> RetrievalSet:
+    file = root / "docci_descriptions.jsonlines"
+    if not file.is_file():
+        raise BadInput(f"benchmarks: docci={root} has no docci_descriptions.jsonlines")
+    images, captions = [], []
+    for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{file} line {number}"
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            raise BadInput(f"benchmarks: {where}: not JSON ({e})") from None
+        if _field(row, "split", str, where) == "test":
+            images.append(root / "images" / _field(row, "image_file", str, where))
+            captions.append(_field(row, "description", str, where))
+    return RetrievalSet(images, captions, list(range(len(images))))
+
+
+def karpathy(root: Path) -> RetrievalSet:
+    """Karpathy's split file: the test images and every one of their captions."""
+    entries = _field(_json(root, dict), "images", list, str(root))
+    images, captions, image_of_text = [], [], []
+    for i, entry in enumerate(entries):
+        where = f"{root} images[{i}]"
+        if _field(entry, "split", str, where) != "test":
+            continue
+        sentences = _field(entry, "sentences", list, where)
+        for j, sentence in enumerate(sentences):
+            captions.append(_field(sentence, "raw", str, f"{where}.sentences[{j}]"))
+            image_of_text.append(len(images))
+        images.append(_karpathy_image(root.parent, entry, where))
+    return RetrievalSet(images, captions, image_of_text)
+
+
+def _karpathy_image(folder: Path, entry: dict, where: str) -> Path:
+    name = _field(entry, "filename", str, where)
+    candidates = [folder / entry["filepath"] / name] if isinstance(entry.get("filepath"), str) else []
+    candidates += [folder / "images" / name, folder / "flickr30k-images" / name]
+    return next((p for p in candidates if p.is_file()), candidates[0])
+
+
+READERS: dict[str, Callable[[Path], RetrievalSet]] = {
+    "urban1k": urban1k,
+    "sharegpt4v": sharegpt4v,
+    "sharegpt4v:10k": lambda root: sharegpt4v(root, 10_000),
+    "docci": docci,
+    "flickr30k": karpathy,
+    "coco": karpathy,
+}
+
+
+def _json(file: Path, kind: type) -> Any:
+    try:
+        data = json.loads(file.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise BadInput(f"benchmarks: {file} is not a JSON file ({e})") from None
+    if not isinstance(data, kind):
+        raise BadInput(f"benchmarks: {file}: expected a JSON {kind.__name__}, got {type(data).__name__}")
+    return data
+
+
+def _field(item: Any, name: str, kind: type, where: str) -> Any:
+    if not isinstance(item, dict) or not isinstance(item.get(name), kind):
+        raise BadInput(f"benchmarks: {where}: field {name!r} is missing or not a {kind.__name__}")
+    return item[name]
+
+
+def _first_line(file: Path) -> str:
+    lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    return lines[0] if lines else ""
+
+
+def _natural(stem: str) -> tuple:
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
