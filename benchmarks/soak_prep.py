@@ -4,8 +4,10 @@
 
 The index holds ``--good`` generated records, ``--broken`` broken ones cycling over every kind
 the generator knows (``synthetic.BROKEN_KINDS``), and ``--hostile`` of each kind below:
-lone surrogates in caption, id and image path; a FIFO, ``/dev/zero``, an image file over
-``image.max_bytes``; an EPS file; 100,000 boxes on one record; a 10,000-character label.
+lone surrogates in caption, id, image path and box label; a FIFO, ``/dev/zero``, ``/proc/kmsg``,
+an image file over ``image.max_bytes``; an EPS file; 100,000 boxes on one record; a
+10,000-character label; a line nested 100,000 deep; a 5,000-digit id; a 401-digit box
+coordinate; captions of 20,000 ``(`` and of 5,000 emoji.
 ``data_prep/build_shards.py`` runs on it as a user runs it. Checked and printed: the job
 exits 0; ``inputs == written + dropped`` and the index's line count; every drop has a reason;
 drops by reason; the peak RSS of the driver and of the largest worker (polled ``VmHWM``).
@@ -32,6 +34,7 @@ from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_BYTES = 2_000_000
+HOSTILE_KINDS = 16
 
 
 def hostile_rows(folder: Path, copies: int) -> list[str]:
@@ -56,6 +59,27 @@ def hostile_rows(folder: Path, copies: int) -> list[str]:
         "many_boxes": lambda i: json.dumps(
             {"id": f"boxes{i}", "image": "red.png", "caption": "A red square.", "boxes": many}
         ),
+        "nested_100k_deep": lambda i: f'{{"id": "deep{i}", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "id_5000_digits": lambda i: (
+            '{"id": ' + str(i + 1) * 5000 + ', "image": "red.png", "caption": "Red."}'
+        ),
+        "coordinate_401_digits": lambda i: (
+            f'{{"id": "coord{i}", "image": "red.png", "caption": "A red square.", '
+            f'"boxes": [{{"box": [1, 1, 1{"0" * 400}, 30], "label": "red square"}}]}}'
+        ),
+        "label_surrogate": lambda i: (
+            f'{{"id": "ls{i}", "image": "red.png", "caption": "A red square.", '
+            f'"boxes": [{{"box": [1, 1, 30, 30], "label": "red \\udc80"}}]}}'
+        ),
+        "caption_20000_parens": lambda i: json.dumps(
+            {"id": f"paren{i}", "image": "red.png", "caption": "(" * 20_000}
+        ),
+        "caption_emoji_run": lambda i: json.dumps(
+            {"id": f"emoji{i}", "image": "red.png", "caption": "\U0001f600" * 5000}
+        ),
+        "proc_kmsg": lambda i: json.dumps(
+            {"id": f"kmsg{i}", "image": "/proc/kmsg", "caption": "The kernel log."}
+        ),
         "long_label": lambda i: json.dumps(
             {
                 "id": f"label{i}",
@@ -65,6 +89,7 @@ def hostile_rows(folder: Path, copies: int) -> list[str]:
             }
         ),
     }
+    assert len(kinds) == HOSTILE_KINDS
     return [make(i) for i in range(copies) for make in kinds.values()]
 
 
@@ -123,7 +148,7 @@ def main() -> None:
     assert len(drops) == totals["dropped"] and all(d["reason"] for d in drops)
     print(
         f"{lines} records ({args.good} good, {args.broken} broken over {len(BROKEN_KINDS)} kinds, "
-        f"{args.hostile} of each of 9 hostile kinds) in {wall:.0f} s: job exit 0"
+        f"{args.hostile} of each of {HOSTILE_KINDS} hostile kinds) in {wall:.0f} s: job exit 0"
     )
     print(
         f"inputs {totals['inputs']} = written {totals['written']} + dropped {totals['dropped']}; "

@@ -36,6 +36,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def one_rank(monkeypatch) -> None:
+    """This process as the one rank of a run, on a free port: the launcher variables a run sets
+    (``init_distributed``) are the test's, undone after it, and no later test's rendezvous
+    collides with a port this one held."""
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+
+
 def init_gloo(rank: int, world_size: int, port: int) -> None:
     """This process as ``rank`` of a CPU process group on the loopback (an mp.spawn worker)."""
     dist.init_process_group(

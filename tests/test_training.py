@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-from helpers import REPO, torchrun
+from helpers import REPO, one_rank, torchrun
 
 from pipeline.__main__ import main
 from pipeline.batch import Batch
@@ -178,6 +178,7 @@ def test_a_diverged_run_stops_without_checkpoint_or_export_and_every_run_ends_it
 
     real = loop.forward_backward
     monkeypatch.setattr(loop, "forward_backward", forward_backward)
+    one_rank(monkeypatch)
     if nan_at is None:
         assert loop.train(cfg).export.is_dir()
     else:

@@ -5,12 +5,13 @@ is tested is what they print and the status they exit with. Except train/train.p
 up a process group before it reads the data: that one runs as its own process.
 """
 
+import os
 import runpy
 import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, free_port, one_rank
 
 from pipeline.__main__ import main
 
@@ -72,6 +73,7 @@ def test_training_user_error_is_one_line_and_exit_2(tmp_path):
             "data.manifests=[/nonexistent]",
         ],
         cwd=REPO,
+        env={**os.environ, "MASTER_PORT": str(free_port())},
         capture_output=True,
         text=True,
         timeout=300,
@@ -100,6 +102,7 @@ def test_training_on_data_that_cannot_train_is_one_line_and_exit_2(tmp_path, cap
         "tensorboard=false",
     ]
     command += [f"output={tmp_path}/run", f"data.manifests=[{path}]", "data.batch_size=4", "data.workers=2"]
+    one_rank(monkeypatch)
     assert exit_status(command, monkeypatch) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and not dist.is_initialized()
