@@ -56,17 +56,7 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     if done:
         log.info("resuming: %d shards of an earlier run of this job are complete and verified", len(done))
 
-    _init_ray(cfg.ray.address)
-    keep_memory_returnable()  # the duplicate-id set grows with the input
-    pool = WorkerPool(cfg, root, source, run_id)
-    provenance = pool.provenance()  # fails fast: a missing spaCy model, a detector that does not load
-    text = provenance["text"]
-    log.info(
-        "text: spaCy model %s %s (not loadable: %s)",
-        text["model"],
-        text["model_version"],
-        text["models_not_loadable"] or "none",
-    )
+    pool, provenance = _start_workers(cfg, root, source, run_id)
     planner = ShardPlanner(cfg.samples_per_shard, skip=set(done))
     items = inputs.read_input(
         cfg.input,
@@ -91,13 +81,7 @@ def run(cfg: PrepConfig) -> mf.Manifest:
             f"{len(shard_rows)}{of} shards complete ({e}); rerun with existing_output=resume to finish"
         ) from None
     drops += planner.read_drops
-    log.info(
-        "input (%s): %d records, %d dropped on read, %d shards",
-        cfg.input.format,
-        planner.records_read,
-        len(planner.read_drops),
-        planner.shards,
-    )
+    log.info("input (%s): %s", cfg.input.format, planner.summary())
     header = {
         "name": cfg.name or Path(root).name,
         "run_id": run_id,
@@ -114,6 +98,23 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         _object_store_stats(),
     )
     return mf.load_manifest(root)
+
+
+def _start_workers(cfg: PrepConfig, root: str, source: str, run_id: str) -> tuple[WorkerPool, dict]:
+    """Ray joined or started, and the worker pool with its provenance: asking for it fails fast
+    on a missing spaCy model or a detector that does not load."""
+    _init_ray(cfg.ray.address)
+    keep_memory_returnable()  # the duplicate-id set grows with the input
+    pool = WorkerPool(cfg, root, source, run_id)
+    provenance = pool.provenance()
+    text = provenance["text"]
+    log.info(
+        "text: spaCy model %s %s (not loadable: %s)",
+        text["model"],
+        text["model_version"],
+        text["models_not_loadable"] or "none",
+    )
+    return pool, provenance
 
 
 def _write_manifest(root: str, header: dict, shard_rows: list[dict], drops: list[dict]) -> None:
@@ -149,6 +150,9 @@ class ShardPlanner:
         self.records_read = 0  # inputs read so far, valid or not
         self.shards = 0  # shards cut so far
         self.exhausted = False  # the whole input is read: records_read is the total
+
+    def summary(self) -> str:
+        return f"{self.records_read} records, {len(self.read_drops)} dropped on read, {self.shards} shards"
 
     def tasks(self, items: Iterable[InputRecord | Drop]) -> Iterator[ShardTask]:
         chunk: list[InputRecord] = []

@@ -57,29 +57,8 @@ def _train(cfg: TrainConfig, world: World) -> RunResult:
     global_batch = cfg.global_batch(world.size)
     replicas = ReplicaCheck(cfg.replica_check_every)
     replicas.check(engine.module, step, start=True)
-    # the loader continues at the samples trained on: the same batches follow on the same ranks
-    loader = build_run_loader(
-        cfg,
-        model,
-        world.rank,
-        world.size,
-        start_batch=samples // (cfg.data.batch_size * world.size),
-        pin_memory=world.device.type == "cuda",  # page-locked: copies to the GPU run asynchronously
-    )
-    if world.is_main:
-        epoch = f"{loader.num_samples} samples, {loader.batches_per_epoch} batches per rank per epoch"
-        log.info("%s; steps %d → %d", epoch, step, cfg.steps)
+    loader, metrics = _loader_and_metrics(cfg, world, model, step, samples)
     stop_at = cfg.stop_after or cfg.steps
-    peak = cfg.peak_tflops or device_peak_tflops(world.device)
-    metrics = StepMetrics(
-        run_dir,
-        world,
-        cfg.log_every,
-        peak,
-        steps=(step, cfg.steps),
-        epoch_samples=loader.num_samples,
-        tensorboard=cfg.tensorboard,
-    )
     dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
     batches = iter(loader)
     try:
@@ -115,6 +94,34 @@ def _train(cfg: TrainConfig, world: World) -> RunResult:
             run_dir / "checkpoints", tag_of(step), cfg.model, cfg.zero_stage, run_dir / "export"
         )
     return RunResult(step, finished, checkpoints.last_saved, exported, world.is_main)
+
+
+def _loader_and_metrics(
+    cfg: TrainConfig, world: World, model: FineGrainedCLIP, step: int, samples: int
+) -> tuple[Loader, StepMetrics]:
+    """The loader, continuing at the samples trained on (the same batches follow on the same
+    ranks), and the step metrics, continuing at ``step``."""
+    loader = build_run_loader(
+        cfg,
+        model,
+        world.rank,
+        world.size,
+        start_batch=samples // (cfg.data.batch_size * world.size),
+        pin_memory=world.device.type == "cuda",  # page-locked: copies to the GPU run asynchronously
+    )
+    if world.is_main:
+        epoch = f"{loader.num_samples} samples, {loader.batches_per_epoch} batches per rank per epoch"
+        log.info("%s; steps %d → %d", epoch, step, cfg.steps)
+    metrics = StepMetrics(
+        Path(cfg.output),
+        world,
+        cfg.log_every,
+        cfg.peak_tflops or device_peak_tflops(world.device),
+        steps=(step, cfg.steps),
+        epoch_samples=loader.num_samples,
+        tensorboard=cfg.tensorboard,
+    )
+    return loader, metrics
 
 
 def _model_at_start(
