@@ -76,16 +76,14 @@ def parse_json(data: bytes | str) -> Any:
     (over 4,300 digits) is read as ±inf, so that the field holding it fails its own check (an
     id, a box coordinate) rather than the whole document."""
     try:
-        return json.loads(data)
-    except RecursionError:
-        raise ValueError("nested deeper than the JSON parser goes") from None
-    except json.JSONDecodeError:
-        raise
-    except ValueError as e:
-        if "digits" not in str(e):  # not UTF-8, ...
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError:
             raise
-    try:
-        return json.loads(data, parse_int=huge_int)
+        except ValueError as e:
+            if "digits" not in str(e):  # not UTF-8, ...
+                raise
+            return json.loads(data, parse_int=huge_int)
     except RecursionError:
         raise ValueError("nested deeper than the JSON parser goes") from None
 

@@ -120,6 +120,7 @@ class ShardWorker:
 
         self.cfg, self.root, self.source, self.run_id = cfg, root, source, run_id
         self.parser = CaptionParser(cfg.text)
+        self.long_token = re.compile(rf"\S{{{cfg.text.max_token_chars + 1}}}")  # caption_token_too_long
         self.grounder = build_grounder(cfg.grounding)
         self.node = socket.gethostname()
 
@@ -190,9 +191,8 @@ class ShardWorker:
             for item in items:
                 item.record = item.record._replace(caption=clean_caption(item.record.caption))
         limit = self.cfg.text.max_token_chars
-        long_token = re.compile(rf"\S{{{limit + 1}}}")
         for item in items:
-            if token := long_token.search(item.record.caption):
+            if token := self.long_token.search(item.record.caption):
                 item.error = "caption_token_too_long"
                 item.detail = f"over text.max_token_chars = {limit} non-space characters at {token.start()}"
         items = [item for item in items if not item.error]
