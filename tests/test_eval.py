@@ -59,12 +59,12 @@ def test_topk_accuracy_and_top_labels():
     classes = torch.eye(3)
     regions = F.normalize(torch.tensor([[1.0, 0.1, 0.0], [0.0, 1.0, 0.9], [0.2, 0.0, 1.0]]), dim=1)
     targets = torch.tensor([0, 2, 1])  # right, second best, third
-    assert m.topk_accuracy(regions, classes, targets, ks=(1, 2, 3)) == {
+    assert m.topk_accuracy(regions @ classes.T, targets, ks=(1, 2, 3)) == {
         "top1": 33.33,
         "top2": 66.67,
         "top3": 100.0,
     }
-    assert m.top_labels(regions, classes, 1).squeeze(1).tolist() == [0, 1, 2]
+    assert m.top_labels(regions @ classes.T, 1).squeeze(1).tolist() == [0, 1, 2]
 
 
 def test_attribute_negatives_change_exactly_the_named_number_of_attributes():
@@ -106,12 +106,14 @@ def test_trial_and_pair_accuracy_score_the_true_label_against_negatives():
         m.Trial(0, "small red circle", ("large red circle", "small green circle"), "hard"),
         m.Trial(1, "small red circle", ("large red circle",), "hard"),
     ]
-    assert m.trial_accuracy(trials, regions, text) == {"hard": 50.0}
+    column = {t: i for i, t in enumerate(text)}
+    scores = regions @ torch.stack(list(text.values())).T
+    assert m.trial_accuracy(trials, scores, column) == {"hard": 50.0}
     pairs = [
         (0, "small red circle", "large red circle", "size"),
         (1, "small red circle", "small green circle", "colour"),
     ]
-    assert m.pair_accuracy(pairs, regions, text) == {"size": 100.0, "colour": 0.0}
+    assert m.pair_accuracy(pairs, scores, column) == {"size": 100.0, "colour": 0.0}
 
 
 def test_chance_levels():
@@ -169,9 +171,8 @@ def test_eval_embeddings_match_the_training_model_on_the_same_sample(generated_s
         for k, box in enumerate(im.boxes):
             match = (batch.boxes[b] - torch.tensor(box) * scale).abs().sum(-1).lt(1e-3) & batch.region_mask[b]
             if match.any():
-                torch.testing.assert_close(
-                    embedded.head_regions[b][k], out.regions[b][match.nonzero()[0, 0]], atol=1e-5, rtol=1e-5
-                )
+                region = out.regions[b][match.nonzero()[0, 0]]
+                torch.testing.assert_close(embedded.regions["head"][b][k], region, atol=1e-5, rtol=1e-5)
     assert len(embed_texts(model, ["a small red circle", "x" * 3000])) == 2  # long texts are cut, not refused
 
 

@@ -14,30 +14,40 @@
                 beside it
 ``coco``        the same for ``dataset_coco.json``: images at ``<filepath>/<filename>``
                 (``val2014/...``) beside it, or in ``images/``
+``dci``         the DCI release folder (``densely_captioned_images/``, or the folder holding it):
+                every annotation its ``splits.json`` lists, ``photos/<image>`` with
+                ``short_caption`` and ``extra_caption`` joined by a newline (the long caption,
+                as the Long-CLIP-style DCI evaluations read it: all 7,805 images)
+``fgovd``       an FG-OVD benchmark file or the folder of them (``pipeline/eval/fgovd.py``): each
+                box against its true caption and negatives, per file, per region path
 ==============  ===================================================================================
 
-Each is a :class:`RetrievalSet`: images, captions, and which image each caption describes.
-Text-to-image ranks the images for every caption; image-to-text is a hit when any caption of
-the image is in the top k (``metrics.retrieval_recall``). A file that is not in its benchmark's
-layout is a one-line error naming the file and the field.
+The retrieval benchmarks are each a :class:`RetrievalSet`: images, captions, and which image
+each caption describes. Text-to-image ranks the images for every caption; image-to-text is a hit
+when any caption of the image is in the top k (``metrics.retrieval_recall``). A file that is not
+in its benchmark's layout is a one-line error naming the file and the field.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from pipeline.config import BadInput, InputNotFound
 from pipeline.eval.data import EvalImage
+from pipeline.eval.fgovd import FgovdSuite, read_fgovd, score_fgovd
+from pipeline.eval.json_fields import field, json_lines, read_json
 from pipeline.eval.metrics import retrieval_recall
 from pipeline.eval.model import embed_images, embed_texts
 from pipeline.models import FineGrainedCLIP
 from pipeline.prep.sharegpt4v import first_gpt_turn
+
+if TYPE_CHECKING:
+    from pipeline.eval.config import EvalConfig
 
 IMAGE_CHUNK = 256  # images whose bytes are held at once while embedding
 
@@ -59,17 +69,31 @@ def parse_benchmark(entry: str) -> tuple[str, str]:
     return name, path
 
 
-def read_benchmark(name: str, path: str) -> RetrievalSet:
+def read_benchmark(name: str, path: str, fgovd_images: str = "") -> RetrievalSet | FgovdSuite:
     root = Path(path)
     if not root.exists():
         raise InputNotFound(f"benchmarks: {name}={path} does not exist")
-    bench = READERS[name](root)
+    bench = read_fgovd(root, fgovd_images) if name == "fgovd" else READERS[name](root)
     missing = next((p for p in bench.images if not p.is_file()), None)
     if missing is not None:
         raise InputNotFound(f"benchmarks: {name}: image {missing} does not exist")
     if not bench.images:
         raise BadInput(f"benchmarks: {name}={path} holds no image")
     return bench
+
+
+def score_benchmark(
+    model: FineGrainedCLIP, name: str, bench: RetrievalSet | FgovdSuite, cfg: EvalConfig
+) -> dict[str, dict]:
+    """``{NAME: {metric: value}}``. FG-OVD: the first region path of ``cfg.region_paths`` the model
+    has under ``fgovd``, any other as ``fgovd@PATH``, each naming its ``region_path``."""
+    if isinstance(bench, RetrievalSet):
+        return {name: score_retrieval(model, bench, cfg.batch_size, cfg.recall_ks)}
+    by_path = score_fgovd(model, bench, cfg.batch_size, cfg.region_paths)
+    return {
+        name if i == 0 else f"{name}@{path}": {**scores, "region_path": path}
+        for i, (path, scores) in enumerate(by_path.items())
+    }
 
 
 @torch.no_grad()
@@ -107,12 +131,12 @@ def urban1k(root: Path) -> RetrievalSet:
 
 
 def sharegpt4v(root: Path, count: int = 1000) -> RetrievalSet:
-    items = _json(root, list)[:count]
+    items = read_json(root, list)[:count]
     images, captions = [], []
     for i, item in enumerate(items):
         where = f"{root} item {i}"
-        image = _field(item, "image", str, where)
-        turns = _field(item, "conversations", list, where)
+        image = field(item, "image", str, where)
+        turns = field(item, "conversations", list, where)
         caption = first_gpt_turn(turns)
         if not isinstance(caption, str):
             raise BadInput(f"benchmarks: {where}: no gpt turn with a string value in conversations")
@@ -126,38 +150,50 @@ def docci(root: Path) -> RetrievalSet:
     if not file.is_file():
         raise BadInput(f"benchmarks: docci={root} has no docci_descriptions.jsonlines")
     images, captions = [], []
-    for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{file} line {number}"
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError) as e:
-            raise BadInput(f"benchmarks: {where}: not JSON ({e})") from None
-        if _field(row, "split", str, where) == "test":
-            images.append(root / "images" / _field(row, "image_file", str, where))
-            captions.append(_field(row, "description", str, where))
+    for where, row in json_lines(file):
+        if field(row, "split", str, where) == "test":
+            images.append(root / "images" / field(row, "image_file", str, where))
+            captions.append(field(row, "description", str, where))
+    return RetrievalSet(images, captions, list(range(len(images))))
+
+
+def dci(root: Path) -> RetrievalSet:
+    if (root / "densely_captioned_images").is_dir():
+        root = root / "densely_captioned_images"
+    splits = read_json(root / "splits.json", dict)
+    images, captions = [], []
+    for split, names in splits.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadInput(f"benchmarks: {root / 'splits.json'}: {split!r} is not a list of file names")
+        for name in names:
+            file = root / "annotations" / Path(name).name
+            annotation = read_json(file, dict)
+            images.append(root / "photos" / Path(field(annotation, "image", str, str(file))).name)
+            short, extra = (
+                field(annotation, key, str, str(file)) for key in ("short_caption", "extra_caption")
+            )
+            captions.append(f"{short}\n{extra}")
     return RetrievalSet(images, captions, list(range(len(images))))
 
 
 def karpathy(root: Path) -> RetrievalSet:
     """Karpathy's split file: the test images and every one of their captions."""
-    entries = _field(_json(root, dict), "images", list, str(root))
+    entries = field(read_json(root, dict), "images", list, str(root))
     images, captions, image_of_text = [], [], []
     for i, entry in enumerate(entries):
         where = f"{root} images[{i}]"
-        if _field(entry, "split", str, where) != "test":
+        if field(entry, "split", str, where) != "test":
             continue
-        sentences = _field(entry, "sentences", list, where)
+        sentences = field(entry, "sentences", list, where)
         for j, sentence in enumerate(sentences):
-            captions.append(_field(sentence, "raw", str, f"{where}.sentences[{j}]"))
+            captions.append(field(sentence, "raw", str, f"{where}.sentences[{j}]"))
             image_of_text.append(len(images))
         images.append(_karpathy_image(root.parent, entry, where))
     return RetrievalSet(images, captions, image_of_text)
 
 
 def _karpathy_image(folder: Path, entry: dict, where: str) -> Path:
-    name = _field(entry, "filename", str, where)
+    name = field(entry, "filename", str, where)
     candidates = [folder / entry["filepath"] / name] if isinstance(entry.get("filepath"), str) else []
     candidates += [folder / "images" / name, folder / "flickr30k-images" / name]
     return next((p for p in candidates if p.is_file()), candidates[0])
@@ -170,23 +206,9 @@ READERS: dict[str, Callable[[Path], RetrievalSet]] = {
     "docci": docci,
     "flickr30k": karpathy,
     "coco": karpathy,
+    "dci": dci,
+    "fgovd": read_fgovd,
 }
-
-
-def _json(file: Path, kind: type) -> Any:
-    try:
-        data = json.loads(file.read_bytes())
-    except (OSError, ValueError, RecursionError) as e:
-        raise BadInput(f"benchmarks: {file} is not a JSON file ({e})") from None
-    if not isinstance(data, kind):
-        raise BadInput(f"benchmarks: {file}: expected a JSON {kind.__name__}, got {type(data).__name__}")
-    return data
-
-
-def _field(item: Any, name: str, kind: type, where: str) -> Any:
-    if not isinstance(item, dict) or not isinstance(item.get(name), kind):
-        raise BadInput(f"benchmarks: {where}: field {name!r} is missing or not a {kind.__name__}")
-    return item[name]
 
 
 def _first_line(file: Path) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import DeviceChoice, at_least, check_choices
 from pipeline.eval.benchmarks import parse_benchmark
+from pipeline.eval.model import REGION_PATHS
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,12 @@ class EvalConfig:
     batch_size: int = 32
     device: DeviceChoice = "auto"
     prompt: str = "a photo of a {}."  # label → text, for box classification and FG-OVD
+    # How boxes are scored (pipeline/eval/model.py REGION_PATHS; which paper uses which:
+    # docs/evaluation.md): roi, head, crop, pooler. A path the model lacks (head, pooler) is skipped.
+    region_paths: tuple[str, ...] = ("roi", "head")
+    fgovd_images: str = (
+        ""  # the folder FG-OVD's file_name values are under (COCO's); default: beside the file
+    )
     recall_ks: tuple[int, ...] = (1, 5, 10)
     # FG-OVD: attribute groups and their values; a box label is parsed into one value per group, and
     # negatives swap 1 (hard), 2 (medium) or 3 (easy) of them. None given: FG-OVD is not scored.
@@ -44,6 +51,9 @@ class EvalConfig:
         check_choices(self)
         at_least(self, 0, "max_images", "examples", "seed")
         at_least(self, 1, "batch_size", "num_negatives")
+        unknown = sorted(set(self.region_paths) - set(REGION_PATHS))
+        if unknown or not self.region_paths:
+            raise ValueError(f"region_paths: {unknown or '[]'} not among {', '.join(REGION_PATHS)}")
         if "{}" not in self.prompt:
             raise ValueError(f"prompt: {self.prompt!r} has no {{}} for the label")
         if not self.recall_ks or any(k < 1 for k in self.recall_ks):

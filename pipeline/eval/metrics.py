@@ -34,17 +34,22 @@ def retrieval_recall(
 
 
 def topk_accuracy(
-    regions: torch.Tensor, classes: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)
+    scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)
 ) -> dict[str, float]:
-    """Box classification: regions [N, D] against class texts [C, D]; ``targets`` [N] class indices."""
-    scores = regions @ classes.T
+    """Box classification: each box's scores [N, C] over the classes; ``targets`` [N] class indices."""
     rank = (scores > scores.gather(1, targets[:, None])).sum(dim=1)
     return {f"top{k}": _percent(rank < k) for k in ks}
 
 
-def top_labels(regions: torch.Tensor, classes: torch.Tensor, k: int) -> torch.Tensor:
-    """[N, k] indices of the k best classes per region."""
-    return (regions @ classes.T).topk(min(k, classes.shape[0]), dim=1).indices
+def top_labels(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """[N, k] indices of the k best classes per box, from its scores [N, C]."""
+    return scores.topk(min(k, scores.shape[1]), dim=1).indices
+
+
+def first_wins(scores: Sequence[torch.Tensor]) -> float:
+    """% of boxes whose first candidate (the true text) scores at least as high as every other:
+    the FG-OVD benchmark's top-1 accuracy, each box's scores [1 + negatives]."""
+    return _percent(torch.tensor([bool(s[0] >= s[1:].max()) if len(s) > 1 else True for s in scores]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,24 +118,23 @@ def attribute_pairs(
     return pairs
 
 
-def trial_accuracy(
-    trials: Sequence[Trial], regions: torch.Tensor, text: dict[str, torch.Tensor]
-) -> dict[str, float]:
-    """% of trials, per difficulty, where the true label scores above every negative."""
+def trial_accuracy(trials: Sequence[Trial], scores: torch.Tensor, column: dict[str, int]) -> dict[str, float]:
+    """% of trials, per difficulty, where the true label scores above every negative; ``scores``
+    [N, V]: each box against every text, ``column``: a text's column."""
     wins: dict[str, list[bool]] = {d: [] for d in DIFFICULTIES.values()}
     for t in trials:
-        scores = torch.stack([text[s] for s in (t.true, *t.negatives)]) @ regions[t.box]
-        wins[t.difficulty].append(bool(scores[0] > scores[1:].max()))
+        row = scores[t.box, [column[s] for s in (t.true, *t.negatives)]]
+        wins[t.difficulty].append(bool(row[0] > row[1:].max()))
     return {d: _percent(torch.tensor(w)) for d, w in wins.items() if w}
 
 
 def pair_accuracy(
-    pairs: Sequence[tuple[int, str, str, str]], regions: torch.Tensor, text: dict[str, torch.Tensor]
+    pairs: Sequence[tuple[int, str, str, str]], scores: torch.Tensor, column: dict[str, int]
 ) -> dict[str, float]:
-    """% of (true, one-attribute-swapped) pairs the region prefers the true label in, per group."""
+    """% of (true, one-attribute-swapped) pairs the box prefers the true label in, per group."""
     wins: dict[str, list[bool]] = {}
     for box, true, negative, group in pairs:
-        wins.setdefault(group, []).append(bool(regions[box] @ text[true] > regions[box] @ text[negative]))
+        wins.setdefault(group, []).append(bool(scores[box, column[true]] > scores[box, column[negative]]))
     return {g: _percent(torch.tensor(w)) for g, w in wins.items()}
 
 

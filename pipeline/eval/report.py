@@ -18,8 +18,7 @@ from PIL import Image
 from pipeline.config import to_dict
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.data import EvalImage
-
-VIEWS = {"roi": "RoIAlign on the dense grid → visual projection", "head": "the model's region head"}
+from pipeline.eval.model import REGION_PATHS
 
 
 @dataclass
@@ -27,9 +26,9 @@ class ModelResult:
     name: str
     spec: str
     retrieval: dict[str, float]
-    boxes: dict[str, dict[str, float]] = field(default_factory=dict)  # view → top1/top5
-    fgovd: dict[str, dict] = field(default_factory=dict)  # view → hard/medium/easy + by_attribute
-    top_labels: list[str] = field(default_factory=list)  # per box: the roi view's best class
+    boxes: dict[str, dict[str, float]] = field(default_factory=dict)  # region path → top1/top5
+    fgovd: dict[str, dict] = field(default_factory=dict)  # region path → hard/medium/easy + by_attribute
+    top_labels: list[str] = field(default_factory=list)  # per box: the first region path's best class
     benchmarks: dict[str, dict[str, float]] = field(default_factory=dict)  # name → R@k, counts
 
     def headline(self) -> str:
@@ -37,6 +36,12 @@ class ModelResult:
         parts = [
             f"{name + ' ' if name else ''}I2T R@1 {r['i2t_R@1']:.1f}, T2I R@1 {r['t2i_R@1']:.1f}"
             for name, r in {**scored, **self.benchmarks}.items()
+            if "i2t_R@1" in r
+        ]
+        parts += [
+            f"{name} ({r['region_path']}) hard {r['hard']:.1f}"
+            for name, r in self.benchmarks.items()
+            if "hard" in r and "region_path" in r
         ]
         if "roi" in self.boxes:
             parts.append(f"box top-1 {self.boxes['roi']['top1']:.1f}")
@@ -89,16 +94,33 @@ def write_report(
 
 
 def _benchmark_tables(cfg: EvalConfig, results: list[ModelResult]) -> list[tuple]:
-    """A table per benchmark, shaped like the papers' (I2T, then T2I, R@k as percentages)."""
+    """A table per benchmark, shaped like the papers' (I2T, then T2I, R@k as percentages; FG-OVD:
+    top-1 accuracy per file, a row per checkpoint and region path)."""
     sections = []
     for entry in cfg.benchmarks:
         name, path = entry.split("=", 1)
+        if name == "fgovd":
+            sections.append(_fgovd_table(path, results))
+            continue
         scores = [r.benchmarks[name] for r in results]
         keys = [k for k in scores[0] if "_R@" in k]
         note = f"{path}: {scores[0]['images']} images, {scores[0]['captions']} captions."
         rows = [[r.name, *(s[k] for k in keys)] for r, s in zip(results, scores)]
         sections.append((f"{name} retrieval (%)", note, ["checkpoint", *keys], rows))
     return sections
+
+
+def _fgovd_table(path: str, results: list[ModelResult]) -> tuple:
+    scored = [(r.name, s) for r in results for k, s in r.benchmarks.items() if k.split("@")[0] == "fgovd"]
+    files = [k for k in scored[0][1] if k not in ("boxes", "region_path")]
+    note = (
+        f"{path}: {scored[0][1]['boxes']} boxes; each against its true caption and the benchmark's "
+        "negatives. Region paths: "
+        + "; ".join(f"{p}: {REGION_PATHS[p]}" for p in dict.fromkeys(s["region_path"] for _, s in scored))
+        + "."
+    )
+    rows = [[name, s["region_path"], *(s.get(f, math.nan) for f in files)] for name, s in scored]
+    return ("fgovd top-1 accuracy (%)", note, ["checkpoint", "region path", *files], rows)
 
 
 def _tables(cfg: EvalConfig, data: dict, results: list[ModelResult]) -> list[tuple]:
@@ -119,7 +141,7 @@ def _tables(cfg: EvalConfig, data: dict, results: list[ModelResult]) -> list[tup
             + [["chance", *(chance["retrieval"][k] for k in keys)]],
         )
     )
-    for view, what in VIEWS.items():
+    for view, what in REGION_PATHS.items():
         rows = [[r.name, r.boxes[view]["top1"], r.boxes[view]["top5"]] for r in results if view in r.boxes]
         if rows:
             sections.append(

@@ -12,10 +12,18 @@ import torch
 from pipeline.config import to_dict
 from pipeline.device import pick_device
 from pipeline.eval import metrics
-from pipeline.eval.benchmarks import parse_benchmark, read_benchmark, score_retrieval
+from pipeline.eval.benchmarks import parse_benchmark, read_benchmark, score_benchmark
 from pipeline.eval.config import EvalConfig, parse_checkpoint
 from pipeline.eval.data import EvalImage, load_eval_set
-from pipeline.eval.model import OPENCLIP_PREFIX, embed_images, embed_texts, export_folder, load_model
+from pipeline.eval.model import (
+    OPENCLIP_PREFIX,
+    available_paths,
+    box_scores,
+    embed_images,
+    embed_texts,
+    export_folder,
+    load_model,
+)
 from pipeline.eval.report import ModelResult, write_report
 from pipeline.lineage import make_lineage, read_lineage
 from pipeline.models import FineGrainedCLIP
@@ -51,7 +59,10 @@ def evaluate(cfg: EvalConfig) -> Path:
     for _, spec in checkpoints:  # before any work: every checkpoint is there
         if not spec.startswith(OPENCLIP_PREFIX):
             export_folder(spec)
-    benchmarks = {name: read_benchmark(name, path) for name, path in map(parse_benchmark, cfg.benchmarks)}
+    benchmarks = {
+        name: read_benchmark(name, path, cfg.fgovd_images)
+        for name, path in map(parse_benchmark, cfg.benchmarks)
+    }
     task = build_task(cfg) if cfg.data else None
     results = []
     for name, spec in checkpoints:
@@ -59,7 +70,7 @@ def evaluate(cfg: EvalConfig) -> Path:
         model = load_model(spec, device)
         result = score(name, spec, model, task) if task else ModelResult(name, spec, retrieval={})
         for bench, data in benchmarks.items():
-            result.benchmarks[bench] = score_retrieval(model, data, cfg.batch_size, cfg.recall_ks)
+            result.benchmarks.update(score_benchmark(model, bench, data, cfg))
         log.info("%s: %s (%.0f s)", result.name, result.headline(), time.time() - started)
         results.append(result)
         del model
@@ -109,31 +120,30 @@ def build_task(cfg: EvalConfig) -> EvalTask:
 
 
 def score(name: str, spec: str, model: FineGrainedCLIP, task: EvalTask) -> ModelResult:
-    """One checkpoint on the task: retrieval, box classification and FG-OVD, per region view."""
+    """One checkpoint on the task: retrieval, then box classification and FG-OVD per region path."""
     cfg = task.cfg
-    embedded = embed_images(model, task.images, cfg.batch_size)
+    embedded = embed_images(model, task.images, cfg.batch_size, cfg.region_paths)
     captions = embed_texts(model, [im.caption for im in task.images])
     label_texts = task.label_texts
-    text = dict(zip(label_texts, embed_texts(model, [cfg.prompt.format(t) for t in label_texts])))
-    class_emb = torch.stack([text[c] for c in task.classes])
+    texts = embed_texts(model, [cfg.prompt.format(t) for t in label_texts])
+    column = {t: i for i, t in enumerate(label_texts)}
+    classes = torch.tensor([column[c] for c in task.classes])
     result = ModelResult(
         name, spec, retrieval=metrics.retrieval_recall(embedded.image, captions, cfg.recall_ks)
     )
-    views = {"roi": embedded.regions, "head": embedded.head_regions}
-    for view, per_image in views.items():
-        if per_image is None or not len(task.targets):
-            continue
-        regions = torch.cat(per_image)
-        result.boxes[view] = metrics.topk_accuracy(regions, class_emb, task.targets)
+    if not len(task.targets):
+        return result
+    for path in available_paths(model, cfg.region_paths):
+        scores = torch.stack(box_scores(model, embedded, path, [texts] * len(task.targets)))
+        result.boxes[path] = metrics.topk_accuracy(scores[:, classes], task.targets)
         if task.trials:
-            result.fgovd[view] = {
-                **metrics.trial_accuracy(task.trials, regions, text),
-                "by_attribute": metrics.pair_accuracy(task.pairs, regions, text),
+            result.fgovd[path] = {
+                **metrics.trial_accuracy(task.trials, scores, column),
+                "by_attribute": metrics.pair_accuracy(task.pairs, scores, column),
             }
-        if view == "roi":
-            result.top_labels = [
-                task.classes[row[0]] for row in metrics.top_labels(regions, class_emb, 1).tolist()
-            ]
+        if not result.top_labels:  # the first path's best label per box, for the examples plot
+            best = metrics.top_labels(scores[:, classes], 1)[:, 0].tolist()
+            result.top_labels = [task.classes[i] for i in best]
     return result
 
 
