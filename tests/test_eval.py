@@ -2,6 +2,7 @@
 path, and the command's report on generated shards."""
 
 import hashlib
+import io
 import json
 
 import open_clip
@@ -9,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import REPO
+from PIL import Image
 from torchvision import transforms
 
 from pipeline.__main__ import main
@@ -16,8 +18,9 @@ from pipeline.batch import Batch
 from pipeline.config import ConfigError, load_config
 from pipeline.eval import EvalConfig
 from pipeline.eval import metrics as m
-from pipeline.eval.data import load_eval_set
+from pipeline.eval.data import EvalImage, load_eval_set
 from pipeline.eval.model import embed_images, embed_texts
+from pipeline.eval.pooler import pooler_diagnostic
 from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.shards import load_manifest
 from pipeline.shards.writer import read_samples
@@ -264,3 +267,32 @@ def test_eval_of_a_truncated_export_is_one_line_naming_the_file(tmp_path, capsys
         capsys, "--data", data, "--checkpoint", f"x={tmp_path}/export", "--out", str(tmp_path / "out")
     )
     assert f"error: {path}: " in err
+
+
+def test_the_pooler_diagnostic_tells_a_fixed_pool_from_a_query_specific_one():
+    """Query and key projections at zero: every weight is 1/P, every text gets the same embedding.
+    Scaled up: each text attends to its own patches, so its pooled embedding differs."""
+    torch.manual_seed(0)
+    model = FineGrainedCLIP(
+        ModelConfig(name="FG-Tiny-16", pretrained=None), with_pooler=True, with_region_head=False
+    )
+    images = []
+    for i, colour in enumerate(("red", "navy")):
+        buffer = io.BytesIO()
+        Image.radial_gradient("L").convert("RGB").resize((64, 48)).save(buffer, "JPEG")
+        queries = (f"a {colour} picture", "a circle", "a gradient", "a gradient")  # repeats count once
+        images.append(EvalImage(str(i), buffer.getvalue(), 64, 48, queries[0], [], [], queries))
+    attn = model.pooler.attn
+    width = attn.embed_dim
+    with torch.no_grad():
+        attn.in_proj_weight[: 2 * width] = 0
+        attn.in_proj_bias[: 2 * width] = 0
+    fixed = pooler_diagnostic(model.eval(), images, batch_size=2)
+    assert fixed["images"] == 2
+    assert fixed["pooled_cosine"] == pytest.approx(1.0, abs=1e-4) and fixed["text_cosine"] < 0.99
+    assert fixed["attention_entropy"] == pytest.approx(1.0) and fixed["peak_attention"] == pytest.approx(1.0)
+    with torch.no_grad():
+        attn.in_proj_weight[: 2 * width] = 30 * torch.randn(2 * width, width)
+    specific = pooler_diagnostic(model, images, batch_size=2)
+    assert specific["pooled_cosine"] < 0.99 and specific["attention_entropy"] < 0.9
+    assert specific["peak_attention"] > 2

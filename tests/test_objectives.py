@@ -19,6 +19,7 @@ from pipeline.objectives import (
     info_nce,
     lrc_loss,
 )
+from pipeline.objectives.beta_cal import ce_chance_and_floor
 from pipeline.objectives.harmo import region_identity
 
 F64 = torch.float64  # exact comparisons with the python loops below
@@ -346,7 +347,11 @@ def test_compute_loss_weights_terms_and_counts_the_global_term_once():
     assert terms["clip"].item() == pytest.approx(clip_loss(out.image, out.text, out.logit_scale).item())
     expected = terms["clip"] + 0.7 * terms["beta_cal"] + 0.3 * terms["lrc"] + 0.2 * terms["gr"]
     assert total.item() == pytest.approx(expected.item())
-    for name, names in (("clip", {"clip"}), ("beta", {"clip", "beta_cal"}), ("harmo", {"clip", "lrc", "gr"})):
+    for name, names in (
+        ("clip", {"clip"}),
+        ("beta", {"clip", "beta_cal"}),
+        ("harmo", {"clip", "lrc", "gr"}),
+    ):
         assert set(compute_loss(out, batch, ObjectiveConfig(name=name))[1]) == names
 
 
@@ -374,3 +379,47 @@ def test_compute_loss_passes_the_beta_cal_options(option):
     assert terms["beta_cal"].item() == pytest.approx(expected.item())
     ours = beta_cal_loss(out.pooled, out.slots, mask, out.pooled_logit_scale, 1.0, 0.5, variant, False)
     assert terms["beta_cal"].item() != pytest.approx(ours.item())
+
+
+def test_beta_cal_chance_and_floor_by_hand():
+    """Distinct texts, α 1, β 0.5: each row's best is its soft target, entropy H(2/3, 1/3). One text
+    shared by two images, β 0: the pooled row cannot tell the two equal texts apart (ln 2), nor the
+    text row the two images (ln 2): half the rows pay ln 2."""
+    full = torch.ones(2, 2, dtype=torch.bool)
+    chance, floor = ce_chance_and_floor(torch.tensor([[1, 2], [3, 4]]), full, 1.0, 0.5)
+    assert chance.item() == pytest.approx(math.log(4))
+    assert floor.item() == pytest.approx(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)))
+    _, floor = ce_chance_and_floor(torch.tensor([[1, 2], [1, 4]]), full, 1.0, 0.0)
+    assert floor.item() == pytest.approx(math.log(2) / 2)
+    padded = torch.tensor([[True, True], [True, False]])
+    assert ce_chance_and_floor(torch.tensor([[1, 2], [3, 0]]), padded, 1.0, 0.5, "negatives")[0].item() == (
+        pytest.approx(math.log(4))
+    )
+
+
+def test_beta_cal_floor_is_the_minimum_over_free_scores_with_equal_texts_tied():
+    """The floor equals gradient descent on free logits where only ties are imposed: pooled rows
+    give one logit per text, text rows of one string share one logit per (image, text)."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 2, 3, 2], [1, 4, 0, 0], [5, 1, 6, 6]])
+    mask = ids > 0
+    alpha, beta = 1.0, 0.5
+    image = torch.arange(3).repeat_interleave(4)[mask.flatten()]
+    text = ids.flatten()[mask.flatten()]
+    same = image[:, None] == image[None, :]
+    weights = torch.where(torch.eye(len(text), dtype=torch.bool), alpha, beta) * same
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    _, text_group = torch.unique(text, return_inverse=True)
+    _, pair_group = torch.unique(torch.stack([image, text], 1), dim=0, return_inverse=True)
+    to_texts = torch.zeros(len(text), int(text_group.max()) + 1, requires_grad=True)  # per row
+    to_pooled = torch.zeros(int(text_group.max()) + 1, int(pair_group.max()) + 1, requires_grad=True)
+    optimizer = torch.optim.Adam([to_texts, to_pooled], lr=0.2)
+    for _ in range(400):
+        rows_pt = to_texts[:, text_group]  # columns of one text tie
+        rows_tp = to_pooled[text_group][:, pair_group]  # rows of one text share; an image's equal texts tie
+        loss = 0.5 * sum(-(weights * r.log_softmax(dim=1)).sum(dim=1).mean() for r in (rows_pt, rows_tp))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    _, floor = ce_chance_and_floor(ids, mask, alpha, beta)
+    assert loss.item() == pytest.approx(floor.item(), abs=2e-3)

@@ -32,6 +32,7 @@ class EvalImage:
     caption: str
     boxes: list[Box]  # pixels of the stored image
     labels: list[str]  # parallel to boxes: the region's label, else the text of its first phrase
+    queries: tuple[str, ...] = ()  # its texts at every level, caption, sentences, phrases: the pooler's
 
 
 def load_eval_set(data: str, shards: Sequence[str] = (), max_images: int = 0) -> list[EvalImage]:
@@ -80,4 +81,5 @@ def _eval_image(sample: Sample, jpg: bytes) -> EvalImage:
         if label:
             boxes.append(region.box)
             labels.append(label)
-    return EvalImage(sample.id, jpg, sample.width, sample.height, sample.caption, boxes, labels)
+    queries = (sample.caption, *sample.sentences, *(p.text for p in sample.phrases))
+    return EvalImage(sample.id, jpg, sample.width, sample.height, sample.caption, boxes, labels, queries)

@@ -30,6 +30,7 @@ class ModelResult:
     fgovd: dict[str, dict] = field(default_factory=dict)  # region path → hard/medium/easy + by_attribute
     top_labels: list[str] = field(default_factory=list)  # per box: the first region path's best class
     benchmarks: dict[str, dict[str, float]] = field(default_factory=dict)  # name → R@k, counts
+    pooler: dict[str, float] = field(default_factory=dict)  # β-CLIP's pooler: eval/pooler.py
 
     def headline(self) -> str:
         scored = {"": self.retrieval} if self.retrieval else {}
@@ -84,6 +85,7 @@ def write_report(
     ]
     listed = [("Checkpoints", "", ["checkpoint", "spec"], [[r.name, r.spec] for r in results])]
     sections = (_tables(cfg, data, results) if data else listed) + _benchmark_tables(cfg, results)
+    sections += _pooler_table(results)
     (out / "report.md").write_text(_markdown(sections, plots))
     (out / "report.html").write_text(_html(sections, plots))
     return out
@@ -182,6 +184,19 @@ def _tables(cfg: EvalConfig, data: dict, results: list[ModelResult]) -> list[tup
                 )
             )
     return sections
+
+
+def _pooler_table(results: list[ModelResult]) -> list[tuple]:
+    rows = [[r.name, *r.pooler.values()] for r in results if r.pooler]
+    if not rows:
+        return []
+    note = (
+        "Each image pooled with each of its texts (caption, sentences, phrases). Pooled cosine 1 and "
+        "attention entropy 1 mean a fixed mean pool whatever the query; text cosine is how alike the "
+        "queries themselves are; peak attention is the largest weight × the number of patches."
+    )
+    header = ["checkpoint", *next(r.pooler for r in results if r.pooler)]
+    return [("β-CLIP pooler: does it depend on the query?", note, header, rows)]
 
 
 def _cell(value) -> str:

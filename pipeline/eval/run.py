@@ -24,6 +24,7 @@ from pipeline.eval.model import (
     export_folder,
     load_model,
 )
+from pipeline.eval.pooler import pooler_diagnostic
 from pipeline.eval.report import ModelResult, write_report
 from pipeline.lineage import make_lineage, read_lineage
 from pipeline.models import FineGrainedCLIP
@@ -131,6 +132,8 @@ def score(name: str, spec: str, model: FineGrainedCLIP, task: EvalTask) -> Model
     result = ModelResult(
         name, spec, retrieval=metrics.retrieval_recall(embedded.image, captions, cfg.recall_ks)
     )
+    if model.pooler is not None:
+        result.pooler = pooler_diagnostic(model, task.images, cfg.batch_size)
     if not len(task.targets):
         return result
     for path in available_paths(model, cfg.region_paths):

@@ -42,5 +42,14 @@ class TextConditionedPooler(nn.Module):
 
     def forward(self, texts: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """Texts [B, K, D] and patches [B, P, D] (both L2-normalised) → pooled [B, K, D]."""
-        pooled = self.attn(texts, patches, patches, need_weights=False)[0]
-        return pooled + self.mlp(self.ln(pooled))
+        return self.pool(texts, patches)[0]
+
+    def pool(
+        self, texts: torch.Tensor, patches: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward`, and with ``need_weights`` each head's attention over the patches
+        [B, heads, K, P] (what the evaluation's pooler diagnostic reads)."""
+        attended, weights = self.attn(
+            texts, patches, patches, need_weights=need_weights, average_attn_weights=False
+        )
+        return attended + self.mlp(self.ln(attended)), weights

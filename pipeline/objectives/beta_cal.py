@@ -94,3 +94,45 @@ def _own_image_cross_entropy(
     k = weights.shape[1]
     own = image[:, None] * k + torch.arange(k, device=image.device)
     return -(weights * exclude_columns(logits, exclude).log_softmax(dim=-1).gather(1, own)).sum(dim=-1)
+
+
+@torch.no_grad()
+def ce_chance_and_floor(
+    text_ids: torch.Tensor, mask: torch.Tensor, alpha: float, beta: float, ce_padding: str = "excluded"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the CE variant's value means on one rank's batch: (chance, floor).
+
+    Chance: the loss when every score is equal, ln(columns): the valid slots, or all B·K with
+    ``ce_padding="negatives"``. Floor: the least loss any model can reach on the batch, since equal
+    texts (``text_ids``; equal up to case) get equal embeddings. Pooled → text: text columns of one
+    id tie in every row. Text → pooled: the rows of one text share a distribution, over pooled
+    columns that tie within an image for one text. With tied columns the best a row can do is put
+    on each group g its target mass W_g, spread evenly: −Σ_g W_g log(W_g / n_g).
+    """
+    valid = mask.flatten()
+    image = torch.arange(mask.shape[0], device=mask.device).repeat_interleave(mask.shape[1])[valid]
+    pairs = torch.stack([image, text_ids.flatten()[valid]], 1)
+    # per (image, text) group g: its image, its size m, its text's count n over the batch, Z of its image
+    groups, in_group, m = torch.unique(pairs, dim=0, return_inverse=True, return_counts=True)
+    _, text_of, _ = torch.unique(groups[:, 1], return_inverse=True, return_counts=True)
+    m = m.to(torch.float64)
+    n = torch.zeros(int(text_of.max()) + 1, dtype=torch.float64, device=m.device).index_add_(0, text_of, m)
+    n = n[text_of]
+    z = alpha + beta * (mask.sum(dim=1).to(torch.float64)[groups[:, 0]] - 1)
+
+    def row_sum(ties: torch.Tensor) -> torch.Tensor:
+        """Per group, for a row of it: Σ_g' W_g' log(W_g' / ties_g') over its image's groups, with
+        W_g' = (β m_g' + (α − β)[g' is the row's]) / Z."""
+        other = torch.special.xlogy(beta * m / z, beta * m / (z * ties))
+        per_image = torch.zeros(mask.shape[0], dtype=torch.float64, device=m.device)
+        per_image = per_image.index_add_(0, groups[:, 0], other)[groups[:, 0]]
+        own = (beta * m + alpha - beta) / z
+        return per_image - other + torch.special.xlogy(own, own / ties)
+
+    to_texts = -row_sum(n)
+    f = m / n  # text → pooled: the share of a text's rows in this group's image
+    per_text = torch.zeros(len(n), dtype=torch.float64, device=m.device)
+    per_text = per_text.index_add_(0, text_of, -f * (row_sum(m) + torch.log(f)))[text_of]
+    floor = 0.5 * (to_texts[in_group].mean() + per_text[in_group].mean())
+    columns = valid.sum() if ce_padding == "excluded" else torch.tensor(valid.numel())
+    return torch.log(columns.to(torch.float64)).float(), floor.float()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline.batch import Batch
-from pipeline.objectives.beta_cal import beta_cal_loss
+from pipeline.objectives.beta_cal import beta_cal_loss, ce_chance_and_floor
 from pipeline.objectives.clip import clip_loss
 from pipeline.objectives.config import ObjectiveConfig
 from pipeline.objectives.harmo import gr_loss, lrc_loss, region_identity
@@ -53,3 +53,15 @@ def compute_loss(
         terms["gr"] = (cfg.lambda_gr, gr_loss(regions, mask, region_ids, image, text, scale))
     total = sum(weight * value for weight, value in terms.values())
     return total, {name: value.detach() for name, (_, value) in terms.items()}
+
+
+def loss_bounds(host_batch: Batch, cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
+    """What the β-CAL value means on this batch, logged beside it: ``beta_cal_chance`` and
+    ``beta_cal_floor`` (CE variant; none otherwise). Made from the host copy of the batch, as
+    grouping equal texts on a GPU would make the host wait for it."""
+    if not (cfg.uses_beta_cal and cfg.variant == "ce"):
+        return {}
+    chance, floor = ce_chance_and_floor(
+        host_batch.text_ids, host_batch.token_mask, cfg.alpha, cfg.beta, cfg.ce_padding
+    )
+    return {"beta_cal_chance": chance, "beta_cal_floor": floor}

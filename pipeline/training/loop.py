@@ -16,6 +16,7 @@ from pipeline.device import device_peak_tflops
 from pipeline.lineage import make_lineage, write_lineage
 from pipeline.models import FineGrainedCLIP
 from pipeline.models.transform import normalizer
+from pipeline.objectives.combined import loss_bounds
 from pipeline.training.checkpoint import CheckpointManager, Progress, tag_of
 from pipeline.training.config import TrainConfig
 from pipeline.training.data import Loader, build_loader
@@ -64,11 +65,12 @@ def _train(cfg: TrainConfig, world: World) -> RunResult:
     try:
         while step < stop_at:
             for _ in range(cfg.grad_accum):
-                batch, plan = to_device(next(batches), model, world.device, dtype)
+                host = next(batches)
+                batch, plan = to_device(host, model, world.device, dtype)
                 with metrics.flops:
                     loss, terms = forward_backward(engine, batch, plan, cfg.objective)
                 engine.step()
-                metrics.count(batch, {"loss": loss, **terms})
+                metrics.count(batch, {"loss": loss, **terms, **loss_bounds(host, cfg.objective)})
             step += 1
             samples += global_batch
             last = step == stop_at

@@ -162,7 +162,8 @@ class StepMetrics:
         self._bad_loss = torch.zeros((), dtype=torch.float64, device=world.device)
 
     def count(self, batch: Batch, terms: dict[str, torch.Tensor]) -> None:
-        """One micro-step: its batch (samples, tokens) and its loss terms, kept on the device."""
+        """One micro-step: its batch (samples, tokens) and its loss terms, kept where they are made
+        (the device; the host for values made from the host batch) until a step is logged."""
         for name, value in terms.items():
             self._terms[name] = self._terms.get(name, 0) + value.detach()
         loss = terms["loss"].detach().double()
@@ -189,7 +190,8 @@ class StepMetrics:
         self.check_finite(step)
         local = [*(terms[n].double() / micro_steps for n in terms), self._tokens.double()]
         local.append(torch.tensor(float(skipped), dtype=torch.float64, device=self.world.device))
-        reduced = dict(zip([*terms, "tokens", "skipped"], mean_over_ranks(torch.stack(local)).tolist()))
+        local = torch.stack([value.to(self.world.device) for value in local])  # some are the host's
+        reduced = dict(zip([*terms, "tokens", "skipped"], mean_over_ranks(local).tolist()))
         elapsed = max(time.perf_counter() - self._since, 1e-9)
         ranks = self.world.size
         samples_s = self._samples * ranks / elapsed
