@@ -179,6 +179,21 @@ def test_pooler_is_attention_plus_mlp():
     assert pooler.logit_scale.exp().item() == pytest.approx(1 / 0.07)
 
 
+def test_pooler_query_scale_multiplies_the_attention_logits():
+    """With the query bias at its initial 0, scaling the queries by s is scaling W_q by s: the
+    attention logits, and nothing else."""
+    torch.manual_seed(0)
+    scaled = TextConditionedPooler(16, heads=4, query_scale=5.0)
+    plain, unscaled = TextConditionedPooler(16, heads=4), TextConditionedPooler(16, heads=4)
+    plain.load_state_dict(scaled.state_dict())
+    unscaled.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        plain.attn.in_proj_weight[:16] *= 5.0
+    texts, patches = torch.randn(2, 3, 16), torch.randn(2, 7, 16)
+    torch.testing.assert_close(scaled(texts, patches), plain(texts, patches))
+    assert not torch.allclose(scaled(texts, patches), unscaled(texts, patches))
+
+
 def test_text_token_head_reads_pseudo_tokens_like_a_caption():
     model = tiny_model(False, True, region_head="text_tokens", num_pseudo_tokens=2)
     clip, head = model.clip, model.region_head

@@ -16,6 +16,9 @@ class ModelConfig:
     freeze_first_20: bool = False  # Long-CLIP: the first 20 (well-trained) positions get no updates
     dense: Literal["value_only", "last_layer"] = "value_only"  # patch features, see models/dense.py
     pooler_heads: int = 8  # β-CLIP text-conditioned pooler
+    # multiplies the pooler's queries, so its attention logits (query bias 0 at init): 1 as β-CLIP.
+    # Unit-norm texts and patches give logits near 0, a uniform pool (docs/evaluation.md)
+    pooler_query_scale: float = 1.0
     region_head: Literal["visual", "text_tokens"] = "text_tokens"  # HarmoCLIP region → joint space
     num_pseudo_tokens: int = 4  # text_tokens head: pseudo-token embeddings per region
 
@@ -26,5 +29,7 @@ class ModelConfig:
         if self.freeze_first_20 and self.context_length != 248:
             raise ValueError("freeze_first_20: only applies with context_length 248")
         at_least(self, 1, "pooler_heads", "num_pseudo_tokens")
+        if not self.pooler_query_scale > 0:
+            raise ValueError(f"pooler_query_scale: must be > 0, got {self.pooler_query_scale}")
         if self.num_pseudo_tokens + 2 > self.context_length:  # + start and end tokens
             raise ValueError(f"num_pseudo_tokens: {self.num_pseudo_tokens} + 2 exceeds the context")

@@ -59,7 +59,11 @@ class FineGrainedCLIP(nn.Module):
         self.cfg = cfg
         self.clip = create_backbone(cfg)
         embed_dim = self.clip.visual.proj.shape[1]
-        self.pooler = TextConditionedPooler(embed_dim, cfg.pooler_heads) if with_pooler else None
+        self.pooler = (
+            TextConditionedPooler(embed_dim, cfg.pooler_heads, cfg.pooler_query_scale)
+            if with_pooler
+            else None
+        )
         self.region_head = _region_head(cfg, self.clip) if with_region_head else None
 
     def forward(self, batch: Batch, plan: Plan | None = None) -> Embeddings:

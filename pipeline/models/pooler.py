@@ -25,8 +25,9 @@ class TextConditionedPooler(nn.Module):
     pooled-vs-text similarities live on a different scale from the global ones.
     """
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, query_scale: float = 1.0) -> None:
         super().__init__()
+        self.query_scale = query_scale
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln = LayerNorm(width)
         self.mlp = nn.Sequential(
@@ -49,7 +50,8 @@ class TextConditionedPooler(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`forward`, and with ``need_weights`` each head's attention over the patches
         [B, heads, K, P] (what the evaluation's pooler diagnostic reads)."""
+        queries = texts * self.query_scale if self.query_scale != 1 else texts
         attended, weights = self.attn(
-            texts, patches, patches, need_weights=need_weights, average_attn_weights=False
+            queries, patches, patches, need_weights=need_weights, average_attn_weights=False
         )
         return attended + self.mlp(self.ln(attended)), weights
