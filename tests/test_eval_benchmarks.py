@@ -287,3 +287,13 @@ def test_a_malformed_fgovd_file_is_one_line_naming_it(export, tmp_path, capsys, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: benchmarks: ") and "1_attributes.json" in lines[0]
     assert re.search(message, lines[0]), lines[0]
+
+
+def test_an_image_that_does_not_decode_is_one_line_naming_it(export, tmp_path, capsys):
+    urban = _urban1k(tmp_path / "Urban1k")
+    broken = urban / "image" / "2.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])  # a download cut short
+    args = ["eval", "--model", str(export), "--benchmark", f"urban1k={urban}", "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"image {broken} cannot be decoded" in lines[0], lines

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline.config import BadInput, InputNotFound
-from pipeline.eval.data import EvalImage
+from pipeline.eval.data import EvalImage, image_file
 from pipeline.eval.fgovd import FgovdSuite, read_fgovd, score_fgovd
 from pipeline.eval.json_fields import field, json_lines, read_json
 from pipeline.eval.metrics import retrieval_recall
@@ -110,7 +110,7 @@ def score_retrieval(
 
 def _image_chunks(paths: list[Path]) -> Iterator[list[EvalImage]]:
     for chunk in _chunks(paths):
-        yield [EvalImage(p.name, p.read_bytes(), 0, 0, "", [], []) for p in chunk]
+        yield [image_file(p) for p in chunk]
 
 
 def _chunks(items: list) -> Iterator[list]:

@@ -17,17 +17,15 @@ else beside the file or in ``images/`` there; a plain file name of the same is a
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
-from PIL import Image
 
 from pipeline.config import BadInput
-from pipeline.eval.data import Box, EvalImage
+from pipeline.eval.data import Box, EvalImage, image_file
 from pipeline.eval.json_fields import field, json_lines, read_json
 from pipeline.eval.metrics import first_wins
 from pipeline.eval.model import available_paths, box_scores, embed_images, embed_texts
@@ -117,11 +115,7 @@ def _by_image(trials: list[BoxTrial]) -> Iterator[tuple[list[EvalImage], list[Bo
     for start in range(0, len(paths), IMAGES_PER_STEP):
         images, chunk = [], []
         for path in paths[start : start + IMAGES_PER_STEP]:
-            jpg = path.read_bytes()
-            with Image.open(io.BytesIO(jpg)) as img:
-                width, height = img.size
-            boxes = [t.box for t in grouped[path]]
-            images.append(EvalImage(path.name, jpg, width, height, "", boxes, [""] * len(boxes)))
+            images.append(image_file(path, [t.box for t in grouped[path]]))
             chunk += grouped[path]
         yield images, chunk
 
