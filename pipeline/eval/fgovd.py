@@ -67,13 +67,14 @@ class FgovdSuite:
 
 
 def read_fgovd(root: Path, images: str = "") -> FgovdSuite:
-    files = [root] if root.is_file() else [p for stem in FILES for p in sorted(root.glob(f"{stem}.json*"))]
+    named = (root / f"{stem}{suffix}" for stem in FILES for suffix in (".json", ".jsonl"))
+    files = [root] if root.is_file() else [p for p in named if p.is_file()]
     if not files:
         raise BadInput(f"benchmarks: fgovd={root} holds none of FG-OVD's files ({', '.join(FILES)})")
     folders = [Path(images)] if images else [files[0].parent, files[0].parent / "images"]
     suite: dict[str, list[BoxTrial]] = {}
     for file in files:
-        name = FILES.get(file.name.split(".")[0], file.stem)
+        name = FILES.get(file.stem, file.stem)
         if name in suite:
             raise BadInput(f"benchmarks: fgovd={root} holds two files for {name!r}: name the one to score")
         rows = _llava_rows(file) if file.suffix == ".jsonl" else _coco_rows(file)
