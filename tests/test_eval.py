@@ -21,7 +21,9 @@ from pipeline.eval.model import embed_images, embed_texts
 from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.shards import load_manifest
 from pipeline.shards.writer import read_samples
-from pipeline.training.data import DataConfig, collate, decode
+from pipeline.training.collate import collate
+from pipeline.training.config import DataConfig
+from pipeline.training.decode import decode
 
 ATTRIBUTES = {"size": ["small", "large"], "colour": ["red", "green", "blue"], "shape": ["circle", "square"]}
 

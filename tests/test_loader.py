@@ -19,8 +19,9 @@ from pipeline.config import BadInput, ConfigError, build
 from pipeline.schema import SCHEMA_VERSION, sample_key
 from pipeline.shards.manifest import write_manifest
 from pipeline.shards.writer import write_shard
-from pipeline.training import data as data_module
-from pipeline.training.data import DataConfig, build_loader
+from pipeline.training import rank_stream
+from pipeline.training.config import DataConfig
+from pipeline.training.data import build_loader
 
 SIZE = 32  # model input pixels
 S, P, R = 2, 3, 2  # K = 6 text slots: phrases and regions beyond these are cut
@@ -226,8 +227,8 @@ def test_resume_with_odd_epochs_and_workers_skips_without_decoding(datasets, mon
     assert_same(full[4:], take(loader([datasets["alpha"]], batch_size=16, workers=2, start_batch=4), 4))
     in_process = take(loader([datasets["alpha"]], batch_size=16), 7)
     decoded = Counter()
-    real = data_module.decode
-    monkeypatch.setattr(data_module, "decode", lambda *a: decoded.update(["sample"]) or real(*a))
+    real = rank_stream.decode
+    monkeypatch.setattr(rank_stream, "decode", lambda *a: decoded.update(["sample"]) or real(*a))
     assert_same(in_process[5:], take(loader([datasets["alpha"]], batch_size=16, start_batch=5), 2))
     assert decoded["sample"] == 2 * 16  # the 5 skipped batches were read, never decoded
 

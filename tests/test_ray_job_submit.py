@@ -21,7 +21,8 @@ from torchvision import transforms
 from pipeline.__main__ import main
 from pipeline.models import TINY_MODEL
 from pipeline.synthetic import SyntheticConfig, write_corpus
-from pipeline.training.data import DataConfig, build_loader
+from pipeline.training.config import DataConfig
+from pipeline.training.data import build_loader
 
 pytestmark = pytest.mark.integration
 

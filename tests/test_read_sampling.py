@@ -12,7 +12,7 @@ from pipeline.config import ConfigError, build
 from pipeline.models.transform import model_input_image, random_resized_crop
 from pipeline.schema import Phrase, Region, Sample
 from pipeline.training.config import DataConfig
-from pipeline.training.data import decode, read_rng, sampled_texts, select_texts, to_view
+from pipeline.training.decode import decode, read_rng, sampled_texts, select_texts, to_view
 
 # as text.rules=bclip stores them: β-CLIP's split on ". " leaves the period on the last one only
 SENTENCES = ["A red ball lies on the grass", "A dog runs next to it", "The sky is blue."]
