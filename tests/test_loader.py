@@ -11,17 +11,20 @@ from collections import Counter
 import open_clip
 import pytest
 import torch
+from helpers import tiny_model
 from PIL import Image
 from torchvision import transforms
 
 from pipeline.batch import text_id
 from pipeline.config import BadInput, ConfigError, build
+from pipeline.models import TINY_MODEL, ModelConfig
+from pipeline.models.transform import normalizer
 from pipeline.schema import SCHEMA_VERSION, sample_key
 from pipeline.shards.manifest import write_manifest
 from pipeline.shards.writer import write_shard
 from pipeline.training import rank_stream
 from pipeline.training.config import DataConfig
-from pipeline.training.data import build_loader
+from pipeline.training.data import build_loader, model_input
 
 SIZE = 32  # model input pixels
 S, P, R = 2, 3, 2  # K = 6 text slots: phrases and regions beyond these are cut
@@ -336,3 +339,13 @@ def test_data_none_of_whose_samples_parse_is_one_line_naming_why(tmp_path, worke
 def test_a_dataset_without_samples_is_bad_input(tmp_path):
     with pytest.raises(BadInput, match=r"^data.manifests\[0\]: .* has no samples"):
         loader([write_dataset(tmp_path / "empty", [])])
+
+
+def test_the_model_input_is_read_from_the_config_as_the_built_model_takes_it():
+    """The run's loader gets its image size and normalisation without building the model."""
+    side, transform = model_input(ModelConfig(name=TINY_MODEL, pretrained=None))
+    visual = tiny_model().clip.visual
+    image = Image.new("RGB", (side, side), (200, 30, 90))
+    assert side == visual.image_size[0] and torch.equal(transform(image), normalizer(visual)(image))
+    with pytest.raises(ConfigError, match="model.name: 'no-such-model'"):
+        model_input(ModelConfig(name="no-such-model", pretrained=None))

@@ -46,12 +46,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
+import open_clip
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision import transforms
 
 from pipeline.batch import Batch
 from pipeline.config import BadInput, ConfigError
+from pipeline.models import ModelConfig
+from pipeline.models.backbone import image_stats
 from pipeline.shards.manifest import ManifestError, load_manifest
 from pipeline.training.collate import Tokenizer
 from pipeline.training.config import DataConfig
@@ -91,6 +95,42 @@ class Loader:
                 raise skipped  # a UserError from the stream (RankStream.__iter__)
             self.skipped.update(skipped)
             yield Batch(**tensors)
+
+
+def build_run_loader(
+    data: DataConfig,
+    model: ModelConfig,
+    rank: int,
+    world_size: int,
+    start_batch: int,
+    pin_memory: bool = False,
+) -> Loader:
+    """:func:`build_loader` with the tokenizer, input size and normalisation of ``model``'s
+    backbone, read from its config: a loader needs no model built (nor downloaded)."""
+    image_size, transform = model_input(model)
+    return build_loader(
+        data,
+        tokenizer=open_clip.get_tokenizer(model.name, context_length=model.context_length),
+        transform=transform,
+        image_size=image_size,
+        rank=rank,
+        world_size=world_size,
+        start_batch=start_batch,
+        pin_memory=pin_memory,
+    )
+
+
+def model_input(model: ModelConfig) -> tuple[int, Transform]:
+    """(side, transform) of the images the backbone of ``model`` takes: its open_clip config's
+    image size, and the mean and std its weights were trained with (open_clip's defaults, OpenAI's,
+    where they say none), as ``create_backbone`` gives them to ``visual``."""
+    config = open_clip.get_model_config(model.name)
+    if config is None:
+        raise ConfigError(f"model.name: {model.name!r} is not an open_clip model")
+    side = config["vision_cfg"]["image_size"]
+    stats = {"mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD, **image_stats(model)}
+    normalize = transforms.Normalize(stats["mean"], stats["std"])
+    return side if isinstance(side, int) else side[0], transforms.Compose([transforms.ToTensor(), normalize])
 
 
 def build_loader(
