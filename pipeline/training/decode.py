@@ -5,7 +5,6 @@ and the grounded regions. A sample that cannot be used raises :class:`BadSample`
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import random
 import zlib
@@ -18,7 +17,7 @@ from PIL import Image
 
 from pipeline.batch import Box
 from pipeline.models.transform import model_input_image, random_resized_crop
-from pipeline.schema import Phrase, Sample
+from pipeline.schema import Phrase, Sample, SchemaError
 from pipeline.shards.writer import read_samples
 from pipeline.text.concepts import select
 from pipeline.training.config import DataConfig
@@ -133,13 +132,11 @@ def decode(
     if "jpg" not in raw or "json" not in raw:
         raise BadSample("missing_file", f"has {sorted(k for k in raw if not k.startswith('__'))}")
     try:
-        meta = json.loads(raw["json"])
+        sample = Sample.parse(raw["json"])
+    except SchemaError as e:
+        raise BadSample("bad_sample", repr(e)) from e
     except Exception as e:
         raise BadSample("bad_json", repr(e)) from e
-    try:
-        sample = Sample.from_json(meta)
-    except Exception as e:
-        raise BadSample("bad_sample", repr(e)) from e
     rng = read_rng(cfg, epoch, str(raw.get("__key__", "")))
     stored = (sample.width, sample.height)
     view = random_resized_crop(stored, cfg.crop_scale, rng) if cfg.crop_scale else (0, 0, *stored)
