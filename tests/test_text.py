@@ -217,11 +217,6 @@ def test_batch_keeps_order_and_matches_single_parses(parser):
     assert parser.parse(captions) == [parser.parse([c])[0] for c in captions]
 
 
-def test_hierarchy_json_round_trip(parser):
-    [h] = parser.parse([SHAPES])
-    assert TextHierarchy.from_json(json.loads(json.dumps(h.to_json()))) == h
-
-
 @pytest.mark.parametrize(
     "label, lexeme",
     [
