@@ -70,6 +70,12 @@ def user_error_status(e: Exception) -> int:
     return 2
 
 
+def one_line(text: object, limit: int = 200) -> str:
+    """``text`` quoted in a one-line message: whitespace runs (newlines too) as one space, cut to
+    ``limit`` characters; what an exception says may be a traceback or a file's contents."""
+    return " ".join(str(text).split())[:limit]
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Build ``cls`` from a YAML file (optional) and ``a.b=value`` overrides (YAML-parsed values)."""
     data: dict[str, Any] = {}

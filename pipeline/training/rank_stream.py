@@ -15,7 +15,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.config import BadInput, UserError
+from pipeline.config import BadInput, UserError, one_line
 from pipeline.training.collate import Tokenizer, collate
 from pipeline.training.config import DataConfig
 from pipeline.training.decode import SKIP, BadSample, Example, Transform, decode, read_piece
@@ -111,7 +111,7 @@ class RankStream(IterableDataset):
         if not good:
             raise NoUsableSample(
                 f"data.manifests: no usable sample in a batch of {len(chunk)} ({dict(skipped)}), e.g. "
-                f"{chunk[0].get('__key__')} of {chunk[0].get('__url__')}: {str(first_error)[:200]} "
+                f"{chunk[0].get('__key__')} of {chunk[0].get('__url__')}: {one_line(first_error)} "
                 "(is the data reachable, and data prep output of this schema?)"
             )
         spare = itertools.cycle(good)
