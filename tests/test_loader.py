@@ -265,7 +265,7 @@ def test_corrupt_samples_and_unreadable_shards_are_skipped_and_counted(datasets,
 
 def test_a_batch_without_any_usable_sample_raises(tmp_path):
     path = write_dataset(tmp_path / "gone", [[], []], claimed={0: 4, 1: 4})  # shards promise what they lack
-    with pytest.raises(RuntimeError, match="no usable sample in a batch of 4"):
+    with pytest.raises(BadInput, match="no usable sample in a batch of 4"):
         next(iter(loader([path])))
 
 

@@ -31,9 +31,8 @@ from pipeline.training.shard_plan import (
 log = logging.getLogger(__name__)
 
 
-class NoUsableSample(BadInput, RuntimeError):
-    """A batch none of whose samples can be used: missing or foreign data, not a bad sample (a
-    RuntimeError too, as it was before it became a :class:`BadInput`)."""
+class NoUsableSample(BadInput):
+    """A batch none of whose samples can be used: missing or foreign data, not a bad sample."""
 
 
 class RankStream(IterableDataset):
