@@ -8,10 +8,9 @@ from pathlib import Path
 
 from pipeline.batch import Batch
 from pipeline.config import load_config
-from pipeline.models import FineGrainedCLIP
 from pipeline.synthetic import SyntheticConfig, write_corpus
 from pipeline.training.config import TrainConfig
-from pipeline.training.loop import build_run_loader
+from pipeline.training.data import build_run_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,9 +47,8 @@ def loader_rate(cfg: TrainConfig, rounds: int) -> tuple[float, list[Batch]]:
     Timed over ``rounds`` rounds of one batch per worker, after the first round: worker start-up
     is paid once per run, and the first round's batches come out nearly together.
     """
-    model = FineGrainedCLIP(cfg.model, cfg.objective.uses_beta_cal, cfg.objective.uses_regions)
     per_round = max(cfg.data.workers, 1)
-    stream = iter(build_run_loader(cfg, model, rank=0, world_size=1, start_batch=0))
+    stream = iter(build_run_loader(cfg.data, cfg.model, rank=0, world_size=1, start_batch=0))
     kept = [next(stream) for _ in range(per_round)]
     start = time.perf_counter()
     kept += [next(stream) for _ in range(rounds * per_round)]

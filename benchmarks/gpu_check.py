@@ -79,7 +79,7 @@ from pipeline.text.lexeme import Lexeme
 from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import World, init_distributed
 from pipeline.training.engine import build_engine, precision_of
-from pipeline.training.metrics import FlopCount
+from pipeline.training.metrics import FlopCount, mfu
 from pipeline.training.step import forward_backward, to_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,7 +224,7 @@ def train_rate(
         "padding": round(real / sum(p.positions for p in timed_packs), 3),
         "host_syncs_forward_loss": syncs,
         "gflops_per_sample": round(flops_per_sample / 1e9, 2),
-        "mfu": round(samples_s * flops_per_sample / (peak * 1e12), 4) if peak else None,
+        "mfu": mfu(samples_s, flops_per_sample, peak) if peak else None,
         "peak_memory_gib": peak_memory_gib(world.device),
     }
 

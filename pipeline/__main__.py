@@ -15,7 +15,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from pipeline.config import ConfigError, UserError, load_config, setup_logging
+from pipeline.config import UserError, load_config, setup_logging, user_error_status
 
 if TYPE_CHECKING:
     from pipeline.eval import EvalConfig
@@ -109,12 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             args.heldout,
             pretrain_steps=args.pretrain_steps,
         )
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
     except (UserError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return user_error_status(e)
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:

@@ -57,11 +57,23 @@ def exit_on_user_error(job: Callable[[], T]) -> T:
     try:
         return job()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(user_error_status(e)) from None
     except JobIncomplete as e:
         print(f"incomplete: {e}", file=sys.stderr)
         raise SystemExit(3) from None
+
+
+def user_error_status(e: Exception) -> int:
+    """Print a user's mistake as the one stderr line every entry point gives for it ("config
+    error" when a key is at fault, so the user looks at the config first); its exit status, 2."""
+    print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
+    return 2
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """``text`` quoted in a one-line message: whitespace runs (newlines too) as one space, cut to
+    ``limit`` characters; what an exception says may be a traceback or a file's contents."""
+    return " ".join(str(text).split())[:limit]
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
@@ -104,11 +116,7 @@ def config_from_command_line(cls: type[T], description: str, argv: list[str] | N
     parser.add_argument("overrides", nargs="*", help="dotted.key=value (YAML value), e.g. output=runs/x")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        return load_config(cls, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    return exit_on_user_error(lambda: load_config(cls, args.config, args.overrides))
 
 
 def setup_logging() -> None:

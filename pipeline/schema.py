@@ -13,6 +13,7 @@ links to at most one region, a region may serve several phrases.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -62,6 +63,13 @@ class Sample:
         for r in d["regions"]:
             r["box"] = list(r["box"])
         return d
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Sample:
+        """A shard's ``json`` part, for every reader of shards. Raises :class:`SchemaError`
+        naming the field at fault, or ``json.loads``'s ValueError or RecursionError for bytes
+        that are not JSON: others' files, so any of these is bad data, never a bug."""
+        return cls.from_json(json.loads(raw))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Sample:
@@ -172,7 +180,11 @@ def _region(r: dict[str, Any], i: int, width: int, height: int) -> Region:
             f"regions[{i}].box: {r['box']} is not a clipped, non-degenerate box"
             f"{' (' + reason + ')' if reason else ''}"
         )
-    return Region(box=box, score=float(r["score"]), source=r["source"], label=r["label"])
+    try:
+        score = float(r["score"])
+    except OverflowError:  # an int of hundreds of digits: from_json raises SchemaError only
+        raise SchemaError(f"regions[{i}].score: an int beyond any float") from None
+    return Region(box=box, score=score, source=r["source"], label=r["label"])
 
 
 def _phrase(p: dict[str, Any], i: int, caption: str, n_sentences: int, n_regions: int) -> Phrase:

@@ -24,7 +24,9 @@ from pipeline.eval.pooler import pooler_diagnostic
 from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.shards import load_manifest
 from pipeline.shards.writer import read_samples
-from pipeline.training.data import DataConfig, collate, decode
+from pipeline.training.collate import collate
+from pipeline.training.config import DataConfig
+from pipeline.training.decode import decode
 
 ATTRIBUTES = {"size": ["small", "large"], "colour": ["red", "green", "blue"], "shape": ["circle", "square"]}
 

@@ -11,16 +11,20 @@ from collections import Counter
 import open_clip
 import pytest
 import torch
+from helpers import tiny_model
 from PIL import Image
 from torchvision import transforms
 
 from pipeline.batch import text_id
 from pipeline.config import BadInput, ConfigError, build
+from pipeline.models import TINY_MODEL, ModelConfig
+from pipeline.models.transform import normalizer
 from pipeline.schema import SCHEMA_VERSION, sample_key
 from pipeline.shards.manifest import write_manifest
 from pipeline.shards.writer import write_shard
-from pipeline.training import data as data_module
-from pipeline.training.data import DataConfig, build_loader
+from pipeline.training import rank_stream
+from pipeline.training.config import DataConfig
+from pipeline.training.data import build_loader, model_input
 
 SIZE = 32  # model input pixels
 S, P, R = 2, 3, 2  # K = 6 text slots: phrases and regions beyond these are cut
@@ -226,8 +230,8 @@ def test_resume_with_odd_epochs_and_workers_skips_without_decoding(datasets, mon
     assert_same(full[4:], take(loader([datasets["alpha"]], batch_size=16, workers=2, start_batch=4), 4))
     in_process = take(loader([datasets["alpha"]], batch_size=16), 7)
     decoded = Counter()
-    real = data_module.decode
-    monkeypatch.setattr(data_module, "decode", lambda *a: decoded.update(["sample"]) or real(*a))
+    real = rank_stream.decode
+    monkeypatch.setattr(rank_stream, "decode", lambda *a: decoded.update(["sample"]) or real(*a))
     assert_same(in_process[5:], take(loader([datasets["alpha"]], batch_size=16, start_batch=5), 2))
     assert decoded["sample"] == 2 * 16  # the 5 skipped batches were read, never decoded
 
@@ -261,7 +265,7 @@ def test_corrupt_samples_and_unreadable_shards_are_skipped_and_counted(datasets,
 
 def test_a_batch_without_any_usable_sample_raises(tmp_path):
     path = write_dataset(tmp_path / "gone", [[], []], claimed={0: 4, 1: 4})  # shards promise what they lack
-    with pytest.raises(RuntimeError, match="no usable sample in a batch of 4"):
+    with pytest.raises(BadInput, match="no usable sample in a batch of 4"):
         next(iter(loader([path])))
 
 
@@ -335,3 +339,13 @@ def test_data_none_of_whose_samples_parse_is_one_line_naming_why(tmp_path, worke
 def test_a_dataset_without_samples_is_bad_input(tmp_path):
     with pytest.raises(BadInput, match=r"^data.manifests\[0\]: .* has no samples"):
         loader([write_dataset(tmp_path / "empty", [])])
+
+
+def test_the_model_input_is_read_from_the_config_as_the_built_model_takes_it():
+    """The run's loader gets its image size and normalisation without building the model."""
+    side, transform = model_input(ModelConfig(name=TINY_MODEL, pretrained=None))
+    visual = tiny_model().clip.visual
+    image = Image.new("RGB", (side, side), (200, 30, 90))
+    assert side == visual.image_size[0] and torch.equal(transform(image), normalizer(visual)(image))
+    with pytest.raises(ConfigError, match="model.name: 'no-such-model'"):
+        model_input(ModelConfig(name="no-such-model", pretrained=None))

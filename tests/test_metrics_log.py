@@ -13,7 +13,7 @@ from pipeline.config import UserError
 from pipeline.training.checkpoint import CheckpointManager, prune, tag_of
 from pipeline.training.config import CheckpointConfig
 from pipeline.training.distributed import World
-from pipeline.training.metrics import LossNotFinite, MetricsLog, StepMetrics, text_tokens
+from pipeline.training.metrics import LossNotFinite, MetricsLog, StepMetrics, mfu, text_tokens
 from pipeline.training.preemption import SIGNALS, Preemption
 
 WORLD = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))
@@ -88,6 +88,10 @@ def test_step_metrics_logs_every_n_steps_and_the_last_with_the_mean_over_micro_s
     assert [(r["samples_seen"], r["epoch"]) for r in logged] == [(4, 1.0), (8, 2.0), (10, 2.5)]
     assert all(abs(r["time"] - time.time()) < 60 for r in logged)
     assert _board(tmp_path) == {2: 2.5, 4: 4.5, 5: 5.5}
+
+
+def test_mfu_is_the_samples_flops_over_the_peak_of_the_ranks_that_did_them():
+    assert mfu(100.0, 1e12, 400.0, ranks=2) == 0.125 and mfu(100.0, 1e12, 400.0) == 0.25
 
 
 def test_checkpoints_are_due_every_n_steps_and_when_forced(tmp_path):

@@ -21,7 +21,8 @@ from torchvision import transforms
 from pipeline.__main__ import main
 from pipeline.models import TINY_MODEL
 from pipeline.synthetic import SyntheticConfig, write_corpus
-from pipeline.training.data import DataConfig, build_loader
+from pipeline.training.config import DataConfig
+from pipeline.training.data import build_loader
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,19 @@ def submit_readme_line(address: str, env: dict[str, str], index: str, output: st
         },
     )
     return ray_job_submit(["bash", "-c", line], env)
+
+
+def _wait_for_answer(url: str, head: subprocess.Popen) -> None:
+    """Until the head's dashboard (the job API) answers, for two minutes at most."""
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:  # it answers, if only to refuse
+            return
+        except OSError:
+            assert head.poll() is None, "ray start --head exited"
+            time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +98,7 @@ def ray_head(s3):
         start_new_session=True,
     )
     try:
-        for _ in range(120):  # until the head's dashboard (the job API) answers
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:  # it answers, if only to refuse
-                break
-            except OSError:
-                assert head.poll() is None, "ray start --head exited"
-                time.sleep(1)
+        _wait_for_answer(f"http://127.0.0.1:{dashboard}/api/version", head)
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
         os.killpg(head.pid, signal.SIGTERM)

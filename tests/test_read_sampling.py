@@ -12,7 +12,7 @@ from pipeline.config import ConfigError, build
 from pipeline.models.transform import model_input_image, random_resized_crop
 from pipeline.schema import Phrase, Region, Sample
 from pipeline.training.config import DataConfig
-from pipeline.training.data import decode, read_rng, sampled_texts, select_texts, to_view
+from pipeline.training.decode import BadSample, decode, read_rng, sampled_texts, select_texts, to_view
 
 # as text.rules=bclip stores them: β-CLIP's split on ". " leaves the period on the last one only
 SENTENCES = ["A red ball lies on the grass", "A dog runs next to it", "The sky is blue."]
@@ -118,6 +118,30 @@ def test_a_cropped_read_shows_its_box_where_the_box_says():
         assert inside.size and np.abs(inside - (0, 200, 0)).max() < 40
         seen.add(box)
     assert len(seen) > 1  # the crop differs between epochs
+
+
+def _with_score(score) -> bytes:
+    region = Region((0.0, 0.0, 10.0, 10.0), 1.0, "annotation")
+    d = Sample(**{**_sample().__dict__, "regions": [region]}).to_json()
+    d["regions"][0]["score"] = score
+    return json.dumps(d).encode()
+
+
+@pytest.mark.parametrize(
+    "part, reason",
+    [
+        (b"{not json", "bad_json"),
+        (b"\xff\xfe\x00", "bad_json"),
+        (b"[" * 100_000, "bad_json"),
+        (b'{"schema": 1}', "bad_sample"),
+        (_with_score(10**400), "bad_sample"),  # an int no float holds: still the sample's fault
+    ],
+)
+def test_a_json_part_that_is_no_sample_is_named_for_what_is_wrong(part, reason):
+    with pytest.raises(BadSample) as bad:
+        decode({"__key__": "s", "jpg": b"", "json": part}, _cfg(), 64, np.asarray)
+    assert bad.value.reason == reason
+    assert Sample.parse(_with_score(0.5)).regions[0].score == 0.5
 
 
 def test_model_input_without_a_crop_is_the_whole_image():

@@ -21,7 +21,8 @@ from pipeline.prep.config import PrepConfig
 from pipeline.prep.job import run
 from pipeline.shards import check
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
-from pipeline.training.data import DataConfig, build_loader
+from pipeline.training.config import DataConfig
+from pipeline.training.data import build_loader
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]

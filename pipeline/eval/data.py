@@ -9,7 +9,6 @@ validates them and records what it cannot use (``docs/evaluation.md``).
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ def _images(urls: list[str]) -> Iterator[EvalImage]:
     for url in urls:
         for raw in read_samples(url, handler=log_and_go_on):
             try:
-                sample = Sample.from_json(json.loads(raw["json"]))
+                sample = Sample.parse(raw["json"])
                 yield _eval_image(sample, raw["jpg"])
             except (KeyError, ValueError, RecursionError) as e:
                 log.warning("skipping sample %s of %s: %r", raw.get("__key__"), url, e)

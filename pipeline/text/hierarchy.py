@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from spacy.tokens import Doc
 
@@ -18,21 +17,6 @@ class TextHierarchy:
     sentences: list[str]
     phrases: list[Phrase]  # region=None; grounding links them
     lexemes: list[Lexeme | None]  # parallel to phrases; None: nothing a box could show
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "sentences": self.sentences,
-            "phrases": [asdict(p) for p in self.phrases],
-            "lexemes": [lex.to_json() if lex else None for lex in self.lexemes],
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TextHierarchy:
-        return cls(
-            list(d["sentences"]),
-            [Phrase(**p) for p in d["phrases"]],
-            [Lexeme.from_json(lex) if lex else None for lex in d["lexemes"]],
-        )
 
 
 def build_hierarchy(doc: Doc, cfg: TextConfig) -> TextHierarchy:

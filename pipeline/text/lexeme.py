@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from spacy.tokens import Doc, Token
@@ -22,13 +22,6 @@ _MODIFIER_DEPS = frozenset({"amod", "compound"})
 class Lexeme:
     head: str  # lowercased lemma of the head noun; "" when there is none
     modifiers: tuple[str, ...] = ()  # lowercased lemmas of its attributes, in text order
-
-    def to_json(self) -> dict[str, Any]:
-        return {"head": self.head, "modifiers": list(self.modifiers)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Lexeme:
-        return cls(d["head"], tuple(d["modifiers"]))
 
 
 def lexeme_of(head: Token) -> Lexeme:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from pipeline.config import BadInput, InputNotFound, build
+from pipeline.config import BadInput, InputNotFound, build, one_line
 from pipeline.lineage import LINEAGE_FILE
 from pipeline.shards.manifest import is_plain_name
 from pipeline.training.distributed import World, barrier
@@ -127,7 +127,7 @@ def latest_progress(run_dir: Path) -> Progress | None:
     try:
         progress = build(Progress, json.loads(path.read_text()))
     except (ValueError, OSError) as e:  # ConfigError, bad JSON or UTF-8
-        raise BadInput(f"{path}: not a checkpoint's progress ({' '.join(str(e).split())[:200]})") from None
+        raise BadInput(f"{path}: not a checkpoint's progress ({one_line(e)})") from None
     if tag_of(progress.step) != tag:
         raise BadInput(f"{path}: step {progress.step}, but it is in {tag}")
     return progress

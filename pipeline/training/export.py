@@ -14,7 +14,7 @@ from typing import Any, Literal
 import open_clip
 import torch
 
-from pipeline.config import BadInput, ConfigError, InputNotFound, build, to_dict
+from pipeline.config import BadInput, ConfigError, InputNotFound, build, one_line, to_dict
 from pipeline.lineage import LINEAGE_FILE
 from pipeline.models import FineGrainedCLIP, ModelConfig, open_clip_dir
 from pipeline.models.loading import HEADS, MODEL_CONFIG, load_weights, model_config, untrained
@@ -114,7 +114,6 @@ def _fp32_weights(checkpoint_dir: Path, tag: str, zero_stage: int) -> dict[str, 
             f"metadata, refused unread ({str(e).splitlines()[-1][:200]})"
         ) from None
     except (OSError, ValueError, RuntimeError, EOFError, KeyError) as e:  # truncated, partial, foreign
-        detail = " ".join(str(e).split())[:200]
         raise BadInput(
-            f"{checkpoint_dir / tag}: not a readable checkpoint ({type(e).__name__}: {detail})"
+            f"{checkpoint_dir / tag}: not a readable checkpoint ({type(e).__name__}: {one_line(e)})"
         ) from None

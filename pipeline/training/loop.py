@@ -8,18 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 
 from pipeline.config import to_dict
 from pipeline.device import device_peak_tflops
 from pipeline.lineage import make_lineage, write_lineage
 from pipeline.models import FineGrainedCLIP
-from pipeline.models.transform import normalizer
 from pipeline.objectives.combined import loss_bounds
 from pipeline.training.checkpoint import CheckpointManager, Progress, tag_of
 from pipeline.training.config import TrainConfig
-from pipeline.training.data import Loader, build_loader
+from pipeline.training.data import Loader, build_run_loader
 from pipeline.training.distributed import ReplicaCheck, World, init_distributed, shutdown
 from pipeline.training.engine import build_engine, precision_of
 from pipeline.training.export import export
@@ -58,7 +56,7 @@ def _train(cfg: TrainConfig, world: World) -> RunResult:
     global_batch = cfg.global_batch(world.size)
     replicas = ReplicaCheck(cfg.replica_check_every)
     replicas.check(engine.module, step, start=True)
-    loader, metrics = _loader_and_metrics(cfg, world, model, step, samples)
+    loader, metrics = _loader_and_metrics(cfg, world, step, samples)
     stop_at = cfg.stop_after or cfg.steps
     dtype = torch.bfloat16 if precision_of(cfg, world) == "bf16" else torch.float32
     batches = iter(loader)
@@ -99,13 +97,13 @@ def _train(cfg: TrainConfig, world: World) -> RunResult:
 
 
 def _loader_and_metrics(
-    cfg: TrainConfig, world: World, model: FineGrainedCLIP, step: int, samples: int
+    cfg: TrainConfig, world: World, step: int, samples: int
 ) -> tuple[Loader, StepMetrics]:
     """The loader, continuing at the samples trained on (the same batches follow on the same
     ranks), and the step metrics, continuing at ``step``."""
     loader = build_run_loader(
-        cfg,
-        model,
+        cfg.data,
+        cfg.model,
         world.rank,
         world.size,
         start_batch=samples // (cfg.data.batch_size * world.size),
@@ -158,28 +156,6 @@ def _start_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     write_lineage(run_dir, make_lineage(cfg.data.manifests, to_dict(cfg)))
-
-
-def build_run_loader(
-    cfg: TrainConfig,
-    model: FineGrainedCLIP,
-    rank: int,
-    world_size: int,
-    start_batch: int,
-    pin_memory: bool = False,
-) -> Loader:
-    """The loader with the model's tokenizer, input size and normalisation."""
-    visual = model.clip.visual
-    return build_loader(
-        cfg.data,
-        tokenizer=open_clip.get_tokenizer(cfg.model.name, context_length=cfg.model.context_length),
-        transform=normalizer(visual),
-        image_size=visual.image_size[0],
-        rank=rank,
-        world_size=world_size,
-        start_batch=start_batch,
-        pin_memory=pin_memory,
-    )
 
 
 def _warn_on_resize(saved: Progress, world_size: int, global_batch: int) -> None:

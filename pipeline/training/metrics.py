@@ -207,8 +207,8 @@ class StepMetrics:
             "skipped_samples": round(reduced["skipped"] * ranks),
         }
         if self.flops.per_micro_step and self.peak_tflops:
-            flops_per_sample = self.flops.per_micro_step / self._batch_size
-            record["mfu"] = round(samples_s * flops_per_sample / (self.peak_tflops * 1e12 * ranks), 4)
+            per_sample = self.flops.per_micro_step / self._batch_size
+            record["mfu"] = mfu(samples_s, per_sample, self.peak_tflops, ranks)
         self.log.write(record)
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", sps=record["samples_per_s"])
         if self.world.is_main and self.bar.disable:
@@ -242,3 +242,9 @@ class StepMetrics:
     def close(self) -> None:
         self.bar.close()
         self.log.close()
+
+
+def mfu(samples_per_s: float, flops_per_sample: float, peak_tflops: float, ranks: int = 1) -> float:
+    """Model FLOPs utilisation, the one formula training logs and ``gpu_check`` reports: the
+    FLOPs the samples of a second took, over the peak of the ``ranks`` that did them."""
+    return round(samples_per_s * flops_per_sample / (peak_tflops * 1e12 * ranks), 4)
