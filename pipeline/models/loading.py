@@ -21,7 +21,7 @@ from typing import Any
 import open_clip
 import torch
 
-from pipeline.config import BadInput, ConfigError, build
+from pipeline.config import BadInput, ConfigError, build, one_line
 from pipeline.models import open_clip_dir
 from pipeline.models.backbone import image_stats
 from pipeline.models.config import ModelConfig
@@ -102,8 +102,9 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise BadInput(f"{source}: weights do not fit the model its config describes ({detail})") from None
+        raise BadInput(
+            f"{source}: weights do not fit the model its config describes ({one_line(e, 300)})"
+        ) from None
 
 
 def _read_heads(path: Path) -> dict[str, torch.Tensor]:
