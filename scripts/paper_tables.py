@@ -84,13 +84,17 @@ def _write_fgovd(
     file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("records", type=Path, help="a generated corpus's records.jsonl")
     parser.add_argument("out", type=Path)
     parser.add_argument("--checkpoint", action="append", required=True, help="[name=]run folder or export")
     parser.add_argument("overrides", nargs="*", help="EvalConfig key=value")
-    args = parser.parse_intermixed_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
     urban, fgovd = write_layouts(args.records, args.out)
     checkpoints = [x for c in args.checkpoint for x in ("--checkpoint", c)]
     benchmarks = ["--benchmark", f"urban1k={urban}", "--benchmark", f"fgovd={fgovd}"]

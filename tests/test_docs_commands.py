@@ -71,6 +71,11 @@ def check(words: list[str]) -> None:
             assert {"--nodes", "--cpus-per-task"} <= sized, "a CPU line must set --nodes and --cpus-per-task"
         default = re.search(r"\$\{CONFIG:-([^}]+)\}", (REPO / script).read_text()).group(1)
         load_config(TrainConfig, REPO / env.get("CONFIG", default), overrides)
+    elif program == "python" and args[0] == "scripts/paper_tables.py":
+        sys.path.insert(0, str(REPO / "scripts"))
+        from paper_tables import build_parser as paper_tables_parser
+
+        paper_tables_parser().parse_intermixed_args(args[1:])
     elif program.startswith(("slurm/", "scripts/")):
         assert (REPO / program).is_file(), f"{program}: no such script"
     elif program == "bash" and args[0].startswith("benchmarks/"):
