@@ -97,7 +97,7 @@ class Item:
     annotations: list[dict] = field(default_factory=list)
     box_drops: dict[str, int] = field(default_factory=dict)
     hierarchy: TextHierarchy | None = None
-    sample: dict | None = None
+    sample: Sample | None = None
     ambiguous: int = 0
 
 
@@ -221,7 +221,7 @@ class ShardWorker:
                 else:
                     item.sample, item.ambiguous = sample
 
-    def _samples(self, items: list[Item]) -> list[tuple[dict, int]]:
+    def _samples(self, items: list[Item]) -> list[tuple[Sample, int]]:
         """The schema samples of grounded items, with their ambiguous-phrase counts."""
         samples = []
         for item, grounding in zip(items, self.grounder.ground([self._request(item) for item in items])):
@@ -241,7 +241,7 @@ class ShardWorker:
                 regions=grounding.regions,
                 origin=item.record.origin,
             )
-            samples.append((sample.to_json(), grounding.ambiguous))
+            samples.append((sample, grounding.ambiguous))
         return samples
 
     def _request(self, item: Item) -> GroundingRequest:
@@ -257,7 +257,9 @@ class ShardWorker:
         needs to account for the shard without redoing it."""
         name = shard_name(task.index)
         good = [item for item in items if not item.error]
-        samples = ((sample_key(self.source, item.record.id), item.stored.jpg, item.sample) for item in good)
+        samples = (
+            (sample_key(self.source, item.record.id), item.stored.jpg, item.sample.to_json()) for item in good
+        )
         shard = write_shard(f"{self.root}/{name}", _maybe_die_halfway(samples, task.index, len(good)))
         dropped = [Drop(i.record.ordinal, i.record.id, i.error, i.detail) for i in items if i.error]
         drops = [{**dataclasses.asdict(d), "shard": name} for d in [*dropped, *task.crashed]]
@@ -274,7 +276,7 @@ def shard_stats(name: str, samples: int, size: int, sha256: str, dropped: int, g
     box_drops: Counter = Counter()
     for item in good:
         box_drops.update(item.box_drops)
-    phrases = [p for item in good for p in item.sample["phrases"]]
+    phrases = [p for item in good for p in item.sample.phrases]
     repaired = [item.stored.repaired for item in good if item.stored.repaired]
     return {
         "name": name,
@@ -286,8 +288,8 @@ def shard_stats(name: str, samples: int, size: int, sha256: str, dropped: int, g
         "repaired": len(repaired),
         "boxes_dropped": sum(box_drops.values()),
         "phrases": len(phrases),
-        "regions": sum(len(item.sample["regions"]) for item in good),
-        "linked_phrases": sum(p["region"] is not None for p in phrases),
+        "regions": sum(len(item.sample.regions) for item in good),
+        "linked_phrases": sum(p.region is not None for p in phrases),
         "ambiguous_phrases": sum(item.ambiguous for item in good),
         "repaired_by_reason": dict(Counter(repaired)),
         "boxes_dropped_by_reason": dict(box_drops),
