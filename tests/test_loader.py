@@ -17,7 +17,7 @@ from torchvision import transforms
 from pipeline.batch import text_id
 from pipeline.config import BadInput, ConfigError, build
 from pipeline.schema import SCHEMA_VERSION, sample_key
-from pipeline.shards.manifest import write_manifest
+from pipeline.shards.dataset import write_manifest
 from pipeline.shards.writer import write_shard
 from pipeline.training import data as data_module
 from pipeline.training.data import DataConfig, build_loader

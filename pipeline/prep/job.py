@@ -11,14 +11,13 @@ what it holds, per shard and per record).
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
 import os
 import resource
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -26,14 +25,14 @@ import ray
 
 from pipeline import __version__, storage
 from pipeline.config import BadInput, JobIncomplete, OutputInTheWay, to_dict
-from pipeline.lineage import code_version
 from pipeline.prep import inputs, tars
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.pool import WorkerPool
 from pipeline.prep.records import Drop, InputRecord, keep_memory_returnable
-from pipeline.prep.worker import PROGRESS_DIR, ShardTask
-from pipeline.schema import SCHEMA_VERSION
+from pipeline.prep.worker import PROGRESS_DIR, ShardResult, ShardTask
 from pipeline.shards import manifest as mf
+from pipeline.shards.dataset import Header, write_dataset
+from pipeline.shards.stats import DropRow, ShardStats
 from pipeline.shards.writer import file_digest, is_shard_name, shard_name
 
 log = logging.getLogger(__name__)
@@ -66,10 +65,10 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         cfg.image.max_boxes,
         list_tars=_list_tars_on_ray,
     )
-    resumed = sum(record["stats"]["inputs"] for record in done.values())
+    resumed = sum(result.stats.inputs for result in done.values())
     progress = Progress(inputs.count(cfg.input, files), resumed)
-    shard_rows = [record["stats"] for record in done.values()]
-    drops = [d for record in done.values() for d in record["drops"]]
+    shard_rows = [result.stats for result in done.values()]
+    drops = [d for result in done.values() for d in result.drops]
     try:
         for result in pool.map(planner.tasks(items)):
             shard_rows.append(result.stats)
@@ -82,13 +81,14 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         ) from None
     drops += planner.read_drops
     log.info("input (%s): %s", cfg.input.format, planner.summary())
-    header = {
-        "name": cfg.name or Path(root).name,
-        "run_id": run_id,
-        "input": {**inputs.describe(cfg.input, files), "source": source},
-        **provenance,
-        "config": to_dict(cfg),
-    }
+    header = Header(
+        name=cfg.name or Path(root).name,
+        run_id=run_id,
+        input={**inputs.describe(cfg.input, files), "source": source},
+        text=provenance["text"],
+        grounder=provenance["grounder"],
+        config=to_dict(cfg),
+    )
     _write_manifest(root, header, shard_rows, drops)
     log.info(
         "wrote %s in %.1f s; driver peak RSS %d MB; object store: %s",
@@ -117,25 +117,11 @@ def _start_workers(cfg: PrepConfig, root: str, source: str, run_id: str) -> tupl
     return pool, provenance
 
 
-def _write_manifest(root: str, header: dict, shard_rows: list[dict], drops: list[dict]) -> None:
+def _write_manifest(root: str, header: Header, shard_rows: list[ShardStats], drops: list[DropRow]) -> None:
     """The manifest and its tables, written last: a dataset is complete once ``dataset.json`` is
     there. Then the completion records of the run, no longer needed, go."""
-    shard_rows.sort(key=lambda s: s["name"])
     _remove_leftover_temp_files(root)
-    manifest = {
-        "schema": SCHEMA_VERSION,
-        "name": header["name"],
-        "run_id": header["run_id"],
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code_version": code_version(),
-        **{k: v for k, v in header.items() if k not in ("name", "run_id")},
-        "totals": _totals(shard_rows, drops),
-        "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shard_rows],
-        "shard_stats": shard_rows,
-    }
-    drops.sort(key=lambda d: d["ordinal"])
-    flat = [{k: v for k, v in s.items() if not k.endswith("_by_reason")} for s in shard_rows]
-    mf.write_manifest(root, manifest, flat, drops)
+    write_dataset(root, header, shard_rows, drops)
     _clear_progress(root)
 
 
@@ -146,7 +132,7 @@ class ShardPlanner:
 
     def __init__(self, samples_per_shard: int, skip: set[str]):
         self.samples_per_shard, self.skip = samples_per_shard, skip
-        self.read_drops: list[dict] = []
+        self.read_drops: list[DropRow] = []
         self.records_read = 0  # inputs read so far, valid or not
         self.shards = 0  # shards cut so far
         self.exhausted = False  # the whole input is read: records_read is the total
@@ -159,15 +145,7 @@ class ShardPlanner:
         for item in items:
             self.records_read += 1
             if isinstance(item, Drop):
-                self.read_drops.append(
-                    {
-                        "ordinal": item.ordinal,
-                        "id": item.id,
-                        "reason": item.reason,
-                        "detail": item.detail,
-                        "shard": None,
-                    }
-                )
+                self.read_drops.append(DropRow.of(item, None))
                 continue
             chunk.append(item)
             if len(chunk) == self.samples_per_shard:
@@ -204,8 +182,8 @@ class Progress:
         self.total, self.resumed, self.done = total, resumed, 0
         self.started = time.time()
 
-    def shard_done(self, stats: dict, planner: ShardPlanner) -> None:
-        self.done += stats["inputs"]
+    def shard_done(self, stats: ShardStats, planner: ShardPlanner) -> None:
+        self.done += stats.inputs
         done = self.done + len(planner.read_drops)
         total = self.total if self.total is not None else planner.records_read if planner.exhausted else None
         rate = done / max(time.time() - self.started, 1e-9)
@@ -215,29 +193,7 @@ class Progress:
             total -= self.resumed
             eta = (total - done) / max(rate, 1e-9)
             count = f"{done}/{total} records ({done / max(total, 1):.0%}), ETA {eta:.0f} s"
-        log.info("%s written on %s: %s, %.0f records/s", stats["name"], stats.get("node", "?"), count, rate)
-
-
-def _totals(shard_rows: list[dict], drops: list[dict]) -> dict:
-    def summed(key: str) -> dict[str, int]:
-        total = Counter()
-        for s in shard_rows:
-            total.update(s[key])
-        return dict(sorted(total.items()))
-
-    written = sum(s["samples"] for s in shard_rows)
-    return {
-        "inputs": written + len(drops),
-        "written": written,
-        "dropped": len(drops),
-        "dropped_by_reason": dict(sorted(Counter(d["reason"] for d in drops).items())),
-        "repaired_by_reason": summed("repaired_by_reason"),
-        "boxes_dropped_by_reason": summed("boxes_dropped_by_reason"),
-        **{
-            k: sum(s[k] for s in shard_rows)
-            for k in ("phrases", "regions", "linked_phrases", "ambiguous_phrases", "bytes")
-        },
-    }
+        log.info("%s written on %s: %s, %.0f records/s", stats.name, stats.node, count, rate)
 
 
 def _prepare_output(root: str, existing: str) -> None:
@@ -262,7 +218,7 @@ def _written_by_us(root: str, names: list[str]) -> set[str]:
     ours = set(OUR_TABLES)
     if mf.MANIFEST_FILE in names:
         ours |= {shard.name for shard in mf.load_manifest(root).shards}  # refuses a manifest not ours
-    ours |= {record["stats"]["name"] for record in _progress_records(root)}
+    ours |= {result.stats.name for _, result in _progress_records(root)}
     return {name for name in names if name in ours or _is_our_temp(name)}
 
 
@@ -301,33 +257,35 @@ def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _completed_shards(root: str, run_id: str) -> dict[str, dict]:
+def _completed_shards(root: str, run_id: str) -> dict[str, ShardResult]:
     """Completion records of an earlier run of this job whose shard is intact (size + sha256)."""
     done = {}
-    for record in _progress_records(root):
-        if record["run_id"] != run_id:
+    for record_run, result in _progress_records(root):
+        if record_run != run_id:
             raise OutputInTheWay(
                 f"output: {root} holds shards of a different job (input or config changed); "
                 "set existing_output=overwrite to replace them"
             )
-        stats = record["stats"]
-        url = f"{root}/{stats['name']}"
-        if storage.exists(url) and file_digest(url) == (stats["bytes"], stats["sha256"]):
-            done[stats["name"]] = record
+        stats = result.stats
+        url = f"{root}/{stats.name}"
+        if storage.exists(url) and file_digest(url) == (stats.bytes, stats.sha256):
+            done[stats.name] = result
         else:
             log.warning("%s does not match its completion record: writing it again", url)
     return done
 
 
-def _progress_records(root: str) -> Iterator[dict]:
-    """The completion records in ``root``; one that is not ours in shape (unreadable, a shard name
-    that is not a plain file name) is ignored with a warning: its shard is written again."""
+def _progress_records(root: str) -> Iterator[tuple[str, ShardResult]]:
+    """The completion records in ``root`` (run id, result); one that is not ours in shape
+    (unreadable, a shard name that is not a plain file name) is ignored with a warning: its
+    shard is written again."""
     for record_name in storage.list_names(f"{root}/{PROGRESS_DIR}"):
         url = f"{root}/{PROGRESS_DIR}/{record_name}"
         try:
             record = json.loads(storage.read_bytes(url))
-            if is_shard_name(record["stats"]["name"]) and isinstance(record["run_id"], str):
-                yield record
+            result = ShardResult.from_json(record)
+            if is_shard_name(result.stats.name) and isinstance(record["run_id"], str):
+                yield record["run_id"], result
                 continue
         except (ValueError, KeyError, TypeError):
             pass

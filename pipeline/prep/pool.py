@@ -191,7 +191,7 @@ class WorkerPool:
             self._probe_passed(work)
             return
         if work.shard.crashed:
-            log.warning("%s written without %d poison records", result.stats["name"], len(work.shard.crashed))
+            log.warning("%s written without %d poison records", result.stats.name, len(work.shard.crashed))
         yield result
 
     def _done(self, ref: ray.ObjectRef) -> None:

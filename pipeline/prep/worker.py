@@ -52,7 +52,8 @@ from pipeline.prep.config import PrepConfig
 from pipeline.prep.images import ImageRejected, StoredImage, encode, map_boxes
 from pipeline.prep.records import Drop, InputRecord, pack, unpack
 from pipeline.schema import Phrase, Sample, sample_key
-from pipeline.shards.writer import shard_name, write_shard
+from pipeline.shards.stats import DropRow, ShardStats
+from pipeline.shards.writer import ShardFile, shard_name, write_shard
 from pipeline.text.concepts import clean_caption
 
 if TYPE_CHECKING:
@@ -103,8 +104,14 @@ class Item:
 
 @dataclass(frozen=True)
 class ShardResult:
-    stats: dict  # the shard's row of shards.parquet / the manifest's shard_stats
-    drops: list[dict]  # its rows of dropped.parquet
+    """A written shard's stats and drops: also its completion record, with the job's run id."""
+
+    stats: ShardStats
+    drops: list[DropRow]
+
+    @classmethod
+    def from_json(cls, record: dict) -> ShardResult:
+        return cls(ShardStats(**record["stats"]), [DropRow(**d) for d in record["drops"]])
 
 
 def progress_url(root: str, shard: str) -> str:
@@ -262,38 +269,37 @@ class ShardWorker:
         )
         shard = write_shard(f"{self.root}/{name}", _maybe_die_halfway(samples, task.index, len(good)))
         dropped = [Drop(i.record.ordinal, i.record.id, i.error, i.detail) for i in items if i.error]
-        drops = [{**dataclasses.asdict(d), "shard": name} for d in [*dropped, *task.crashed]]
-        stats = shard_stats(name, shard.samples, shard.bytes, shard.sha256, len(drops), good)
-        stats["node"] = self.node
-        storage.write_atomic(
-            progress_url(self.root, name),
-            json.dumps({"run_id": self.run_id, "stats": stats, "drops": drops}, ensure_ascii=False).encode(),
-        )
-        return ShardResult(stats, drops)
+        drops = [DropRow.of(d, name) for d in [*dropped, *task.crashed]]
+        result = ShardResult(shard_stats(shard, len(drops), good, self.node), drops)
+        record = {"run_id": self.run_id, **dataclasses.asdict(result)}
+        storage.write_atomic(progress_url(self.root, name), json.dumps(record, ensure_ascii=False).encode())
+        return result
 
 
-def shard_stats(name: str, samples: int, size: int, sha256: str, dropped: int, good: list[Item]) -> dict:
+def shard_stats(shard: ShardFile, dropped: int, good: list[Item], node: str) -> ShardStats:
+    """The stats of a shard written from ``good`` items, ``dropped`` of its inputs not."""
     box_drops: Counter = Counter()
     for item in good:
         box_drops.update(item.box_drops)
     phrases = [p for item in good for p in item.sample.phrases]
     repaired = [item.stored.repaired for item in good if item.stored.repaired]
-    return {
-        "name": name,
-        "samples": samples,
-        "bytes": size,
-        "sha256": sha256,
-        "inputs": len(good) + dropped,
-        "dropped": dropped,
-        "repaired": len(repaired),
-        "boxes_dropped": sum(box_drops.values()),
-        "phrases": len(phrases),
-        "regions": sum(len(item.sample.regions) for item in good),
-        "linked_phrases": sum(p.region is not None for p in phrases),
-        "ambiguous_phrases": sum(item.ambiguous for item in good),
-        "repaired_by_reason": dict(Counter(repaired)),
-        "boxes_dropped_by_reason": dict(box_drops),
-    }
+    return ShardStats(
+        name=shard.name,
+        samples=shard.samples,
+        bytes=shard.bytes,
+        sha256=shard.sha256,
+        inputs=len(good) + dropped,
+        dropped=dropped,
+        repaired=len(repaired),
+        boxes_dropped=sum(box_drops.values()),
+        phrases=len(phrases),
+        regions=sum(len(item.sample.regions) for item in good),
+        linked_phrases=sum(p.region is not None for p in phrases),
+        ambiguous_phrases=sum(item.ambiguous for item in good),
+        repaired_by_reason=dict(Counter(repaired)),
+        boxes_dropped_by_reason=dict(box_drops),
+        node=node,
+    )
 
 
 def each_or_alone(fn: Callable[[list[T]], list[R]], args: list[T]) -> list[R | Exception]:

@@ -26,19 +26,19 @@ def inspect(m: Manifest) -> str:
         f"input     {m.get('input.format')}  {spec}  (source {m.get('input.source')!r})",
         f"text      spaCy {text.get('model')} {text.get('model_version')}",
         f"grounder  {m.get('grounder').get('name')}",
-        f"shards    {len(m.shards)}  ({t['bytes'] / 1e6:.1f} MB)",
-        f"records   {t['inputs']} in = {t['written']} written + {t['dropped']} dropped",
-        f"text      {t['phrases']} phrases, {t['regions']} regions, {t['linked_phrases']} phrases grounded "
-        f"({t['ambiguous_phrases']} left unlinked as ambiguous)",
+        f"shards    {len(m.shards)}  ({t.bytes / 1e6:.1f} MB)",
+        f"records   {t.inputs} in = {t.written} written + {t.dropped} dropped",
+        f"text      {t.phrases} phrases, {t.regions} regions, {t.linked_phrases} phrases grounded "
+        f"({t.ambiguous_phrases} left unlinked as ambiguous)",
     ]
-    for title, key in (
-        ("dropped", "dropped_by_reason"),
-        ("repaired", "repaired_by_reason"),
-        ("boxes dropped", "boxes_dropped_by_reason"),
+    for title, counts in (
+        ("dropped", t.dropped_by_reason),
+        ("repaired", t.repaired_by_reason),
+        ("boxes dropped", t.boxes_dropped_by_reason),
     ):
-        if t[key]:
+        if counts:
             lines.append(f"{title}:")
-            lines += [f"  {reason:<28} {count:>8}" for reason, count in t[key].items()]
+            lines += [f"  {reason:<28} {count:>8}" for reason, count in counts.items()]
     return "\n".join(lines)
 
 
@@ -46,12 +46,12 @@ def verify(m: Manifest) -> list[str]:
     """Every shard exists with the recorded size, sha256 and sample count; totals add up."""
     problems = []
     t = m.totals
-    if t["inputs"] != t["written"] + t["dropped"]:
-        problems.append(f"totals: inputs {t['inputs']} != written {t['written']} + dropped {t['dropped']}")
-    if sum(s.samples for s in m.shards) != t["written"]:
+    if t.inputs != t.written + t.dropped:
+        problems.append(f"totals: inputs {t.inputs} != written {t.written} + dropped {t.dropped}")
+    if sum(s.samples for s in m.shards) != t.written:
         problems.append("totals: shard sample counts do not add up to 'written'")
-    if m.dropped().num_rows != t["dropped"]:
-        problems.append(f"dropped.parquet: {m.dropped().num_rows} rows, manifest says {t['dropped']}")
+    if m.dropped().num_rows != t.dropped:
+        problems.append(f"dropped.parquet: {m.dropped().num_rows} rows, manifest says {t.dropped}")
     for shard in m.shards:
         if not storage.exists(shard.url):
             problems.append(f"{shard.name}: missing")
