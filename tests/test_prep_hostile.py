@@ -13,9 +13,10 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline.config import BadInput, load_config
+from pipeline.prep import output
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.inputs import locate, read_input
-from pipeline.prep.job import ShardPlanner, _prepare_output, run
+from pipeline.prep.job import ShardPlanner, run
 from pipeline.prep.worker import ShardTask, ShardWorker, each_or_alone
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards.manifest import ManifestError, load_manifest
@@ -123,7 +124,7 @@ def test_overwrite_removes_only_what_our_manifest_and_records_name(tmp_path):
     (out / "_progress" / "shard-000001.tar.json").write_text(
         json.dumps({"run_id": "r", "stats": dataclasses.asdict(stats), "drops": []})
     )
-    _prepare_output(str(out), "overwrite")
+    output.prepare(str(out), "overwrite")
     assert sorted(os.listdir(out)) == sorted(theirs)
 
 
@@ -134,7 +135,7 @@ def test_a_manifest_that_names_files_outside_its_folder_is_refused(tmp_path):
     with pytest.raises(ManifestError, match="does not name a file in the dataset's folder"):
         load_manifest(str(tmp_path))
     with pytest.raises(ManifestError):  # and overwrite deletes nothing on its word
-        _prepare_output(str(tmp_path), "overwrite")
+        output.prepare(str(tmp_path), "overwrite")
 
 
 @pytest.mark.parametrize("output", ["/", "{tmp}", "{tmp}/..", "{tmp}/corpus"])

@@ -24,20 +24,18 @@ from pathlib import Path
 import ray
 
 from pipeline import __version__, storage
-from pipeline.config import BadInput, JobIncomplete, OutputInTheWay, to_dict
-from pipeline.prep import inputs, tars
+from pipeline.config import JobIncomplete, to_dict
+from pipeline.prep import inputs, output, tars
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.pool import WorkerPool
 from pipeline.prep.records import Drop, InputRecord, keep_memory_returnable
-from pipeline.prep.worker import PROGRESS_DIR, ShardResult, ShardTask
+from pipeline.prep.worker import ShardTask
 from pipeline.shards import manifest as mf
 from pipeline.shards.dataset import Header, write_dataset
 from pipeline.shards.stats import DropRow, ShardStats
-from pipeline.shards.writer import file_digest, is_shard_name, shard_name
+from pipeline.shards.writer import shard_name
 
 log = logging.getLogger(__name__)
-
-OUR_TABLES = (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE, mf.SIZES_FILE)
 
 
 def run(cfg: PrepConfig) -> mf.Manifest:
@@ -46,12 +44,12 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     files = inputs.locate(cfg.input)
     source = cfg.input.source or inputs.default_source(cfg.input, files)
     root = cfg.output.rstrip("/") or "/"  # "/" is refused below, not read as ""
-    _refuse_output_over_input(root, inputs.urls(cfg.input, files))
+    output.refuse_over_input(root, inputs.urls(cfg.input, files))
     run_id = _run_id(cfg, files)
     if cfg.existing_output == "resume" and storage.exists(f"{root}/{mf.MANIFEST_FILE}"):
-        return _finished_earlier(root, run_id)
-    _prepare_output(root, cfg.existing_output)
-    done = _completed_shards(root, run_id) if cfg.existing_output == "resume" else {}
+        return output.finished_earlier(root, run_id)
+    output.prepare(root, cfg.existing_output)
+    done = output.completed_shards(root, run_id) if cfg.existing_output == "resume" else {}
     if done:
         log.info("resuming: %d shards of an earlier run of this job are complete and verified", len(done))
 
@@ -120,9 +118,9 @@ def _start_workers(cfg: PrepConfig, root: str, source: str, run_id: str) -> tupl
 def _write_manifest(root: str, header: Header, shard_rows: list[ShardStats], drops: list[DropRow]) -> None:
     """The manifest and its tables, written last: a dataset is complete once ``dataset.json`` is
     there. Then the completion records of the run, no longer needed, go."""
-    _remove_leftover_temp_files(root)
+    output.remove_leftover_temp_files(root)
     write_dataset(root, header, shard_rows, drops)
-    _clear_progress(root)
+    output.clear_progress(root)
 
 
 class ShardPlanner:
@@ -196,56 +194,6 @@ class Progress:
         log.info("%s written on %s: %s, %.0f records/s", stats.name, stats.node, count, rate)
 
 
-def _prepare_output(root: str, existing: str) -> None:
-    """With ``overwrite``, remove what an earlier run of ours wrote in ``root`` (the files its
-    manifest and completion records name), nothing else."""
-    names = storage.list_names(root)
-    if names and existing == "fail":
-        raise OutputInTheWay(
-            f"output: {root} is not empty; set existing_output=overwrite to replace it, "
-            "or resume to finish a killed run of this job"
-        )
-    if existing == "overwrite":
-        for name in sorted(_written_by_us(root, names)):
-            storage.remove(f"{root}/{name}")
-        _clear_progress(root)
-    storage.make_dirs(root)
-
-
-def _written_by_us(root: str, names: list[str]) -> set[str]:
-    """The files in ``root`` an earlier run of this pipeline wrote: its manifest, tables and the
-    shards they name, shards with a completion record, and writers' temporary files of those."""
-    ours = set(OUR_TABLES)
-    if mf.MANIFEST_FILE in names:
-        ours |= {shard.name for shard in mf.load_manifest(root).shards}  # refuses a manifest not ours
-    ours |= {result.stats.name for _, result in _progress_records(root)}
-    return {name for name in names if name in ours or _is_our_temp(name)}
-
-
-def _refuse_output_over_input(root: str, input_urls: list[str]) -> None:
-    """An output folder that is the filesystem's root or holds the input is refused: a rerun
-    with ``overwrite`` or ``resume`` works in that folder."""
-    if not storage.is_s3(root) and storage.local_path(root).resolve() == Path("/").resolve():
-        raise BadInput(f"output: {root} is the filesystem's root; name a folder for the dataset")
-    for url in input_urls:
-        if _is_within(url, root):
-            raise BadInput(f"output: {root} holds the input {url}; write the dataset to another folder")
-
-
-def _is_within(url: str, folder: str) -> bool:
-    if storage.is_s3(url) != storage.is_s3(folder):
-        return False
-    if storage.is_s3(url):
-        return url.rstrip("/").startswith(folder.rstrip("/") + "/") or url.rstrip("/") == folder.rstrip("/")
-    return storage.local_path(url).resolve().is_relative_to(storage.local_path(folder).resolve())
-
-
-def _is_our_temp(name: str) -> bool:
-    """A temporary file one of our writers left, killed while writing a shard or a table."""
-    target = storage.temp_target(name)
-    return is_shard_name(target) or target in OUR_TABLES
-
-
 def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
     """What makes two runs the same job: the input files (``inputs`` says how each is identified)
     and every config value that shapes the output's content (not where it goes, not
@@ -255,66 +203,6 @@ def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
         {"config": config, "input": inputs.identity(files), "version": __version__}, sort_keys=True
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _completed_shards(root: str, run_id: str) -> dict[str, ShardResult]:
-    """Completion records of an earlier run of this job whose shard is intact (size + sha256)."""
-    done = {}
-    for record_run, result in _progress_records(root):
-        if record_run != run_id:
-            raise OutputInTheWay(
-                f"output: {root} holds shards of a different job (input or config changed); "
-                "set existing_output=overwrite to replace them"
-            )
-        stats = result.stats
-        url = f"{root}/{stats.name}"
-        if storage.exists(url) and file_digest(url) == (stats.bytes, stats.sha256):
-            done[stats.name] = result
-        else:
-            log.warning("%s does not match its completion record: writing it again", url)
-    return done
-
-
-def _progress_records(root: str) -> Iterator[tuple[str, ShardResult]]:
-    """The completion records in ``root`` (run id, result); one that is not ours in shape
-    (unreadable, a shard name that is not a plain file name) is ignored with a warning: its
-    shard is written again."""
-    for record_name in storage.list_names(f"{root}/{PROGRESS_DIR}"):
-        url = f"{root}/{PROGRESS_DIR}/{record_name}"
-        try:
-            record = json.loads(storage.read_bytes(url))
-            result = ShardResult.from_json(record)
-            if is_shard_name(result.stats.name) and isinstance(record["run_id"], str):
-                yield record["run_id"], result
-                continue
-        except (ValueError, KeyError, TypeError):
-            pass
-        log.warning("%s is not a completion record of this pipeline: ignored", url)
-
-
-def _finished_earlier(root: str, run_id: str) -> mf.Manifest:
-    manifest = mf.load_manifest(root)
-    if manifest.data.get("run_id") != run_id:
-        raise OutputInTheWay(
-            f"output: {root} holds a finished dataset of a different job; "
-            "set existing_output=overwrite to replace it"
-        )
-    log.info("%s: this job already finished; nothing to do", root)
-    _clear_progress(root)
-    return manifest
-
-
-def _clear_progress(root: str) -> None:
-    for name in storage.list_names(f"{root}/{PROGRESS_DIR}"):
-        storage.remove(f"{root}/{PROGRESS_DIR}/{name}")
-    storage.remove_empty_dir(f"{root}/{PROGRESS_DIR}")
-
-
-def _remove_leftover_temp_files(root: str) -> None:
-    """A worker killed mid-write leaves its temporary file; the retry wrote a fresh one."""
-    for name in storage.list_names(root):
-        if _is_our_temp(name):
-            storage.remove(f"{root}/{name}")
 
 
 def _object_store_stats() -> str:

@@ -37,8 +37,9 @@ import ray
 
 from pipeline.config import JobIncomplete, UserError
 from pipeline.prep.config import PrepConfig
+from pipeline.prep.output import ShardResult
 from pipeline.prep.records import Drop, InputRecord
-from pipeline.prep.worker import ShardResult, ShardTask, ShardWorker
+from pipeline.prep.worker import ShardTask, ShardWorker
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,7 @@ shard's stats account for all of its inputs: ``inputs == samples + dropped``.
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import json
 import logging
 import os
 import re
@@ -50,6 +48,7 @@ from pipeline import storage
 from pipeline.grounding.base import Annotation, GroundingRequest
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.images import ImageRejected, StoredImage, encode, map_boxes
+from pipeline.prep.output import ShardResult, write_record
 from pipeline.prep.records import Drop, InputRecord, pack, unpack
 from pipeline.schema import Phrase, Sample, sample_key
 from pipeline.shards.stats import DropRow, ShardStats
@@ -64,7 +63,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-PROGRESS_DIR = "_progress"  # per-shard completion records of a running job; removed when it ends
 GROUND_CHUNK = 64  # records whose decoded images a grounder that needs pixels holds at once
 # Fault injection for tests and failure rehearsals: "<shard index>:<marker file>" makes
 # the worker writing that shard die halfway through the tar, once (the marker records it).
@@ -100,22 +98,6 @@ class Item:
     hierarchy: TextHierarchy | None = None
     sample: Sample | None = None
     ambiguous: int = 0
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    """A written shard's stats and drops: also its completion record, with the job's run id."""
-
-    stats: ShardStats
-    drops: list[DropRow]
-
-    @classmethod
-    def from_json(cls, record: dict) -> ShardResult:
-        return cls(ShardStats(**record["stats"]), [DropRow(**d) for d in record["drops"]])
-
-
-def progress_url(root: str, shard: str) -> str:
-    return f"{root}/{PROGRESS_DIR}/{shard}.json"
 
 
 class ShardWorker:
@@ -271,8 +253,7 @@ class ShardWorker:
         dropped = [Drop(i.record.ordinal, i.record.id, i.error, i.detail) for i in items if i.error]
         drops = [DropRow.of(d, name) for d in [*dropped, *task.crashed]]
         result = ShardResult(shard_stats(shard, len(drops), good, self.node), drops)
-        record = {"run_id": self.run_id, **dataclasses.asdict(result)}
-        storage.write_atomic(progress_url(self.root, name), json.dumps(record, ensure_ascii=False).encode())
+        write_record(self.root, self.run_id, result)
         return result
 
 
