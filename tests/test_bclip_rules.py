@@ -19,7 +19,7 @@ from pipeline.prep.config import PrepConfig
 from pipeline.prep.job import _run_id
 from pipeline.prep.records import InputRecord
 from pipeline.prep.worker import ShardTask, ShardWorker
-from pipeline.shards.writer import read_samples
+from pipeline.shards.reader import read_samples
 from pipeline.text.concepts import clean_caption, concept_key, select
 from pipeline.text.config import TextConfig
 from pipeline.text.lexeme import Lexeme

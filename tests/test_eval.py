@@ -20,7 +20,7 @@ from pipeline.eval.data import load_eval_set
 from pipeline.eval.model import embed_images, embed_texts
 from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.shards import load_manifest
-from pipeline.shards.writer import read_samples
+from pipeline.shards.reader import read_samples
 from pipeline.training.data import DataConfig, collate, decode
 
 ATTRIBUTES = {"size": ["small", "large"], "colour": ["red", "green", "blue"], "shape": ["circle", "square"]}

@@ -9,8 +9,9 @@ import webdataset as wds
 from pipeline.schema import SCHEMA_VERSION, Sample, SchemaError
 from pipeline.shards import ManifestError, check, load_manifest
 from pipeline.shards.dataset import write_manifest
+from pipeline.shards.reader import file_digest
 from pipeline.shards.stats import DropRow
-from pipeline.shards.writer import file_digest, write_shard
+from pipeline.shards.writer import write_shard
 
 
 def _samples(n):

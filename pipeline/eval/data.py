@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pipeline.config import BadInput, ConfigError
 from pipeline.schema import Sample
 from pipeline.shards import load_manifest
-from pipeline.shards.writer import read_samples
+from pipeline.shards.reader import read_samples
 
 log = logging.getLogger(__name__)
 

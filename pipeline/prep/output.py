@@ -15,8 +15,9 @@ from pathlib import Path
 from pipeline import storage
 from pipeline.config import BadInput, OutputInTheWay
 from pipeline.shards import manifest as mf
+from pipeline.shards.reader import file_digest
 from pipeline.shards.stats import DropRow, ShardStats
-from pipeline.shards.writer import file_digest, is_shard_name
+from pipeline.shards.writer import is_shard_name
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline import storage
 from pipeline.schema import Sample, sample_key
 from pipeline.shards.manifest import Manifest
-from pipeline.shards.writer import file_digest, read_samples
+from pipeline.shards.reader import file_digest, read_samples
 
 MAX_PROBLEMS = 50  # a broken dataset usually breaks the same way many times
 

@@ -61,7 +61,7 @@ from pipeline.config import BadInput, ConfigError, UserError
 from pipeline.models.transform import model_input_image, random_resized_crop
 from pipeline.schema import Phrase, Sample
 from pipeline.shards.manifest import ManifestError, load_manifest
-from pipeline.shards.writer import read_samples
+from pipeline.shards.reader import read_samples
 from pipeline.text.concepts import select
 from pipeline.training.config import DataConfig
 
