@@ -19,7 +19,7 @@ from pipeline.prep.config import PrepConfig
 from pipeline.prep.job import _run_id
 from pipeline.prep.records import InputRecord
 from pipeline.prep.worker import ShardTask, ShardWorker
-from pipeline.shards.writer import read_samples
+from pipeline.shards.reader import read_samples
 from pipeline.text.concepts import clean_caption, concept_key, select
 from pipeline.text.config import TextConfig
 from pipeline.text.lexeme import Lexeme
@@ -274,6 +274,6 @@ def test_a_cleaned_caption_is_what_the_sample_stores(tmp_path):
     )
     record = InputRecord(0, "r", str(tmp_path / "red.jpg"), "A red red square.\nIt is red.", None)
     result = ShardWorker(cfg, cfg.output, "test", run_id="").process(ShardTask(0, [record]))
-    assert result.stats["samples"] == 1
-    (raw,) = read_samples(f"{cfg.output}/{result.stats['name']}", handler=lambda e: False)
+    assert result.stats.samples == 1
+    (raw,) = read_samples(f"{cfg.output}/{result.stats.name}", handler=lambda e: False)
     assert json.loads(raw["json"])["caption"] == "A red square. It is red."

@@ -23,7 +23,7 @@ from pipeline.eval.model import embed_images, embed_texts
 from pipeline.eval.pooler import pooler_diagnostic
 from pipeline.models import FineGrainedCLIP, ModelConfig
 from pipeline.shards import load_manifest
-from pipeline.shards.writer import read_samples
+from pipeline.shards.reader import read_samples
 from pipeline.training.collate import collate
 from pipeline.training.config import DataConfig
 from pipeline.training.decode import decode

@@ -20,7 +20,7 @@ from pipeline.config import BadInput, ConfigError, build
 from pipeline.models import TINY_MODEL, ModelConfig
 from pipeline.models.transform import normalizer
 from pipeline.schema import SCHEMA_VERSION, sample_key
-from pipeline.shards.manifest import write_manifest
+from pipeline.shards.dataset import write_manifest
 from pipeline.shards.writer import write_shard
 from pipeline.training import rank_stream
 from pipeline.training.config import DataConfig

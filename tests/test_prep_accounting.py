@@ -59,7 +59,7 @@ def test_inputs_equal_written_plus_dropped(pool, worker, data):
         for task in planner.tasks(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))
     ]
     stats, drops = [r.stats for r in results], planner.read_drops + [d for r in results for d in r.drops]
-    written = sum(s["samples"] for s in stats)
+    written = sum(s.samples for s in stats)
     assert written + len(drops) == len(picks)
-    assert sorted(d["ordinal"] for d in drops) == sorted(set(d["ordinal"] for d in drops))
-    assert sum(s["inputs"] for s in stats) == len(picks) - sum(d["shard"] is None for d in drops)
+    assert sorted(d.ordinal for d in drops) == sorted(set(d.ordinal for d in drops))
+    assert sum(s.inputs for s in stats) == len(picks) - sum(d.shard is None for d in drops)

@@ -22,7 +22,7 @@ from helpers import REPO, build_shards_command
 from pipeline.config import load_config
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.job import run
-from pipeline.prep.worker import PROGRESS_DIR
+from pipeline.prep.output import PROGRESS_DIR
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
 pytestmark = pytest.mark.integration

@@ -3,6 +3,7 @@ its shard is written (the planner and a worker run in-process; the Ray wiring is
 test_prep_job.py); an output folder is never one that holds the input, and overwrite deletes
 only what our own manifest names."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -12,12 +13,14 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline.config import BadInput, load_config
+from pipeline.prep import output
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.inputs import locate, read_input
-from pipeline.prep.job import ShardPlanner, _prepare_output, run
+from pipeline.prep.job import ShardPlanner, run
 from pipeline.prep.worker import ShardTask, ShardWorker, each_or_alone
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.shards.manifest import ManifestError, load_manifest
+from pipeline.shards.stats import ShardStats
 
 
 def prepare(folder: Path, rows: list) -> dict[str, tuple[str, str]]:
@@ -39,10 +42,8 @@ def prepare(folder: Path, rows: list) -> dict[str, tuple[str, str]]:
         for task in planner.tasks(read_input(cfg.input, locate(cfg.input), cfg.max_caption_chars, 16, 500))
     ]
     drops = planner.read_drops + [d for r in results for d in r.drops]
-    assert sum(r.stats["samples"] for r in results) + len(drops) == len(lines)
-    fates = {
-        d["id"] if d["id"] is not None else f"#{d['ordinal']}": (d["reason"], d["detail"]) for d in drops
-    }
+    assert sum(r.stats.samples for r in results) + len(drops) == len(lines)
+    fates = {d.id if d.id is not None else f"#{d.ordinal}": (d.reason, d.detail) for d in drops}
     assert "good" not in fates
     return fates
 
@@ -89,8 +90,8 @@ def test_boxes_beyond_max_boxes_are_cut_where_they_are_read_and_counted(tmp_path
     assert len(record.boxes) == 3 and record.boxes_left_out == {"box_over_limit": 99_997}
     Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
     result = ShardWorker(cfg, cfg.output, "hostile", run_id="").process(ShardTask(0, [record]))
-    assert result.stats["boxes_dropped_by_reason"] == {"box_over_limit": 99_997}
-    assert result.stats["regions"] == 3  # every kept box is a region of the sample
+    assert result.stats.boxes_dropped_by_reason == {"box_over_limit": 99_997}
+    assert result.stats.regions == 3  # every kept box is a region of the sample
 
 
 def test_one_failing_record_fails_alone():
@@ -119,10 +120,11 @@ def test_overwrite_removes_only_what_our_manifest_and_records_name(tmp_path):
         (out / name).write_bytes(b"x")
     entry = {"name": "shard-000000.tar", "samples": 1, "bytes": 1, "sha256": "0" * 64}
     (out / "dataset.json").write_text(json.dumps({"schema": SCHEMA_VERSION, "shards": [entry]}))
+    stats = ShardStats("shard-000001.tar", 1, 1, "0" * 64, 1, 0, 0, 0, 0, 0, 0, 0, {}, {}, "node")
     (out / "_progress" / "shard-000001.tar.json").write_text(
-        json.dumps({"run_id": "r", "stats": {"name": "shard-000001.tar"}, "drops": []})
+        json.dumps({"run_id": "r", "stats": dataclasses.asdict(stats), "drops": []})
     )
-    _prepare_output(str(out), "overwrite")
+    output.prepare(str(out), "overwrite")
     assert sorted(os.listdir(out)) == sorted(theirs)
 
 
@@ -133,7 +135,7 @@ def test_a_manifest_that_names_files_outside_its_folder_is_refused(tmp_path):
     with pytest.raises(ManifestError, match="does not name a file in the dataset's folder"):
         load_manifest(str(tmp_path))
     with pytest.raises(ManifestError):  # and overwrite deletes nothing on its word
-        _prepare_output(str(tmp_path), "overwrite")
+        output.prepare(str(tmp_path), "overwrite")
 
 
 @pytest.mark.parametrize("output", ["/", "{tmp}", "{tmp}/..", "{tmp}/corpus"])

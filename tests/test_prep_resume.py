@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import build_shards_command
 
-from pipeline.prep.worker import PROGRESS_DIR
+from pipeline.prep.output import PROGRESS_DIR
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,10 @@ import webdataset as wds
 
 from pipeline.schema import SCHEMA_VERSION, Sample, SchemaError
 from pipeline.shards import ManifestError, check, load_manifest
-from pipeline.shards.manifest import write_manifest
-from pipeline.shards.writer import file_digest, write_shard
+from pipeline.shards.dataset import write_manifest
+from pipeline.shards.reader import file_digest
+from pipeline.shards.stats import DropRow
+from pipeline.shards.writer import write_shard
 
 
 def _samples(n):
@@ -59,10 +61,7 @@ def _dataset(tmp_path, shards=2, per_shard=3, drops=1):
         },
         "shards": rows,
     }
-    dropped = [
-        {"ordinal": i, "id": None, "reason": "caption_empty", "detail": "", "shard": None}
-        for i in range(drops)
-    ]
+    dropped = [DropRow(i, None, "caption_empty", "", None) for i in range(drops)]
     write_manifest(str(tmp_path), manifest, [], dropped)
     return load_manifest(str(tmp_path))
 

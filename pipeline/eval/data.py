@@ -19,7 +19,7 @@ from PIL import Image
 from pipeline.config import BadInput, ConfigError
 from pipeline.schema import Sample
 from pipeline.shards import load_manifest
-from pipeline.shards.writer import read_samples
+from pipeline.shards.reader import read_samples
 
 log = logging.getLogger(__name__)
 

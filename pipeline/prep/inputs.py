@@ -29,7 +29,7 @@ from pipeline.prep.index import count_index_rows, index_format, read_index
 from pipeline.prep.records import Drop, InputRecord, is_text
 from pipeline.prep.sharegpt4v import read_sharegpt4v
 from pipeline.prep.visual_genome import read_visual_genome
-from pipeline.shards.writer import file_digest
+from pipeline.shards.reader import file_digest
 from pipeline.storage import FileStat
 
 InputFiles = list[tuple[str, FileStat | None]]  # URL, size and version; None: a named tar that is not there

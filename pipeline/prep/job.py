@@ -11,34 +11,31 @@ what it holds, per shard and per record).
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
 import os
 import resource
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import ray
 
 from pipeline import __version__, storage
-from pipeline.config import BadInput, JobIncomplete, OutputInTheWay, to_dict
-from pipeline.lineage import code_version
-from pipeline.prep import inputs, tars
+from pipeline.config import JobIncomplete, to_dict
+from pipeline.prep import inputs, output, tars
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.pool import WorkerPool
 from pipeline.prep.records import Drop, InputRecord, keep_memory_returnable
-from pipeline.prep.worker import PROGRESS_DIR, ShardTask
-from pipeline.schema import SCHEMA_VERSION
+from pipeline.prep.worker import ShardTask
 from pipeline.shards import manifest as mf
-from pipeline.shards.writer import file_digest, is_shard_name, shard_name
+from pipeline.shards.dataset import Header, write_dataset
+from pipeline.shards.stats import DropRow, ShardStats
+from pipeline.shards.writer import shard_name
 
 log = logging.getLogger(__name__)
-
-OUR_TABLES = (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE, mf.SIZES_FILE)
 
 
 def run(cfg: PrepConfig) -> mf.Manifest:
@@ -47,12 +44,12 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     files = inputs.locate(cfg.input)
     source = cfg.input.source or inputs.default_source(cfg.input, files)
     root = cfg.output.rstrip("/") or "/"  # "/" is refused below, not read as ""
-    _refuse_output_over_input(root, inputs.urls(cfg.input, files))
+    output.refuse_over_input(root, inputs.urls(cfg.input, files))
     run_id = _run_id(cfg, files)
     if cfg.existing_output == "resume" and storage.exists(f"{root}/{mf.MANIFEST_FILE}"):
-        return _finished_earlier(root, run_id)
-    _prepare_output(root, cfg.existing_output)
-    done = _completed_shards(root, run_id) if cfg.existing_output == "resume" else {}
+        return output.finished_earlier(root, run_id)
+    output.prepare(root, cfg.existing_output)
+    done = output.completed_shards(root, run_id) if cfg.existing_output == "resume" else {}
     if done:
         log.info("resuming: %d shards of an earlier run of this job are complete and verified", len(done))
 
@@ -66,10 +63,10 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         cfg.image.max_boxes,
         list_tars=_list_tars_on_ray,
     )
-    resumed = sum(record["stats"]["inputs"] for record in done.values())
+    resumed = sum(result.stats.inputs for result in done.values())
     progress = Progress(inputs.count(cfg.input, files), resumed)
-    shard_rows = [record["stats"] for record in done.values()]
-    drops = [d for record in done.values() for d in record["drops"]]
+    shard_rows = [result.stats for result in done.values()]
+    drops = [d for result in done.values() for d in result.drops]
     try:
         for result in pool.map(planner.tasks(items)):
             shard_rows.append(result.stats)
@@ -82,13 +79,14 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         ) from None
     drops += planner.read_drops
     log.info("input (%s): %s", cfg.input.format, planner.summary())
-    header = {
-        "name": cfg.name or Path(root).name,
-        "run_id": run_id,
-        "input": {**inputs.describe(cfg.input, files), "source": source},
-        **provenance,
-        "config": to_dict(cfg),
-    }
+    header = Header(
+        name=cfg.name or Path(root).name,
+        run_id=run_id,
+        input={**inputs.describe(cfg.input, files), "source": source},
+        text=provenance["text"],
+        grounder=provenance["grounder"],
+        config=to_dict(cfg),
+    )
     _write_manifest(root, header, shard_rows, drops)
     log.info(
         "wrote %s in %.1f s; driver peak RSS %d MB; object store: %s",
@@ -117,26 +115,12 @@ def _start_workers(cfg: PrepConfig, root: str, source: str, run_id: str) -> tupl
     return pool, provenance
 
 
-def _write_manifest(root: str, header: dict, shard_rows: list[dict], drops: list[dict]) -> None:
+def _write_manifest(root: str, header: Header, shard_rows: list[ShardStats], drops: list[DropRow]) -> None:
     """The manifest and its tables, written last: a dataset is complete once ``dataset.json`` is
     there. Then the completion records of the run, no longer needed, go."""
-    shard_rows.sort(key=lambda s: s["name"])
-    _remove_leftover_temp_files(root)
-    manifest = {
-        "schema": SCHEMA_VERSION,
-        "name": header["name"],
-        "run_id": header["run_id"],
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code_version": code_version(),
-        **{k: v for k, v in header.items() if k not in ("name", "run_id")},
-        "totals": _totals(shard_rows, drops),
-        "shards": [{k: s[k] for k in ("name", "samples", "bytes", "sha256")} for s in shard_rows],
-        "shard_stats": shard_rows,
-    }
-    drops.sort(key=lambda d: d["ordinal"])
-    flat = [{k: v for k, v in s.items() if not k.endswith("_by_reason")} for s in shard_rows]
-    mf.write_manifest(root, manifest, flat, drops)
-    _clear_progress(root)
+    output.remove_leftover_temp_files(root)
+    write_dataset(root, header, shard_rows, drops)
+    output.clear_progress(root)
 
 
 class ShardPlanner:
@@ -146,7 +130,7 @@ class ShardPlanner:
 
     def __init__(self, samples_per_shard: int, skip: set[str]):
         self.samples_per_shard, self.skip = samples_per_shard, skip
-        self.read_drops: list[dict] = []
+        self.read_drops: list[DropRow] = []
         self.records_read = 0  # inputs read so far, valid or not
         self.shards = 0  # shards cut so far
         self.exhausted = False  # the whole input is read: records_read is the total
@@ -159,15 +143,7 @@ class ShardPlanner:
         for item in items:
             self.records_read += 1
             if isinstance(item, Drop):
-                self.read_drops.append(
-                    {
-                        "ordinal": item.ordinal,
-                        "id": item.id,
-                        "reason": item.reason,
-                        "detail": item.detail,
-                        "shard": None,
-                    }
-                )
+                self.read_drops.append(DropRow.of(item, None))
                 continue
             chunk.append(item)
             if len(chunk) == self.samples_per_shard:
@@ -204,8 +180,8 @@ class Progress:
         self.total, self.resumed, self.done = total, resumed, 0
         self.started = time.time()
 
-    def shard_done(self, stats: dict, planner: ShardPlanner) -> None:
-        self.done += stats["inputs"]
+    def shard_done(self, stats: ShardStats, planner: ShardPlanner) -> None:
+        self.done += stats.inputs
         done = self.done + len(planner.read_drops)
         total = self.total if self.total is not None else planner.records_read if planner.exhausted else None
         rate = done / max(time.time() - self.started, 1e-9)
@@ -215,79 +191,7 @@ class Progress:
             total -= self.resumed
             eta = (total - done) / max(rate, 1e-9)
             count = f"{done}/{total} records ({done / max(total, 1):.0%}), ETA {eta:.0f} s"
-        log.info("%s written on %s: %s, %.0f records/s", stats["name"], stats.get("node", "?"), count, rate)
-
-
-def _totals(shard_rows: list[dict], drops: list[dict]) -> dict:
-    def summed(key: str) -> dict[str, int]:
-        total = Counter()
-        for s in shard_rows:
-            total.update(s[key])
-        return dict(sorted(total.items()))
-
-    written = sum(s["samples"] for s in shard_rows)
-    return {
-        "inputs": written + len(drops),
-        "written": written,
-        "dropped": len(drops),
-        "dropped_by_reason": dict(sorted(Counter(d["reason"] for d in drops).items())),
-        "repaired_by_reason": summed("repaired_by_reason"),
-        "boxes_dropped_by_reason": summed("boxes_dropped_by_reason"),
-        **{
-            k: sum(s[k] for s in shard_rows)
-            for k in ("phrases", "regions", "linked_phrases", "ambiguous_phrases", "bytes")
-        },
-    }
-
-
-def _prepare_output(root: str, existing: str) -> None:
-    """With ``overwrite``, remove what an earlier run of ours wrote in ``root`` (the files its
-    manifest and completion records name), nothing else."""
-    names = storage.list_names(root)
-    if names and existing == "fail":
-        raise OutputInTheWay(
-            f"output: {root} is not empty; set existing_output=overwrite to replace it, "
-            "or resume to finish a killed run of this job"
-        )
-    if existing == "overwrite":
-        for name in sorted(_written_by_us(root, names)):
-            storage.remove(f"{root}/{name}")
-        _clear_progress(root)
-    storage.make_dirs(root)
-
-
-def _written_by_us(root: str, names: list[str]) -> set[str]:
-    """The files in ``root`` an earlier run of this pipeline wrote: its manifest, tables and the
-    shards they name, shards with a completion record, and writers' temporary files of those."""
-    ours = set(OUR_TABLES)
-    if mf.MANIFEST_FILE in names:
-        ours |= {shard.name for shard in mf.load_manifest(root).shards}  # refuses a manifest not ours
-    ours |= {record["stats"]["name"] for record in _progress_records(root)}
-    return {name for name in names if name in ours or _is_our_temp(name)}
-
-
-def _refuse_output_over_input(root: str, input_urls: list[str]) -> None:
-    """An output folder that is the filesystem's root or holds the input is refused: a rerun
-    with ``overwrite`` or ``resume`` works in that folder."""
-    if not storage.is_s3(root) and storage.local_path(root).resolve() == Path("/").resolve():
-        raise BadInput(f"output: {root} is the filesystem's root; name a folder for the dataset")
-    for url in input_urls:
-        if _is_within(url, root):
-            raise BadInput(f"output: {root} holds the input {url}; write the dataset to another folder")
-
-
-def _is_within(url: str, folder: str) -> bool:
-    if storage.is_s3(url) != storage.is_s3(folder):
-        return False
-    if storage.is_s3(url):
-        return url.rstrip("/").startswith(folder.rstrip("/") + "/") or url.rstrip("/") == folder.rstrip("/")
-    return storage.local_path(url).resolve().is_relative_to(storage.local_path(folder).resolve())
-
-
-def _is_our_temp(name: str) -> bool:
-    """A temporary file one of our writers left, killed while writing a shard or a table."""
-    target = storage.temp_target(name)
-    return is_shard_name(target) or target in OUR_TABLES
+        log.info("%s written on %s: %s, %.0f records/s", stats.name, stats.node, count, rate)
 
 
 def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
@@ -299,64 +203,6 @@ def _run_id(cfg: PrepConfig, files: inputs.InputFiles) -> str:
         {"config": config, "input": inputs.identity(files), "version": __version__}, sort_keys=True
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _completed_shards(root: str, run_id: str) -> dict[str, dict]:
-    """Completion records of an earlier run of this job whose shard is intact (size + sha256)."""
-    done = {}
-    for record in _progress_records(root):
-        if record["run_id"] != run_id:
-            raise OutputInTheWay(
-                f"output: {root} holds shards of a different job (input or config changed); "
-                "set existing_output=overwrite to replace them"
-            )
-        stats = record["stats"]
-        url = f"{root}/{stats['name']}"
-        if storage.exists(url) and file_digest(url) == (stats["bytes"], stats["sha256"]):
-            done[stats["name"]] = record
-        else:
-            log.warning("%s does not match its completion record: writing it again", url)
-    return done
-
-
-def _progress_records(root: str) -> Iterator[dict]:
-    """The completion records in ``root``; one that is not ours in shape (unreadable, a shard name
-    that is not a plain file name) is ignored with a warning: its shard is written again."""
-    for record_name in storage.list_names(f"{root}/{PROGRESS_DIR}"):
-        url = f"{root}/{PROGRESS_DIR}/{record_name}"
-        try:
-            record = json.loads(storage.read_bytes(url))
-            if is_shard_name(record["stats"]["name"]) and isinstance(record["run_id"], str):
-                yield record
-                continue
-        except (ValueError, KeyError, TypeError):
-            pass
-        log.warning("%s is not a completion record of this pipeline: ignored", url)
-
-
-def _finished_earlier(root: str, run_id: str) -> mf.Manifest:
-    manifest = mf.load_manifest(root)
-    if manifest.data.get("run_id") != run_id:
-        raise OutputInTheWay(
-            f"output: {root} holds a finished dataset of a different job; "
-            "set existing_output=overwrite to replace it"
-        )
-    log.info("%s: this job already finished; nothing to do", root)
-    _clear_progress(root)
-    return manifest
-
-
-def _clear_progress(root: str) -> None:
-    for name in storage.list_names(f"{root}/{PROGRESS_DIR}"):
-        storage.remove(f"{root}/{PROGRESS_DIR}/{name}")
-    storage.remove_empty_dir(f"{root}/{PROGRESS_DIR}")
-
-
-def _remove_leftover_temp_files(root: str) -> None:
-    """A worker killed mid-write leaves its temporary file; the retry wrote a fresh one."""
-    for name in storage.list_names(root):
-        if _is_our_temp(name):
-            storage.remove(f"{root}/{name}")
 
 
 def _object_store_stats() -> str:

@@ -37,8 +37,9 @@ import ray
 
 from pipeline.config import JobIncomplete, UserError
 from pipeline.prep.config import PrepConfig
+from pipeline.prep.output import ShardResult
 from pipeline.prep.records import Drop, InputRecord
-from pipeline.prep.worker import ShardResult, ShardTask, ShardWorker
+from pipeline.prep.worker import ShardTask, ShardWorker
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class WorkerPool:
             self._probe_passed(work)
             return
         if work.shard.crashed:
-            log.warning("%s written without %d poison records", result.stats["name"], len(work.shard.crashed))
+            log.warning("%s written without %d poison records", result.stats.name, len(work.shard.crashed))
         yield result
 
     def _done(self, ref: ray.ObjectRef) -> None:

@@ -30,9 +30,7 @@ shard's stats account for all of its inputs: ``inputs == samples + dropped``.
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import json
 import logging
 import os
 import re
@@ -50,9 +48,11 @@ from pipeline import storage
 from pipeline.grounding.base import Annotation, GroundingRequest
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.images import ImageRejected, StoredImage, encode, map_boxes
+from pipeline.prep.output import ShardResult, write_record
 from pipeline.prep.records import Drop, InputRecord, pack, unpack
 from pipeline.schema import Phrase, Sample, sample_key
-from pipeline.shards.writer import shard_name, write_shard
+from pipeline.shards.stats import DropRow, ShardStats
+from pipeline.shards.writer import ShardFile, shard_name, write_shard
 from pipeline.text.concepts import clean_caption
 
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-PROGRESS_DIR = "_progress"  # per-shard completion records of a running job; removed when it ends
 GROUND_CHUNK = 64  # records whose decoded images a grounder that needs pixels holds at once
 # Fault injection for tests and failure rehearsals: "<shard index>:<marker file>" makes
 # the worker writing that shard die halfway through the tar, once (the marker records it).
@@ -97,18 +96,8 @@ class Item:
     annotations: list[dict] = field(default_factory=list)
     box_drops: dict[str, int] = field(default_factory=dict)
     hierarchy: TextHierarchy | None = None
-    sample: dict | None = None
+    sample: Sample | None = None
     ambiguous: int = 0
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    stats: dict  # the shard's row of shards.parquet / the manifest's shard_stats
-    drops: list[dict]  # its rows of dropped.parquet
-
-
-def progress_url(root: str, shard: str) -> str:
-    return f"{root}/{PROGRESS_DIR}/{shard}.json"
 
 
 class ShardWorker:
@@ -221,7 +210,7 @@ class ShardWorker:
                 else:
                     item.sample, item.ambiguous = sample
 
-    def _samples(self, items: list[Item]) -> list[tuple[dict, int]]:
+    def _samples(self, items: list[Item]) -> list[tuple[Sample, int]]:
         """The schema samples of grounded items, with their ambiguous-phrase counts."""
         samples = []
         for item, grounding in zip(items, self.grounder.ground([self._request(item) for item in items])):
@@ -241,7 +230,7 @@ class ShardWorker:
                 regions=grounding.regions,
                 origin=item.record.origin,
             )
-            samples.append((sample.to_json(), grounding.ambiguous))
+            samples.append((sample, grounding.ambiguous))
         return samples
 
     def _request(self, item: Item) -> GroundingRequest:
@@ -257,41 +246,41 @@ class ShardWorker:
         needs to account for the shard without redoing it."""
         name = shard_name(task.index)
         good = [item for item in items if not item.error]
-        samples = ((sample_key(self.source, item.record.id), item.stored.jpg, item.sample) for item in good)
+        samples = (
+            (sample_key(self.source, item.record.id), item.stored.jpg, item.sample.to_json()) for item in good
+        )
         shard = write_shard(f"{self.root}/{name}", _maybe_die_halfway(samples, task.index, len(good)))
         dropped = [Drop(i.record.ordinal, i.record.id, i.error, i.detail) for i in items if i.error]
-        drops = [{**dataclasses.asdict(d), "shard": name} for d in [*dropped, *task.crashed]]
-        stats = shard_stats(name, shard.samples, shard.bytes, shard.sha256, len(drops), good)
-        stats["node"] = self.node
-        storage.write_atomic(
-            progress_url(self.root, name),
-            json.dumps({"run_id": self.run_id, "stats": stats, "drops": drops}, ensure_ascii=False).encode(),
-        )
-        return ShardResult(stats, drops)
+        drops = [DropRow.of(d, name) for d in [*dropped, *task.crashed]]
+        result = ShardResult(shard_stats(shard, len(drops), good, self.node), drops)
+        write_record(self.root, self.run_id, result)
+        return result
 
 
-def shard_stats(name: str, samples: int, size: int, sha256: str, dropped: int, good: list[Item]) -> dict:
+def shard_stats(shard: ShardFile, dropped: int, good: list[Item], node: str) -> ShardStats:
+    """The stats of a shard written from ``good`` items, ``dropped`` of its inputs not."""
     box_drops: Counter = Counter()
     for item in good:
         box_drops.update(item.box_drops)
-    phrases = [p for item in good for p in item.sample["phrases"]]
+    phrases = [p for item in good for p in item.sample.phrases]
     repaired = [item.stored.repaired for item in good if item.stored.repaired]
-    return {
-        "name": name,
-        "samples": samples,
-        "bytes": size,
-        "sha256": sha256,
-        "inputs": len(good) + dropped,
-        "dropped": dropped,
-        "repaired": len(repaired),
-        "boxes_dropped": sum(box_drops.values()),
-        "phrases": len(phrases),
-        "regions": sum(len(item.sample["regions"]) for item in good),
-        "linked_phrases": sum(p["region"] is not None for p in phrases),
-        "ambiguous_phrases": sum(item.ambiguous for item in good),
-        "repaired_by_reason": dict(Counter(repaired)),
-        "boxes_dropped_by_reason": dict(box_drops),
-    }
+    return ShardStats(
+        name=shard.name,
+        samples=shard.samples,
+        bytes=shard.bytes,
+        sha256=shard.sha256,
+        inputs=len(good) + dropped,
+        dropped=dropped,
+        repaired=len(repaired),
+        boxes_dropped=sum(box_drops.values()),
+        phrases=len(phrases),
+        regions=sum(len(item.sample.regions) for item in good),
+        linked_phrases=sum(p.region is not None for p in phrases),
+        ambiguous_phrases=sum(item.ambiguous for item in good),
+        repaired_by_reason=dict(Counter(repaired)),
+        boxes_dropped_by_reason=dict(box_drops),
+        node=node,
+    )
 
 
 def each_or_alone(fn: Callable[[list[T]], list[R]], args: list[T]) -> list[R | Exception]:

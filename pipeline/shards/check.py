@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 
 from PIL import Image
 
 from pipeline import storage
+from pipeline.config import one_line
 from pipeline.schema import Sample, sample_key
 from pipeline.shards.manifest import Manifest
-from pipeline.shards.writer import file_digest, read_samples
+from pipeline.shards.reader import file_digest, read_samples
 
 MAX_PROBLEMS = 50  # a broken dataset usually breaks the same way many times
 
@@ -26,19 +26,19 @@ def inspect(m: Manifest) -> str:
         f"input     {m.get('input.format')}  {spec}  (source {m.get('input.source')!r})",
         f"text      spaCy {text.get('model')} {text.get('model_version')}",
         f"grounder  {m.get('grounder').get('name')}",
-        f"shards    {len(m.shards)}  ({t['bytes'] / 1e6:.1f} MB)",
-        f"records   {t['inputs']} in = {t['written']} written + {t['dropped']} dropped",
-        f"text      {t['phrases']} phrases, {t['regions']} regions, {t['linked_phrases']} phrases grounded "
-        f"({t['ambiguous_phrases']} left unlinked as ambiguous)",
+        f"shards    {len(m.shards)}  ({t.bytes / 1e6:.1f} MB)",
+        f"records   {t.inputs} in = {t.written} written + {t.dropped} dropped",
+        f"text      {t.phrases} phrases, {t.regions} regions, {t.linked_phrases} phrases grounded "
+        f"({t.ambiguous_phrases} left unlinked as ambiguous)",
     ]
-    for title, key in (
-        ("dropped", "dropped_by_reason"),
-        ("repaired", "repaired_by_reason"),
-        ("boxes dropped", "boxes_dropped_by_reason"),
+    for title, counts in (
+        ("dropped", t.dropped_by_reason),
+        ("repaired", t.repaired_by_reason),
+        ("boxes dropped", t.boxes_dropped_by_reason),
     ):
-        if t[key]:
+        if counts:
             lines.append(f"{title}:")
-            lines += [f"  {reason:<28} {count:>8}" for reason, count in t[key].items()]
+            lines += [f"  {reason:<28} {count:>8}" for reason, count in counts.items()]
     return "\n".join(lines)
 
 
@@ -46,12 +46,12 @@ def verify(m: Manifest) -> list[str]:
     """Every shard exists with the recorded size, sha256 and sample count; totals add up."""
     problems = []
     t = m.totals
-    if t["inputs"] != t["written"] + t["dropped"]:
-        problems.append(f"totals: inputs {t['inputs']} != written {t['written']} + dropped {t['dropped']}")
-    if sum(s.samples for s in m.shards) != t["written"]:
+    if t.inputs != t.written + t.dropped:
+        problems.append(f"totals: inputs {t.inputs} != written {t.written} + dropped {t.dropped}")
+    if sum(s.samples for s in m.shards) != t.written:
         problems.append("totals: shard sample counts do not add up to 'written'")
-    if m.dropped().num_rows != t["dropped"]:
-        problems.append(f"dropped.parquet: {m.dropped().num_rows} rows, manifest says {t['dropped']}")
+    if m.dropped().num_rows != t.dropped:
+        problems.append(f"dropped.parquet: {m.dropped().num_rows} rows, manifest says {t.dropped}")
     for shard in m.shards:
         if not storage.exists(shard.url):
             problems.append(f"{shard.name}: missing")
@@ -85,13 +85,13 @@ def _sample_problem(key: str, files: dict[str, bytes]) -> str:
     if set(files) - {"txt"} != {"jpg", "json"}:  # txt: in shards written since 2026-12
         return f"files {sorted(files)}, expected jpg, json and txt"
     try:
-        sample = Sample.from_json(json.loads(files["json"]))
+        sample = Sample.parse(files["json"])
         if "txt" in files and files["txt"] != sample.caption.encode():
             return "txt is not the json's caption"
         if key != sample_key(sample.source, sample.id):
             return "key is not sample_key(source, id)"
     except (ValueError, RecursionError) as e:  # SchemaError, bad JSON or UTF-8, lone surrogates
-        return str(e)[:300] or repr(e)
+        return one_line(e, 300) or repr(e)
     try:
         size = Image.open(io.BytesIO(files["jpg"])).size
     except Exception as e:  # noqa: BLE001 (any decoder failure is the finding)

@@ -1,15 +1,15 @@
-"""Manifests: what other teams consume. See ``docs/schema.md``.
+"""Manifests, read: what other teams consume. See ``docs/schema.md``.
 
 Per dataset folder: the shards, ``shards.parquet`` (one row per shard), ``dropped.parquet``
 (one row per input that was not written), and ``dataset.json`` — written last and
-atomically, so a reader that sees it sees a complete dataset.
+atomically (``dataset.py``), so a reader that sees it sees a complete dataset.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pyarrow as pa
@@ -18,38 +18,12 @@ import pyarrow.parquet as pq
 from pipeline import storage
 from pipeline.config import UserError
 from pipeline.schema import SCHEMA_VERSION
+from pipeline.shards.stats import Totals, count_fields, reason_fields
 
 MANIFEST_FILE = "dataset.json"
 SHARDS_TABLE = "shards.parquet"
 DROPPED_TABLE = "dropped.parquet"
 SIZES_FILE = "sizes.json"  # {shard name: samples}: how open_clip_train counts a dataset's samples
-
-SHARDS_SCHEMA = pa.schema(
-    [
-        ("name", pa.string()),
-        ("samples", pa.int64()),
-        ("bytes", pa.int64()),
-        ("sha256", pa.string()),
-        ("inputs", pa.int64()),
-        ("dropped", pa.int64()),
-        ("repaired", pa.int64()),
-        ("boxes_dropped", pa.int64()),
-        ("phrases", pa.int64()),
-        ("regions", pa.int64()),
-        ("linked_phrases", pa.int64()),
-        ("ambiguous_phrases", pa.int64()),
-        ("node", pa.string()),
-    ]
-)
-DROPPED_SCHEMA = pa.schema(
-    [
-        ("ordinal", pa.int64()),
-        ("id", pa.string()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("shard", pa.string()),
-    ]
-)
 
 
 class ManifestError(UserError, ValueError):
@@ -78,17 +52,8 @@ class ShardEntry:
     sha256: str
 
 
-COUNTS = (
-    "inputs",
-    "written",
-    "dropped",
-    "phrases",
-    "regions",
-    "linked_phrases",
-    "ambiguous_phrases",
-    "bytes",
-)
-BY_REASON = ("dropped_by_reason", "repaired_by_reason", "boxes_dropped_by_reason")
+COUNTS = count_fields(Totals)
+BY_REASON = reason_fields(Totals)
 
 
 @dataclass(frozen=True)
@@ -127,9 +92,9 @@ class Manifest:
         return self.get("totals.written")
 
     @property
-    def totals(self) -> dict[str, Any]:
-        """The whole ``totals`` section: every count and per-reason table (inspect, verify)."""
-        return {key: self.get(f"totals.{key}") for key in (*COUNTS, *BY_REASON)}
+    def totals(self) -> Totals:
+        """The whole ``totals`` section (inspect, verify); a missing field fails naming it."""
+        return Totals(**{f.name: self.get(f"totals.{f.name}") for f in fields(Totals)})
 
     def shard_urls(self) -> list[str]:
         return [s.url for s in self.shards]
@@ -198,23 +163,3 @@ _REASON_COUNTS = (
     lambda value: isinstance(value, dict) and all(_is_count(v) for v in value.values()),
     "an object of counts",
 )
-
-
-def write_manifest(root: str, manifest: dict[str, Any], shard_rows: list[dict], drops: list[dict]) -> None:
-    """Write both tables and ``sizes.json``, then ``dataset.json`` last, each atomically."""
-    sizes = {row["name"]: row["samples"] for row in shard_rows}
-    storage.write_atomic(f"{root}/{SIZES_FILE}", json.dumps(sizes, indent=1).encode())
-    storage.write_atomic(
-        f"{root}/{SHARDS_TABLE}", _parquet(pa.Table.from_pylist(shard_rows, schema=SHARDS_SCHEMA))
-    )
-    storage.write_atomic(
-        f"{root}/{DROPPED_TABLE}", _parquet(pa.Table.from_pylist(drops, schema=DROPPED_SCHEMA))
-    )
-    body = json.dumps(manifest, indent=1, sort_keys=False, ensure_ascii=False).encode()
-    storage.write_atomic(f"{root}/{MANIFEST_FILE}", body)
-
-
-def _parquet(table: pa.Table) -> bytes:
-    out = io.BytesIO()
-    pq.write_table(table, out)
-    return out.getvalue()

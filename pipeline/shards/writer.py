@@ -1,5 +1,5 @@
-"""Shard files: the writer (samples → one WebDataset tar, byte-for-byte reproducible, visible
-only when whole) and the streaming reader, both over ``storage`` (local or S3)."""
+"""Shard files, written: samples → one WebDataset tar, byte-for-byte reproducible, visible only
+when whole, over ``storage`` (local or S3). Reading them back: ``reader.py``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pipeline import storage
 
@@ -47,35 +47,6 @@ def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict]]) -> ShardFi
                 _add(tar, f"{key}.txt", meta["caption"].encode())
                 count += 1
     return ShardFile(url.rsplit("/", 1)[-1], count, out.size, out.sha256.hexdigest())
-
-
-def file_digest(url: str) -> tuple[int, str]:
-    """(bytes, sha256) of a stored file, streamed."""
-    digest, size = hashlib.sha256(), 0
-    with storage.open_stream(url) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
-def read_samples(url: str, handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
-    """The samples of one shard, streamed: ``{"__key__", "__url__", "jpg": bytes, "json": bytes}``.
-
-    WebDataset's own tar expansion and key grouping over our storage (local or S3). ``handler``
-    gets any error opening or reading the shard and returns whether to go on (WebDataset's rule).
-    webdataset is imported here: it imports torch, which the data-prep driver has no use for.
-    """
-    import webdataset as wds
-
-    try:
-        stream = storage.open_stream(url)
-    except Exception as e:  # noqa: BLE001 - the handler decides, as for errors while reading
-        handler(e)
-        return
-    with stream:
-        files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}], handler=handler)
-        yield from wds.tariterators.group_by_keys(files, handler=handler)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

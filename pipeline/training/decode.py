@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.batch import Box
 from pipeline.models.transform import model_input_image, random_resized_crop
 from pipeline.schema import Phrase, Sample, SchemaError
-from pipeline.shards.writer import read_samples
+from pipeline.shards.reader import read_samples
 from pipeline.text.concepts import select
 from pipeline.training.config import DataConfig
 from pipeline.training.shard_plan import Piece, stream_seed
