@@ -205,6 +205,15 @@ def test_vg_caption_is_a_sentence_per_distinct_phrase_with_its_box():
     ]
     assert left_out == {"box_repeated_phrase": 1, "box_sentence_cut": 1}  # counted, never lost
 
+    caption, every, left_out = regions_caption(regions, max_sentences=3, keep_all=True)
+    assert caption == "Man wearing a red shirt. The sky is blue! A dog." and left_out == {}
+    assert every[:2] == [  # the repeated phrase's region too, labelled with its own phrase
+        {"box": [10, 20, 40, 60], "label": "man wearing a red shirt"},
+        {"box": [0, 0, 5, 5], "label": "Man wearing a red shirt"},
+    ]
+    assert every[-1] == {"box": [1, 2, 4, 6], "label": "tree"}  # beyond the last sentence: kept, labelled
+    assert len(every) == len(boxes) + 2
+
 
 def test_vg_records_find_images_in_either_folder(tmp_path):
     for folder, name in (("VG_100K", "1.jpg"), ("VG_100K_2", "2.jpg"), ("", "3.jpg"), ("VG_100K_2", "1.jpg")):
@@ -249,6 +258,7 @@ def test_config_names_the_bad_key():
             ["input.format=visual_genome", "input.regions=r.json", "input.images=i", "input.captions=c.json"],
             "input.captions: not read by format visual_genome",
         ),
+        (["input.index=x.jsonl", "input.keep_regions=all"], "input.keep_regions: not read by format index"),
         (
             ["input.format=sharegpt4v", "input.captions=c.json", "input.images=i", "input.instances=x.json"],
             "input.instances: not read by format sharegpt4v",

@@ -32,6 +32,9 @@ class InputConfig:
     instances: str = ""  # coco, optional: instances_*.json, whose boxes become the annotations
     regions: str = ""  # visual_genome: region_descriptions.json
     images: str = ""  # coco, sharegpt4v, visual_genome: the folder (or S3 prefix) the images are in
+    # visual_genome: "said" keeps the regions the caption says (one per distinct phrase, up to
+    # text.max_sentences; the rest counted as dropped boxes), "all" every region as a labelled box
+    keep_regions: Literal["said", "all"] = "said"
     source: str = ""  # dataset name written into every sample; default: the input's folder name
     # A slice of the input: the inputs whose ordinal is in [skip, skip + limit); limit null: to the end.
     # The same records and drops as in a run on the whole input. A held-out set: limit=1000, then skip=1000.
@@ -46,6 +49,8 @@ class InputConfig:
         for key in ("index", "shards", "captions", "instances", "regions", "images"):
             if getattr(self, key) and key not in required + optional:
                 raise ValueError(f"{key}: not read by format {self.format} (set input.format)")
+        if self.keep_regions != "said" and self.format != "visual_genome":
+            raise ValueError(f"keep_regions: not read by format {self.format} (visual_genome only)")
         at_least(self, 0, "skip")
         at_least(self, 1, "limit")
 

@@ -74,7 +74,8 @@ def read_input(
     elif cfg.format == "sharegpt4v":
         items = read_sharegpt4v(cfg.captions, cfg.images, max_caption_chars)
     elif cfg.format == "visual_genome":
-        items = read_visual_genome(cfg.regions, cfg.images, max_caption_chars, max_sentences)
+        keep_all = cfg.keep_regions == "all"
+        items = read_visual_genome(cfg.regions, cfg.images, max_caption_chars, max_sentences, keep_all)
     else:
         items = tars.read_tars(files, max_caption_chars, list_tars)
     if cfg.skip or cfg.limit is not None:
@@ -144,7 +145,13 @@ def describe(cfg: InputConfig, files: InputFiles) -> dict:
         }
     if cfg.format == "webdataset":
         return {"format": "webdataset", "shards": cfg.shards, "tars": len(files), **window}
-    return {"format": cfg.format, **{key: getattr(cfg, key) for key in INPUT_KEYS[cfg.format][0]}, **window}
+    kept = {"keep_regions": cfg.keep_regions} if cfg.keep_regions != "said" else {}
+    return {
+        "format": cfg.format,
+        **{key: getattr(cfg, key) for key in INPUT_KEYS[cfg.format][0]},
+        **kept,
+        **window,
+    }
 
 
 def default_source(cfg: InputConfig, files: InputFiles) -> str:

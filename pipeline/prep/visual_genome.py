@@ -16,7 +16,10 @@ y + h]`` labelled with the phrase, so the ``annotations`` grounder links the sen
 noun chunk to it (the label is the sentence; docs/text_and_grounding.md). A phrase repeated in
 an image (VG has many: several annotators, several windows) is said once and keeps its first
 region. The regions left out are counted in the shard's ``boxes_dropped_by_reason``:
-``box_repeated_phrase`` and ``box_sentence_cut`` (after ``text.max_sentences``). A region
+``box_repeated_phrase`` and ``box_sentence_cut`` (after ``text.max_sentences``), unless
+``input.keep_regions: all`` keeps every region as a box labelled with its phrase: those no
+sentence says are regions no phrase links to (box classification and every reader of
+``regions`` see them). A region
 whose phrase is not a non-empty string becomes a box without a label, which the image stage
 counts as ``box_label_invalid``.
 """
@@ -43,15 +46,16 @@ IMAGE_FOLDERS = ("", "VG_100K", "VG_100K_2")  # under input.images; the first ho
 
 
 def read_visual_genome(
-    regions: str, images: str, max_caption_chars: int, max_sentences: int
+    regions: str, images: str, max_caption_chars: int, max_sentences: int, keep_all: bool = False
 ) -> Iterator[InputRecord | Drop]:
-    """The records of a region descriptions file, streamed; images found under ``images``."""
+    """The records of a region descriptions file, streamed; images found under ``images``;
+    ``keep_all``: every region a box (``input.keep_regions``)."""
     found = image_files(images)
     items = enumerate(read_json_list(regions, "regions"))
     yield from unique_ids(
         item
         if isinstance(item, Drop)
-        else vg_record(item, ordinal, found, images, max_caption_chars, max_sentences)
+        else vg_record(item, ordinal, found, images, max_caption_chars, max_sentences, keep_all)
         for ordinal, item in items
     )
 
@@ -67,7 +71,13 @@ def image_files(images: str) -> dict[str, str]:
 
 
 def vg_record(
-    item: Any, ordinal: int, found: dict[str, str], images: str, max_caption_chars: int, max_sentences: int
+    item: Any,
+    ordinal: int,
+    found: dict[str, str],
+    images: str,
+    max_caption_chars: int,
+    max_sentences: int,
+    keep_all: bool = False,
 ) -> InputRecord | Drop:
     """One image's entry as a record (caption and boxes from its regions), or a drop."""
     if not isinstance(item, dict):
@@ -79,7 +89,7 @@ def vg_record(
         return Drop(ordinal, None, "invalid_id", repr(item["id"]))
     if not isinstance(item.get("regions"), list):
         return Drop(ordinal, rid, "missing_field", "regions")
-    caption, boxes, left_out = regions_caption(item["regions"], max_sentences)
+    caption, boxes, left_out = regions_caption(item["regions"], max_sentences, keep_all)
     if not caption:
         return Drop(ordinal, rid, "missing_field", "caption (no region has a phrase)")
     problem = caption_problem(caption, max_caption_chars)
@@ -90,24 +100,25 @@ def vg_record(
     return InputRecord(ordinal, rid, image, caption, boxes, boxes_left_out=left_out or None)
 
 
-def regions_caption(regions: list, max_sentences: int) -> tuple[str, list[dict], dict[str, int]]:
+def regions_caption(
+    regions: list, max_sentences: int, keep_all: bool = False
+) -> tuple[str, list[dict], dict[str, int]]:
     """The caption (a sentence per distinct phrase, at most ``max_sentences``), the boxes of the
-    regions it says, each labelled with its phrase, and the regions left out, by reason:
-    ``box_repeated_phrase`` (a phrase said already keeps its first region), ``box_sentence_cut``
-    (after the last sentence kept)."""
+    regions it says (``keep_all``: of every region), each labelled with its phrase, and the
+    regions left out, by reason: ``box_repeated_phrase`` (a phrase said already keeps its first
+    region), ``box_sentence_cut`` (after the last sentence kept)."""
     sentences: list[str] = []
     boxes: list[dict] = []
     left_out = {"box_repeated_phrase": 0, "box_sentence_cut": 0}
     for region in regions:
         phrase = region.get("phrase") if isinstance(region, dict) else None
         sentence = as_sentence(phrase) if isinstance(phrase, str) and is_text(phrase) else ""
-        if sentence in sentences:
-            left_out["box_repeated_phrase"] += 1
+        said = sentence in sentences
+        cut = not said and len(sentences) == max_sentences
+        if (said or cut) and not keep_all:
+            left_out["box_repeated_phrase" if said else "box_sentence_cut"] += 1
             continue
-        if len(sentences) == max_sentences:
-            left_out["box_sentence_cut"] += 1
-            continue
-        if sentence:
+        if sentence and not (said or cut):
             sentences.append(sentence)
         xywh = [region.get(k) for k in ("x", "y", "width", "height")] if isinstance(region, dict) else None
         boxes.append({"box": xywh_to_xyxy(xywh), "label": " ".join(phrase.split()) if sentence else None})
