@@ -6,13 +6,14 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 import webdataset as wds
 
 from pipeline.config import ConfigError, load_config
 from pipeline.prep import inputs
-from pipeline.prep.config import PrepConfig
+from pipeline.prep.config import InputConfig, PrepConfig
 from pipeline.prep.job import run
 from pipeline.prep.jsonlist import BrokenList, parse_json_list, read_json_list
 from pipeline.prep.records import Drop, InputRecord
@@ -248,6 +249,10 @@ def test_vg_bad_entries(item, reason, detail):
 
 
 # --- config -----------------------------------------------------------------------------------
+
+
+def test_every_format_the_config_names_has_one_registry_entry():
+    assert set(get_args(get_type_hints(InputConfig)["format"])) == set(inputs.FORMATS)
 
 
 def test_config_names_the_bad_key():

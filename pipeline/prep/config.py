@@ -7,16 +7,8 @@ from typing import Literal
 
 from pipeline.config import at_least, positive
 from pipeline.grounding.config import GroundingConfig
+from pipeline.prep.inputs import FORMATS
 from pipeline.text.config import TextConfig
-
-# What each input format reads: (required keys, optional keys). Keys of another format are refused.
-INPUT_KEYS = {
-    "index": (("index",), ()),
-    "webdataset": (("shards",), ()),
-    "coco": (("captions", "images"), ("instances",)),
-    "sharegpt4v": (("captions", "images"), ()),
-    "visual_genome": (("regions", "images"), ()),
-}
 
 
 @dataclass(frozen=True)
@@ -42,7 +34,7 @@ class InputConfig:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        required, optional = INPUT_KEYS[self.format]
+        required, optional = FORMATS[self.format].required, FORMATS[self.format].optional
         for key in required:
             if not getattr(self, key):
                 raise ValueError(f"{key}: required for format {self.format}")

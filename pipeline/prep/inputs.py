@@ -4,7 +4,8 @@ Formats: ``index`` (our JSONL/Parquet index, ``index.py``), ``webdataset`` (img2
 tars, ``tars.py``), ``coco`` (captions + instances JSON, ``coco.py``), ``sharegpt4v`` (a caption
 JSON list, ``sharegpt4v.py``), ``visual_genome`` (region descriptions, ``visual_genome.py``).
 Each reads into the same ordered stream of records and drops; ``input.skip``/``input.limit``
-take a slice of it by ordinal.
+take a slice of it by ordinal. :data:`FORMATS` holds each one's keys, reader and manifest entry:
+adding a format is its reader module, an entry there, and its name in ``InputConfig.format``.
 
 A job's identity (``run_id``, what ``existing_output=resume`` checks) covers every input file:
 index and annotation files (COCO, ShareGPT4V, Visual Genome) by size + sha256 (they are the
@@ -17,14 +18,15 @@ removed or renamed tar changes the list.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import storage
 from pipeline.config import BadInput, InputNotFound
 from pipeline.prep import tars
 from pipeline.prep.coco import read_coco
-from pipeline.prep.config import INPUT_KEYS, InputConfig
 from pipeline.prep.index import count_index_rows, index_format, read_index
 from pipeline.prep.records import Drop, InputRecord, is_text
 from pipeline.prep.sharegpt4v import read_sharegpt4v
@@ -32,28 +34,111 @@ from pipeline.prep.visual_genome import read_visual_genome
 from pipeline.shards.reader import file_digest
 from pipeline.storage import FileStat
 
+if TYPE_CHECKING:
+    from pipeline.prep.config import InputConfig
+
 InputFiles = list[tuple[str, FileStat | None]]  # URL, size and version; None: a named tar that is not there
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a reader is given besides the config: the job's bounds per record, and how a
+    webdataset input's tars are listed."""
+
+    caption_chars: int
+    sentences: int
+    list_tars: tars.Lister
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """One ``input.format``: the keys it reads and how. A new format is its reader module and an
+    entry in :data:`FORMATS`; every other step of the job reads the entry."""
+
+    required: tuple[str, ...]  # config keys it needs; keys of another format are refused
+    read: Callable[[InputConfig, InputFiles, Limits], Iterator[InputRecord | Drop]]
+    optional: tuple[str, ...] = ()
+    locate: Callable[[InputConfig], InputFiles] = lambda cfg: _named_files(cfg)
+    # the manifest's ``input`` section beside ``format``: default, the required keys
+    describe: Callable[[InputConfig, InputFiles], dict] = lambda cfg, files: _keys(cfg)
+    # the URL whose folder names the dataset: default, the first input file's
+    names_source: Callable[[InputConfig, InputFiles], str] = lambda cfg, files: files[0][0]
+    count: Callable[[InputConfig], int | None] = lambda cfg: None  # inputs, when cheap to know
+
+
+FORMATS: dict[str, InputFormat] = {
+    "index": InputFormat(
+        required=("index",),
+        read=lambda cfg, files, limits: read_index(cfg.index, limits.caption_chars),
+        locate=lambda cfg: (index_format(cfg.index), _named_files(cfg))[1],
+        describe=lambda cfg, files: {"format": index_format(cfg.index), "index": cfg.index},
+        count=lambda cfg: count_index_rows(cfg.index),
+    ),
+    "webdataset": InputFormat(
+        required=("shards",),
+        read=lambda cfg, files, limits: tars.read_tars(files, limits.caption_chars, limits.list_tars),
+        locate=lambda cfg: _tars(cfg.shards),
+        describe=lambda cfg, files: {"shards": cfg.shards, "tars": len(files)},
+    ),
+    "coco": InputFormat(
+        required=("captions", "images"),
+        optional=("instances",),
+        read=lambda cfg, files, limits: read_coco(
+            cfg.captions, cfg.instances, cfg.images, limits.caption_chars
+        ),
+        describe=lambda cfg, files: {
+            "captions": cfg.captions,
+            "instances": cfg.instances or None,
+            "images": cfg.images,
+        },
+        names_source=lambda cfg, files: cfg.images,  # train2017/ sits in the dataset's folder
+    ),
+    "sharegpt4v": InputFormat(
+        required=("captions", "images"),
+        read=lambda cfg, files, limits: read_sharegpt4v(cfg.captions, cfg.images, limits.caption_chars),
+    ),
+    "visual_genome": InputFormat(
+        required=("regions", "images"),
+        read=lambda cfg, files, limits: read_visual_genome(
+            cfg.regions, cfg.images, limits.caption_chars, limits.sentences, cfg.keep_regions == "all"
+        ),
+        describe=lambda cfg, files: {
+            **_keys(cfg),
+            **({"keep_regions": cfg.keep_regions} if cfg.keep_regions != "said" else {}),
+        },
+    ),
+}
 
 
 def locate(cfg: InputConfig) -> InputFiles:
     """The input's files; fails before any work, naming the key, when the input is not there."""
-    if cfg.format == "webdataset":
-        files = tars.locate(cfg.shards)
-        if not any(stat for _, stat in files):
-            raise InputNotFound(f"input.shards: no tar found at {cfg.shards}")
-        return files
-    if cfg.format == "index":
-        index_format(cfg.index)
-    elif not storage.is_dir(cfg.images):
+    return FORMATS[cfg.format].locate(cfg)
+
+
+def _named_files(cfg: InputConfig) -> InputFiles:
+    """The annotation or index files the config names, each a regular file, and the images folder
+    there if the format reads one."""
+    spec = FORMATS[cfg.format]
+    if "images" in spec.required and not storage.is_dir(cfg.images):
         raise InputNotFound(f"input.images: {cfg.images} is not a folder (or an S3 prefix holding objects)")
-    required, optional = INPUT_KEYS[cfg.format]
-    named = [(key, getattr(cfg, key)) for key in required + optional if key != "images"]
+    named = [(key, getattr(cfg, key)) for key in spec.required + spec.optional if key != "images"]
     for key, url in named:
         if url and not storage.exists(url):
             raise InputNotFound(f"input.{key}: {url} does not exist")
         if url and not storage.is_regular_file(url):  # a FIFO would block the read that hashes it
             raise BadInput(f"input.{key}: {url} is not a regular file")
     return [(url, FileStat(*file_digest(url))) for _, url in named if url]
+
+
+def _tars(spec: str) -> InputFiles:
+    files = tars.locate(spec)
+    if not any(stat for _, stat in files):
+        raise InputNotFound(f"input.shards: no tar found at {spec}")
+    return files
+
+
+def _keys(cfg: InputConfig) -> dict:
+    return {key: getattr(cfg, key) for key in FORMATS[cfg.format].required}
 
 
 def read_input(
@@ -67,17 +152,7 @@ def read_input(
     """Every input of the slice, in order (the ordinals), as a valid record or a drop with its reason;
     a record's boxes after the first ``max_boxes`` are cut here, where they are read, and counted.
     ``list_tars`` lists the tars of a ``webdataset`` input (the job lists them as Ray tasks)."""
-    if cfg.format == "index":
-        items = read_index(cfg.index, max_caption_chars)
-    elif cfg.format == "coco":
-        items = read_coco(cfg.captions, cfg.instances, cfg.images, max_caption_chars)
-    elif cfg.format == "sharegpt4v":
-        items = read_sharegpt4v(cfg.captions, cfg.images, max_caption_chars)
-    elif cfg.format == "visual_genome":
-        keep_all = cfg.keep_regions == "all"
-        items = read_visual_genome(cfg.regions, cfg.images, max_caption_chars, max_sentences, keep_all)
-    else:
-        items = tars.read_tars(files, max_caption_chars, list_tars)
+    items = FORMATS[cfg.format].read(cfg, files, Limits(max_caption_chars, max_sentences, list_tars))
     if cfg.skip or cfg.limit is not None:
         items = ordinal_slice(items, cfg.skip, cfg.limit)
     return admit(items, max_boxes)
@@ -111,12 +186,12 @@ def ordinal_slice(
             yield item
 
 
-def count(cfg: InputConfig, files: InputFiles) -> int | None:
+def count(cfg: InputConfig) -> int | None:
     """How many inputs the slice holds, when that is cheap to know before reading them: an
     index's lines (JSONL, counted without parsing) or rows (Parquet metadata); None otherwise."""
-    if cfg.format != "index":
+    total = FORMATS[cfg.format].count(cfg)
+    if total is None:
         return None
-    total = count_index_rows(cfg.index)
     end = total if cfg.limit is None else min(total, cfg.skip + cfg.limit)
     return max(0, end - cfg.skip)
 
@@ -133,32 +208,10 @@ def identity(files: InputFiles) -> list:
 def describe(cfg: InputConfig, files: InputFiles) -> dict:
     """The manifest's ``input`` section (``source`` is added by the job)."""
     window = {"skip": cfg.skip, "limit": cfg.limit} if cfg.skip or cfg.limit is not None else {}
-    if cfg.format == "index":
-        return {"format": index_format(cfg.index), "index": cfg.index, **window}
-    if cfg.format == "coco":
-        return {
-            "format": "coco",
-            "captions": cfg.captions,
-            "instances": cfg.instances or None,
-            "images": cfg.images,
-            **window,
-        }
-    if cfg.format == "webdataset":
-        return {"format": "webdataset", "shards": cfg.shards, "tars": len(files), **window}
-    kept = {"keep_regions": cfg.keep_regions} if cfg.keep_regions != "said" else {}
-    return {
-        "format": cfg.format,
-        **{key: getattr(cfg, key) for key in INPUT_KEYS[cfg.format][0]},
-        **kept,
-        **window,
-    }
+    return {"format": cfg.format, **FORMATS[cfg.format].describe(cfg, files), **window}
 
 
 def default_source(cfg: InputConfig, files: InputFiles) -> str:
-    """The dataset's folder name: the index's folder, the (first) tar's folder, the COCO images' parent,
-    the ShareGPT4V or Visual Genome annotation file's folder."""
-    if cfg.format == "webdataset":
-        return Path(storage.parent(files[0][0])).name
-    if cfg.format == "coco":
-        return Path(storage.parent(cfg.images)).name  # train2017/ sits in the dataset's folder
-    return Path(storage.parent(files[0][0])).name  # the index or annotation file
+    """The dataset's folder name: the folder of the index, the first tar, the annotation file, or
+    COCO's images folder's parent."""
+    return Path(storage.parent(FORMATS[cfg.format].names_source(cfg, files))).name

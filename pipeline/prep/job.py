@@ -64,7 +64,7 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         list_tars=_list_tars_on_ray,
     )
     resumed = sum(result.stats.inputs for result in done.values())
-    progress = Progress(inputs.count(cfg.input, files), resumed)
+    progress = Progress(inputs.count(cfg.input), resumed)
     shard_rows = [result.stats for result in done.values()]
     drops = [d for result in done.values() for d in result.drops]
     try:
