@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline.config import BadInput, InputNotFound
-from pipeline.eval.data import EvalImage, image_file
+from pipeline.eval.data import IMAGES_AT_ONCE, EvalImage, image_file
 from pipeline.eval.fgovd import FgovdSuite, read_fgovd, score_fgovd
 from pipeline.eval.json_fields import field, json_lines, read_json
 from pipeline.eval.metrics import retrieval_recall
@@ -48,8 +48,6 @@ from pipeline.prep.sharegpt4v import first_gpt_turn
 
 if TYPE_CHECKING:
     from pipeline.eval.config import EvalConfig
-
-IMAGE_CHUNK = 256  # images whose bytes are held at once while embedding
 
 
 @dataclass(frozen=True)
@@ -114,8 +112,8 @@ def _image_chunks(paths: list[Path]) -> Iterator[list[EvalImage]]:
 
 
 def _chunks(items: list) -> Iterator[list]:
-    for start in range(0, len(items), IMAGE_CHUNK):
-        yield items[start : start + IMAGE_CHUNK]
+    for start in range(0, len(items), IMAGES_AT_ONCE):
+        yield items[start : start + IMAGES_AT_ONCE]
 
 
 # --- readers ------------------------------------------------------------------------------------

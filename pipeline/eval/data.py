@@ -88,6 +88,9 @@ def _eval_image(sample: Sample, jpg: bytes) -> EvalImage:
     return EvalImage(sample.id, jpg, sample.width, sample.height, sample.caption, boxes, labels, queries)
 
 
+IMAGES_AT_ONCE = 256  # benchmark images whose bytes are held at once while embedding
+
+
 def image_file(path: Path, boxes: Sequence[Box] = ()) -> EvalImage:
     """A benchmark's image file, with ``boxes`` in its pixels. It is decoded once here, at an
     eighth of its size where the format allows: one that does not decode is a one-line

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from pipeline.config import BadInput
-from pipeline.eval.data import Box, EvalImage, image_file
+from pipeline.eval.data import IMAGES_AT_ONCE, Box, EvalImage, image_file
 from pipeline.eval.json_fields import field, json_lines, read_json
 from pipeline.eval.metrics import first_wins
 from pipeline.eval.model import available_paths, box_scores, embed_images, embed_texts
@@ -47,7 +47,6 @@ FILES = {
     "e_attributes_llava": "easy",
     "shuffle_negatives_llava": "trivial",
 }
-IMAGES_PER_STEP = 256  # images whose bytes are held at once
 
 
 @dataclass(frozen=True)
@@ -107,15 +106,15 @@ def score_fgovd(
 
 
 def _by_image(trials: list[BoxTrial]) -> Iterator[tuple[list[EvalImage], list[BoxTrial]]]:
-    """The trials grouped by image, ``IMAGES_PER_STEP`` images at a time: (images with their boxes,
+    """The trials grouped by image, ``IMAGES_AT_ONCE`` images at a time: (images with their boxes,
     the trials in the same box order)."""
     grouped: dict[Path, list[BoxTrial]] = {}
     for t in trials:
         grouped.setdefault(t.image, []).append(t)
     paths = list(grouped)
-    for start in range(0, len(paths), IMAGES_PER_STEP):
+    for start in range(0, len(paths), IMAGES_AT_ONCE):
         images, chunk = [], []
-        for path in paths[start : start + IMAGES_PER_STEP]:
+        for path in paths[start : start + IMAGES_AT_ONCE]:
             images.append(image_file(path, [t.box for t in grouped[path]]))
             chunk += grouped[path]
         yield images, chunk

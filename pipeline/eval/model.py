@@ -82,13 +82,12 @@ def embed_images(
     paths = tuple(available_paths(model, paths))
     visual = model.clip.visual
     size = visual.image_size[0]
-    to_tensor = normalizer(visual)
     device = next(model.parameters()).device
     globals_, box_patches = [], []
     regions: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        pixels = torch.stack([to_tensor(model_input_image(im.jpg, size)[0]) for im in chunk]).to(device)
+        pixels = model_pixels(model, chunk)
         image, grid = encode_image_dense(visual, pixels, model.cfg.dense)
         globals_.append(F.normalize(image, dim=-1))
         boxes, mask = _input_boxes(chunk, size, device)
@@ -99,12 +98,21 @@ def embed_images(
         if "head" in paths:
             regions["head"].extend(F.normalize(model.region_head(model.clip, features), dim=-1).split(counts))
         if "crop" in paths:
-            regions["crop"].extend(_crops(model, chunk, to_tensor, device).split(counts))
+            regions["crop"].extend(_crops(model, chunk).split(counts))
         if "pooler" in paths:
-            patches = F.normalize(grid @ visual.proj, dim=-1)
+            keys = model.pooler_keys(grid)
             for b, r in mask.nonzero().tolist():
-                box_patches.append(patches[b][_covered(boxes[b, r], grid.shape[1:3], size)])
+                box_patches.append(keys[b][_covered(boxes[b, r], grid.shape[1:3], size).flatten()])
     return ImageEmbeddings(torch.cat(globals_), regions, box_patches)
+
+
+def model_pixels(model: FineGrainedCLIP, images: list[EvalImage]) -> torch.Tensor:
+    """[B, 3, S, S] on the model's device: each whole image resized to the square input and
+    normalised, as the training loader makes it."""
+    visual = model.clip.visual
+    to_tensor = normalizer(visual)
+    pixels = [to_tensor(model_input_image(im.jpg, visual.image_size[0])[0]) for im in images]
+    return torch.stack(pixels).to(next(model.parameters()).device)
 
 
 def _input_boxes(
@@ -121,16 +129,18 @@ def _input_boxes(
     return boxes, mask
 
 
-def _crops(model: FineGrainedCLIP, chunk: list[EvalImage], to_tensor, device: torch.device) -> torch.Tensor:
+def _crops(model: FineGrainedCLIP, chunk: list[EvalImage]) -> torch.Tensor:
     """[n_boxes, D]: each box cut from the stored image (at least a pixel wide) and encoded whole."""
-    size = model.clip.visual.image_size[0]
+    visual = model.clip.visual
+    to_tensor, size = normalizer(visual), visual.image_size[0]
     crops = [
         to_tensor(model_input_image(im.jpg, size, (x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))[0])
         for im in chunk
         for x0, y0, x1, y1 in im.boxes
     ]
+    device = next(model.parameters()).device
     if not crops:
-        return torch.zeros(0, model.clip.visual.proj.shape[1], device=device)
+        return torch.zeros(0, visual.proj.shape[1], device=device)
     return F.normalize(model.clip.encode_image(torch.stack(crops).to(device)), dim=-1)
 
 

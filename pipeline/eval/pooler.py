@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.eval.data import EvalImage
-from pipeline.eval.model import embed_texts
+from pipeline.eval.model import embed_texts, model_pixels
 from pipeline.models import FineGrainedCLIP
 from pipeline.models.dense import encode_image_dense
-from pipeline.models.transform import model_input_image, normalizer
 
 MAX_QUERIES = 36  # per image, as β-CLIP's K: the caption, 5 sentences, 30 phrases
 
@@ -29,9 +28,6 @@ def pooler_diagnostic(model: FineGrainedCLIP, images: list[EvalImage], batch_siz
       (1: uniform, a mean pool);
     * ``peak_attention``: the largest attention weight × P (1: uniform).
     """
-    visual = model.clip.visual
-    size, to_tensor = visual.image_size[0], normalizer(visual)
-    device = next(model.parameters()).device
     stats: dict[str, list[float]] = {
         k: [] for k in ("pooled_cosine", "text_cosine", "attention_entropy", "peak_attention")
     }
@@ -39,11 +35,8 @@ def pooler_diagnostic(model: FineGrainedCLIP, images: list[EvalImage], batch_siz
         chunk = [im for im in images[start : start + batch_size] if len(set(im.queries)) > 1]
         if not chunk:
             continue
-        pixels = torch.stack([to_tensor(model_input_image(im.jpg, size)[0]) for im in chunk]).to(device)
-        patches = F.normalize(
-            encode_image_dense(visual, pixels, model.cfg.dense)[1].flatten(1, 2) @ visual.proj, dim=-1
-        )
-        for im, image_patches in zip(chunk, patches):
+        grid = encode_image_dense(model.clip.visual, model_pixels(model, chunk), model.cfg.dense)[1]
+        for im, image_patches in zip(chunk, model.pooler_keys(grid)):
             texts = embed_texts(model, list(dict.fromkeys(im.queries))[:MAX_QUERIES])
             pooled, weights = model.pooler.pool(texts[None], image_patches[None], need_weights=True)
             stats["pooled_cosine"].append(_mean_off_diagonal(F.normalize(pooled[0], dim=-1)))

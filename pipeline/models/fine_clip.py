@@ -76,8 +76,7 @@ class FineGrainedCLIP(nn.Module):
         slots = F.normalize(encode_packed(self.clip, plan.texts, b * k, tokens), dim=-1).view(b, k, -1)
         pooled = pooled_scale = regions = phrases = None
         if self.pooler is not None:
-            patches = F.normalize(grid.flatten(1, 2) @ self.clip.visual.proj, dim=-1)
-            pooled = F.normalize(self.pooler(slots, patches), dim=-1)
+            pooled = F.normalize(self.pooler(slots, self.pooler_keys(grid)), dim=-1)
             pooled_scale = capped_scale(self.pooler.logit_scale)
         if self.region_head is not None:
             features = pool_regions(grid, batch.boxes, batch.images.shape[-2:]).flatten(0, 1)
@@ -96,6 +95,11 @@ class FineGrainedCLIP(nn.Module):
             regions=regions,
             phrases=phrases,
         )
+
+    def pooler_keys(self, grid: torch.Tensor) -> torch.Tensor:
+        """Patch grid [B, h, w, C] → [B, h·w, D]: the patches in the joint space, L2-normalised,
+        what the pooler attends over (in training and in every evaluation of it)."""
+        return F.normalize(grid.flatten(1, 2) @ self.clip.visual.proj, dim=-1)
 
     def _look_up_tokens(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(embeddings of the packed texts' tokens, of the region head's start and end tokens or
