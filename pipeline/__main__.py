@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pretrain-steps", type=int, default=200, help="the clip model they start from")
     demo.add_argument("--records", type=int, default=2000, help="generated training images")
     demo.add_argument("--heldout", type=int, default=300, help="generated held-out images (evaluation)")
+    demo.add_argument("--seed", type=int, default=0, help="draws the data, the models and their order")
     demo.add_argument("overrides", nargs="*", help="PrepConfig key=value")
     return parser
 
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             args.records,
             args.heldout,
             pretrain_steps=args.pretrain_steps,
+            seed=args.seed,
         )
     except (UserError, FileNotFoundError) as e:
         return user_error_status(e)

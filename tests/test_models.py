@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import open_clip
 import pytest
 import torch
@@ -379,3 +381,36 @@ def test_pack_counts_what_encode_tokens_encodes():
     pack = pack_texts(tokens)
     assert (pack.real_tokens, pack.positions) == (short + middle + long, 2 * middle + long)  # one bucket < 8
     assert pack.positions == sum(rows * length for rows, length in shapes)
+
+
+def test_region_terms_at_their_own_temperature_leave_clips_alone():
+    """``region_temperature: own``: LRC and GR read the region head's scale, not CLIP's."""
+    model, batch = tiny_model(region_temperature="own"), tiny_batch()
+    with torch.no_grad():
+        model.region_head.logit_scale.fill_(math.log(30.0))
+    out = model(batch)
+    torch.testing.assert_close(out.region_logit_scale, torch.tensor(30.0))
+    total, terms = compute_loss(out, batch, ObjectiveConfig(name="harmo", lambda_gr=0))
+    shared = TERMS["lrc"](out, batch)  # at CLIP's scale
+    at_own = TERMS["lrc"](out._replace(logit_scale=out.region_logit_scale), batch)
+    torch.testing.assert_close(terms["lrc"], at_own.detach())
+    assert not torch.allclose(shared, at_own)
+    (total - TERMS["clip"](out, batch)).backward()  # the region terms alone
+    grads = _grads(model)
+    assert grads["clip.logit_scale"] == 0 and grads["region_head.logit_scale"] > 0
+
+
+@pytest.mark.parametrize("term", ["beta_cal", "lrc"])  # GR also reads the global embedding: trains it
+def test_detach_vision_keeps_the_heads_terms_out_of_the_image_tower(term):
+    model, batch = tiny_model(detach_vision=True), tiny_batch()
+    out = model(batch)
+    TERMS[term](out, batch).backward()
+    grads = _grads(model)
+    dense_only = [n for n in grads if n.startswith("clip.visual.transformer.resblocks.1.")]
+    assert dense_only and all(grads[n] == 0 for n in dense_only)
+    assert all(
+        g > 0 for n, g in grads.items() if n.startswith("pooler." if term == "beta_cal" else "region_head.")
+    )
+    model.zero_grad()
+    TERMS["clip"](model(batch), batch).backward()  # the global term still trains the whole tower
+    assert all(_grads(model)[n] > 0 for n in dense_only)

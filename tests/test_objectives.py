@@ -333,6 +333,7 @@ def test_compute_loss_weights_terms_and_counts_the_global_term_once():
         pooled_logit_scale=torch.tensor(5.0),
         regions=unit(bsz, r, d, seed=24),
         phrases=unit(bsz, r, d, seed=25),
+        region_logit_scale=None,
     )
     batch = SimpleNamespace(
         token_mask=torch.ones(bsz, k, dtype=torch.bool),

@@ -36,6 +36,8 @@ class EvalConfig:
     num_negatives: int = 5  # per box and difficulty (fewer where fewer exist)
     examples: int = 4  # images drawn in the report, with their boxes and top labels
     seed: int = 0  # which negatives are drawn
+    # the checkpoint every other one is held against (eval/verdict.py): kept retrieval, better regions
+    baseline: str = "clip"
 
     def __post_init__(self) -> None:
         if not self.checkpoints:

@@ -19,6 +19,7 @@ from pipeline.config import to_dict
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.data import EvalImage
 from pipeline.eval.model import REGION_PATHS
+from pipeline.eval.verdict import verdict_table, verdicts
 
 
 @dataclass
@@ -73,6 +74,9 @@ def write_report(
     }
     if len(results) == 1 and results[0].benchmarks:
         everything["benchmarks"] = results[0].benchmarks
+    verdict = verdicts(results, cfg.baseline)
+    if verdict:
+        everything["against_baseline"] = {"baseline": cfg.baseline, "models": verdict}
     (out / "metrics.json").write_text(json.dumps(everything, indent=1))
     plots = [
         p
@@ -85,7 +89,7 @@ def write_report(
     ]
     listed = [("Checkpoints", "", ["checkpoint", "spec"], [[r.name, r.spec] for r in results])]
     sections = (_tables(cfg, data, results) if data else listed) + _benchmark_tables(cfg, results)
-    sections += _pooler_table(results)
+    sections += _pooler_table(results) + verdict_table(verdict, cfg.baseline)
     (out / "report.md").write_text(_markdown(sections, plots))
     (out / "report.html").write_text(_html(sections, plots))
     return out

@@ -14,7 +14,7 @@ from pipeline.models.backbone import create_backbone
 from pipeline.models.config import ModelConfig
 from pipeline.models.dense import encode_image_dense
 from pipeline.models.heads import TextTokenRegionHead, VisualRegionHead
-from pipeline.models.pooler import TextConditionedPooler, capped_scale
+from pipeline.models.pooler import INIT_LOGIT_SCALE, TextConditionedPooler, capped_scale
 from pipeline.models.regions import pool_regions
 from pipeline.models.text import TextPack, encode_packed, pack_texts
 
@@ -33,6 +33,7 @@ class Embeddings(NamedTuple):
     pooled: torch.Tensor | None = None  # [B, K, D] text-conditioned image embedding per slot
     pooled_logit_scale: torch.Tensor | None = None  # [] the pooler's own scale
     regions: torch.Tensor | None = None  # [B, R, D] region embeddings
+    region_logit_scale: torch.Tensor | None = None  # [] the region terms' own scale, if they have one
     phrases: torch.Tensor | None = None  # [B, R, D] the embedding of each region's phrase slot
 
 
@@ -74,7 +75,9 @@ class FineGrainedCLIP(nn.Module):
         b, k = batch.token_mask.shape
         tokens, ends = self._look_up_tokens(plan)
         slots = F.normalize(encode_packed(self.clip, plan.texts, b * k, tokens), dim=-1).view(b, k, -1)
-        pooled = pooled_scale = regions = phrases = None
+        pooled = pooled_scale = regions = phrases = region_scale = None
+        if self.cfg.detach_vision:
+            grid = grid.detach()
         if self.pooler is not None:
             pooled = F.normalize(self.pooler(slots, self.pooler_keys(grid)), dim=-1)
             pooled_scale = capped_scale(self.pooler.logit_scale)
@@ -85,6 +88,8 @@ class FineGrainedCLIP(nn.Module):
             )
             regions = _scatter(embedded, plan.regions, batch.region_mask.shape)
             phrases = slots.gather(1, batch.region_slot[..., None].expand(-1, -1, slots.shape[-1]))
+            if self.cfg.region_temperature == "own":
+                region_scale = capped_scale(self.region_head.logit_scale)
         return Embeddings(
             image=F.normalize(image, dim=-1),
             text=slots[:, 0],
@@ -94,6 +99,7 @@ class FineGrainedCLIP(nn.Module):
             pooled_logit_scale=pooled_scale,
             regions=regions,
             phrases=phrases,
+            region_logit_scale=region_scale,
         )
 
     def pooler_keys(self, grid: torch.Tensor) -> torch.Tensor:
@@ -131,9 +137,13 @@ class FineGrainedCLIP(nn.Module):
 
 def _region_head(cfg: ModelConfig, clip: open_clip.CLIP) -> nn.Module:
     if cfg.region_head == "visual":
-        return VisualRegionHead()
-    tokenizer = open_clip.get_tokenizer(cfg.name)
-    return TextTokenRegionHead(clip, cfg.num_pseudo_tokens, tokenizer.sot_token_id, tokenizer.eot_token_id)
+        head = VisualRegionHead()
+    else:
+        tok = open_clip.get_tokenizer(cfg.name)
+        head = TextTokenRegionHead(clip, cfg.num_pseudo_tokens, tok.sot_token_id, tok.eot_token_id)
+    if cfg.region_temperature == "own":
+        head.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
+    return head
 
 
 def _scatter(values: torch.Tensor, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:

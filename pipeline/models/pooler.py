@@ -10,6 +10,7 @@ from open_clip.transformer import LayerNorm, QuickGELU
 from torch import nn
 
 MAX_LOGIT_SCALE = math.log(100)
+INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's temperature 0.07
 
 
 def capped_scale(logit_scale: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,7 @@ class TextConditionedPooler(nn.Module):
                 ]
             )
         )
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
 
     def forward(self, texts: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """Texts [B, K, D] and patches [B, P, D] (both L2-normalised) → pooled [B, K, D]."""

@@ -49,8 +49,10 @@ def compute_loss(
         regions, phrases = out.regions.float(), out.phrases.float()
         mask, phrase_ids = batch.region_mask, batch.text_ids.gather(1, batch.region_slot)
         region_ids = region_identity(batch.boxes, mask)
-        terms["lrc"] = (cfg.lambda_lrc, lrc_loss(regions, phrases, mask, phrase_ids, region_ids, scale))
-        terms["gr"] = (cfg.lambda_gr, gr_loss(regions, mask, region_ids, image, text, scale))
+        own = out.region_logit_scale
+        s = scale if own is None else own.float()
+        terms["lrc"] = (cfg.lambda_lrc, lrc_loss(regions, phrases, mask, phrase_ids, region_ids, s))
+        terms["gr"] = (cfg.lambda_gr, gr_loss(regions, mask, region_ids, image, text, s))
     total = sum(weight * value for weight, value in terms.values())
     return total, {name: value.detach() for name, (_, value) in terms.items()}
 

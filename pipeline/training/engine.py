@@ -86,6 +86,8 @@ def register_external_parameters(model: nn.Module) -> None:
     ]
     if model.pooler is not None:
         external.append(model.pooler.logit_scale)  # read after the pooler's forward returns
+    if getattr(model.region_head, "logit_scale", None) is not None:
+        external.append(model.region_head.logit_scale)  # read outside the head's forward
     for p in external:
         if isinstance(p, torch.nn.Parameter):
             register_external_parameter(model, p)
