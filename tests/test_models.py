@@ -414,3 +414,18 @@ def test_detach_vision_keeps_the_heads_terms_out_of_the_image_tower(term):
     model.zero_grad()
     TERMS["clip"](model(batch), batch).backward()  # the global term still trains the whole tower
     assert all(_grads(model)[n] > 0 for n in dense_only)
+
+
+@pytest.mark.parametrize("anchor", ["fixed", "trained"])
+def test_gr_with_a_fixed_anchor_trains_the_regions_and_not_the_global_pair(anchor):
+    model, batch = tiny_model(with_pooler=False), tiny_batch()
+    out = model(batch)
+    out.image.retain_grad()
+    out.text.retain_grad()
+    objective = ObjectiveConfig(name="harmo", lambda_lrc=0, gr_anchor=anchor)
+    total, terms = compute_loss(out, batch, objective)
+    torch.testing.assert_close(terms["gr"], TERMS["gr"](out, batch).detach())  # the same value
+    (total - TERMS["clip"](out, batch)).backward()  # GR's gradient, up to rounding
+    reached = [out.image.grad.abs().max() > 1e-6, out.text.grad.abs().max() > 1e-6]
+    assert reached == ([False, False] if anchor == "fixed" else [True, True])
+    assert all(g > 0 for n, g in _grads(model).items() if n.startswith("region_head."))

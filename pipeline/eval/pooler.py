@@ -36,8 +36,9 @@ def pooler_diagnostic(model: FineGrainedCLIP, images: list[EvalImage], batch_siz
         if not chunk:
             continue
         grid = encode_image_dense(model.clip.visual, model_pixels(model, chunk), model.cfg.dense)[1]
-        for im, image_patches in zip(chunk, model.pooler_keys(grid)):
-            texts = embed_texts(model, list(dict.fromkeys(im.queries))[:MAX_QUERIES])
+        queries = [list(dict.fromkeys(im.queries))[:MAX_QUERIES] for im in chunk]
+        embedded = embed_texts(model, [q for image_queries in queries for q in image_queries])
+        for texts, image_patches in zip(embedded.split([len(q) for q in queries]), model.pooler_keys(grid)):
             pooled, weights = model.pooler.pool(texts[None], image_patches[None], need_weights=True)
             stats["pooled_cosine"].append(_mean_off_diagonal(F.normalize(pooled[0], dim=-1)))
             stats["text_cosine"].append(_mean_off_diagonal(texts))

@@ -52,7 +52,8 @@ def compute_loss(
         own = out.region_logit_scale
         s = scale if own is None else own.float()
         terms["lrc"] = (cfg.lambda_lrc, lrc_loss(regions, phrases, mask, phrase_ids, region_ids, s))
-        terms["gr"] = (cfg.lambda_gr, gr_loss(regions, mask, region_ids, image, text, s))
+        anchor = (image.detach(), text.detach()) if cfg.gr_anchor == "fixed" else (image, text)
+        terms["gr"] = (cfg.lambda_gr, gr_loss(regions, mask, region_ids, *anchor, s))
     total = sum(weight * value for weight, value in terms.values())
     return total, {name: value.detach() for name, (_, value) in terms.items()}
 
