@@ -7,10 +7,11 @@
 WORKDIR is a finished ``python -m pipeline demo`` folder (``--seed`` must be the demo's): each
 ``--run "NAME OBJECTIVE [key=value ...]"`` fine-tunes the demo's pretrained start on its training
 shards with ``configs/train/beta_tiny.yaml`` and those keys changed, into ``OUT/runs/NAME`` (a
-run whose export exists is kept, so an interrupted sweep continues). Then the demo's own
-fine-tuned models and every run are evaluated together on the held-out shards, and ``OUT/table.md``
-lists, per run, what docs/evaluation.md's ablation tables show: R@1, box top-1 and FG-OVD-style
-hard along each region path, the pooler diagnostic, and the loss terms at the last step.
+run whose export exists is kept, so an interrupted sweep continues). Then every run, and the
+demo's own fine-tuned models where they trained ``--steps`` too, are evaluated together on the
+held-out shards, and ``OUT/table.md`` lists, per run, what docs/evaluation.md's ablation tables
+show: R@1, box top-1 and FG-OVD-style hard along each region path, the pooler diagnostic, and the
+loss terms at the last step. A run named ``clip`` is the baseline in place of the demo's.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ablate: run {name} failed")
             return 1
     demo_runs = {o: work / "runs" / o.replace("+", "_") for o in OBJECTIVES}
-    checkpoints = {**{o: p for o, p in demo_runs.items() if (p / "export").is_dir()}}
+    checkpoints = {o: p for o, p in demo_runs.items() if _last_step(p) == args.steps}
     checkpoints.update({name: out / "runs" / name for name in runs})
     given = {
         "data": str(work / "shards/heldout"),
@@ -103,9 +104,18 @@ def ablation_table(metrics: dict, checkpoints: dict[str, Path], changes: dict[st
     return "\n".join(rows)
 
 
+def _last_logged(run: Path) -> dict:
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "export").is_dir() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _last_step(run: Path) -> int | None:
+    """The demo's models are rows only where they trained as long as the runs (a fair comparison)."""
+    return _last_logged(run).get("step")
+
+
 def _last_terms(run: Path) -> str:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1]) if lines else {}
+    last = _last_logged(run)
     return ", ".join(f"{t} {last[t]:.2f}" for t in TERMS if t in last)
 
 

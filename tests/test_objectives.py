@@ -19,7 +19,7 @@ from pipeline.objectives import (
     info_nce,
     lrc_loss,
 )
-from pipeline.objectives.beta_cal import ce_chance_and_floor
+from pipeline.objectives.beta_cal import ce_chance_and_floor, ce_query_gain
 from pipeline.objectives.harmo import region_identity
 
 F64 = torch.float64  # exact comparisons with the python loops below
@@ -396,6 +396,34 @@ def test_beta_cal_chance_and_floor_by_hand():
     assert ce_chance_and_floor(torch.tensor([[1, 2], [3, 0]]), padded, 1.0, 0.5, "negatives")[0].item() == (
         pytest.approx(math.log(4))
     )
+
+
+def test_beta_cal_query_gain_is_what_a_blind_pooler_loses_over_free_scores():
+    """Gradient descent on free logits, distinct texts: tied per image on the pooled side (one row
+    per image, pooled → text; one column per image, text → pooled) it ends ``ce_query_gain`` above
+    the free floor. By hand: K 31 at β 0.5 leaves 0.012 nats; β 0, ln K."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    ids = torch.arange(1, 13).view(3, 4) * mask
+    alpha, beta = 1.0, 0.5
+    image = torch.arange(3).repeat_interleave(4)[mask.flatten()]
+    same = image[:, None] == image[None, :]
+    weights = torch.where(torch.eye(len(image), dtype=torch.bool), alpha, beta) * same
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    to_texts = torch.zeros(3, len(image), requires_grad=True)  # one row per image
+    to_pooled = torch.zeros(len(image), 3, requires_grad=True)  # one column per image
+    optimizer = torch.optim.Adam([to_texts, to_pooled], lr=0.2)
+    for _ in range(400):
+        rows = (to_texts[image], to_pooled[:, image])
+        loss = 0.5 * sum(-(weights * r.log_softmax(dim=1)).sum(dim=1).mean() for r in rows)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    _, floor = ce_chance_and_floor(ids, mask, alpha, beta)
+    assert loss.item() - floor.item() == pytest.approx(ce_query_gain(mask, alpha, beta).item(), abs=2e-3)
+    k31 = torch.ones(1, 31, dtype=torch.bool)
+    assert ce_query_gain(k31, 1.0, 0.5).item() == pytest.approx(0.0116, abs=1e-4)
+    assert ce_query_gain(k31, 1.0, 0.0).item() == pytest.approx(math.log(31))
 
 
 def test_beta_cal_floor_is_the_minimum_over_free_scores_with_equal_texts_tied():

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline.batch import Batch
-from pipeline.objectives.beta_cal import beta_cal_loss, ce_chance_and_floor
+from pipeline.objectives.beta_cal import beta_cal_loss, ce_chance_and_floor, ce_query_gain
 from pipeline.objectives.clip import clip_loss
 from pipeline.objectives.config import ObjectiveConfig
 from pipeline.objectives.harmo import gr_loss, lrc_loss, region_identity
@@ -59,12 +59,14 @@ def compute_loss(
 
 
 def loss_bounds(host_batch: Batch, cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
-    """What the β-CAL value means on this batch, logged beside it: ``beta_cal_chance`` and
-    ``beta_cal_floor`` (CE variant; none otherwise). Made from the host copy of the batch, as
+    """What the β-CAL value means on this batch, logged beside it: ``beta_cal_chance``,
+    ``beta_cal_floor`` and ``beta_cal_query_gain``, what a query-specific pooler can win over a
+    mean pool at most (CE variant; none otherwise). Made from the host copy of the batch, as
     grouping equal texts on a GPU would make the host wait for it."""
     if not (cfg.uses_beta_cal and cfg.variant == "ce"):
         return {}
     chance, floor = ce_chance_and_floor(
         host_batch.text_ids, host_batch.token_mask, cfg.alpha, cfg.beta, cfg.ce_padding
     )
-    return {"beta_cal_chance": chance, "beta_cal_floor": floor}
+    gain = ce_query_gain(host_batch.token_mask, cfg.alpha, cfg.beta)
+    return {"beta_cal_chance": chance, "beta_cal_floor": floor, "beta_cal_query_gain": gain}

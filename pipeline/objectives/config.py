@@ -32,8 +32,9 @@ class ObjectiveConfig:
     lambda_lrc: float = 1.0
     lambda_gr: float = 0.5  # 0: a FineCLIP-style region-contrastive ablation
     # GR's global image and caption embeddings: "fixed", constants (GR moves the regions toward the
-    # global pair and leaves the global alignment to GC); "trained", GR's gradient reaches them too
-    gr_anchor: Literal["fixed", "trained"] = "trained"
+    # global pair and leaves the global alignment to GC, HarmoCLIP's "without compromising global
+    # semantic consistency"); "trained", GR's gradient reaches them too (docs/objectives.md)
+    gr_anchor: Literal["fixed", "trained"] = "fixed"
 
     def __post_init__(self) -> None:
         check_choices(self)
