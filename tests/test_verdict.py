@@ -1,7 +1,7 @@
 """The report's verdict against clip is read off the numbers: retrieval within 2 points, regions
 better on both box top-1 and FG-OVD hard, the pooler query-specific below 0.95."""
 
-from pipeline.eval.report import ModelResult
+from pipeline.eval.result import ModelResult
 from pipeline.eval.verdict import verdict_table, verdicts
 
 

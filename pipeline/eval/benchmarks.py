@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,9 +44,6 @@ from pipeline.eval.metrics import retrieval_recall
 from pipeline.eval.model import embed_images, embed_texts
 from pipeline.models import FineGrainedCLIP
 from pipeline.prep.sharegpt4v import first_gpt_turn
-
-if TYPE_CHECKING:
-    from pipeline.eval.config import EvalConfig
 
 
 @dataclass(frozen=True)
@@ -81,13 +77,18 @@ def read_benchmark(name: str, path: str, fgovd_images: str = "") -> RetrievalSet
 
 
 def score_benchmark(
-    model: FineGrainedCLIP, name: str, bench: RetrievalSet | FgovdSuite, cfg: EvalConfig
+    model: FineGrainedCLIP,
+    name: str,
+    bench: RetrievalSet | FgovdSuite,
+    batch_size: int,
+    recall_ks: tuple[int, ...],
+    region_paths: tuple[str, ...],
 ) -> dict[str, dict]:
-    """``{NAME: {metric: value}}``. FG-OVD: the first region path of ``cfg.region_paths`` the model
-    has under ``fgovd``, any other as ``fgovd@PATH``, each naming its ``region_path``."""
+    """``{NAME: {metric: value}}``. FG-OVD: the first of ``region_paths`` the model has under
+    ``fgovd``, any other as ``fgovd@PATH``, each naming its ``region_path``."""
     if isinstance(bench, RetrievalSet):
-        return {name: score_retrieval(model, bench, cfg.batch_size, cfg.recall_ks)}
-    by_path = score_fgovd(model, bench, cfg.batch_size, cfg.region_paths)
+        return {name: score_retrieval(model, bench, batch_size, recall_ks)}
+    by_path = score_fgovd(model, bench, batch_size, region_paths)
     return {
         name if i == 0 else f"{name}@{path}": {**scores, "region_path": path}
         for i, (path, scores) in enumerate(by_path.items())

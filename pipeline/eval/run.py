@@ -25,7 +25,8 @@ from pipeline.eval.model import (
     load_model,
 )
 from pipeline.eval.pooler import pooler_diagnostic
-from pipeline.eval.report import ModelResult, write_report
+from pipeline.eval.report import write_report
+from pipeline.eval.result import ModelResult
 from pipeline.lineage import make_lineage, read_lineage
 from pipeline.models import FineGrainedCLIP
 
@@ -71,7 +72,8 @@ def evaluate(cfg: EvalConfig) -> Path:
         model = load_model(spec, device)
         result = score(name, spec, model, task) if task else ModelResult(name, spec, retrieval={})
         for bench, data in benchmarks.items():
-            result.benchmarks.update(score_benchmark(model, bench, data, cfg))
+            scored = score_benchmark(model, bench, data, cfg.batch_size, cfg.recall_ks, cfg.region_paths)
+            result.benchmarks.update(scored)
         log.info("%s: %s (%.0f s)", result.name, result.headline(), time.time() - started)
         results.append(result)
         del model

@@ -13,10 +13,7 @@ and attention entropy both at most ``POOLER_LIMIT``; 1 is a mean pool, eval/pool
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pipeline.eval.report import ModelResult
+from pipeline.eval.result import ModelResult
 
 RETRIEVAL_TOLERANCE = 2.0
 POOLER_LIMIT = 0.95

@@ -7,8 +7,17 @@ from typing import Literal
 
 from pipeline.config import at_least, positive
 from pipeline.grounding.config import GroundingConfig
-from pipeline.prep.inputs import FORMATS
 from pipeline.text.config import TextConfig
+
+# Per input.format, the input keys it reads: (required, optional); keys of another format are
+# refused. Its reader and manifest entry are in pipeline/prep/inputs.py's FORMATS.
+FORMAT_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "index": (("index",), ()),
+    "webdataset": (("shards",), ()),
+    "coco": (("captions", "images"), ("instances",)),
+    "sharegpt4v": (("captions", "images"), ()),
+    "visual_genome": (("regions", "images"), ()),
+}
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class InputConfig:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        required, optional = FORMATS[self.format].required, FORMATS[self.format].optional
+        required, optional = FORMAT_KEYS[self.format]
         for key in required:
             if not getattr(self, key):
                 raise ValueError(f"{key}: required for format {self.format}")

@@ -4,8 +4,9 @@ Formats: ``index`` (our JSONL/Parquet index, ``index.py``), ``webdataset`` (img2
 tars, ``tars.py``), ``coco`` (captions + instances JSON, ``coco.py``), ``sharegpt4v`` (a caption
 JSON list, ``sharegpt4v.py``), ``visual_genome`` (region descriptions, ``visual_genome.py``).
 Each reads into the same ordered stream of records and drops; ``input.skip``/``input.limit``
-take a slice of it by ordinal. :data:`FORMATS` holds each one's keys, reader and manifest entry:
-adding a format is its reader module, an entry there, and its name in ``InputConfig.format``.
+take a slice of it by ordinal. :data:`FORMATS` holds each one's reader and manifest entry, and
+``prep/config.FORMAT_KEYS`` its keys: adding a format is its reader module, an entry in each, and
+its name in ``InputConfig.format``.
 
 A job's identity (``run_id``, what ``existing_output=resume`` checks) covers every input file:
 index and annotation files (COCO, ShareGPT4V, Visual Genome) by size + sha256 (they are the
@@ -21,21 +22,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipeline import storage
 from pipeline.config import BadInput, InputNotFound
 from pipeline.prep import tars
 from pipeline.prep.coco import read_coco
+from pipeline.prep.config import FORMAT_KEYS, InputConfig
 from pipeline.prep.index import count_index_rows, index_format, read_index
 from pipeline.prep.records import Drop, InputRecord, is_text
 from pipeline.prep.sharegpt4v import read_sharegpt4v
 from pipeline.prep.visual_genome import read_visual_genome
 from pipeline.shards.reader import file_digest
 from pipeline.storage import FileStat
-
-if TYPE_CHECKING:
-    from pipeline.prep.config import InputConfig
 
 InputFiles = list[tuple[str, FileStat | None]]  # URL, size and version; None: a named tar that is not there
 
@@ -52,12 +50,10 @@ class Limits:
 
 @dataclass(frozen=True)
 class InputFormat:
-    """One ``input.format``: the keys it reads and how. A new format is its reader module and an
-    entry in :data:`FORMATS`; every other step of the job reads the entry."""
+    """One ``input.format``: how it is read (its keys: ``FORMAT_KEYS``). A new format is its reader
+    module and an entry in :data:`FORMATS`; every other step of the job reads the entry."""
 
-    required: tuple[str, ...]  # config keys it needs; keys of another format are refused
     read: Callable[[InputConfig, InputFiles, Limits], Iterator[InputRecord | Drop]]
-    optional: tuple[str, ...] = ()
     locate: Callable[[InputConfig], InputFiles] = lambda cfg: _named_files(cfg)
     # the manifest's ``input`` section beside ``format``: default, the required keys
     describe: Callable[[InputConfig, InputFiles], dict] = lambda cfg, files: _keys(cfg)
@@ -68,21 +64,17 @@ class InputFormat:
 
 FORMATS: dict[str, InputFormat] = {
     "index": InputFormat(
-        required=("index",),
         read=lambda cfg, files, limits: read_index(cfg.index, limits.caption_chars),
         locate=lambda cfg: (index_format(cfg.index), _named_files(cfg))[1],
         describe=lambda cfg, files: {"format": index_format(cfg.index), "index": cfg.index},
         count=lambda cfg: count_index_rows(cfg.index),
     ),
     "webdataset": InputFormat(
-        required=("shards",),
         read=lambda cfg, files, limits: tars.read_tars(files, limits.caption_chars, limits.list_tars),
         locate=lambda cfg: _tars(cfg.shards),
         describe=lambda cfg, files: {"shards": cfg.shards, "tars": len(files)},
     ),
     "coco": InputFormat(
-        required=("captions", "images"),
-        optional=("instances",),
         read=lambda cfg, files, limits: read_coco(
             cfg.captions, cfg.instances, cfg.images, limits.caption_chars
         ),
@@ -94,11 +86,9 @@ FORMATS: dict[str, InputFormat] = {
         names_source=lambda cfg, files: cfg.images,  # train2017/ sits in the dataset's folder
     ),
     "sharegpt4v": InputFormat(
-        required=("captions", "images"),
         read=lambda cfg, files, limits: read_sharegpt4v(cfg.captions, cfg.images, limits.caption_chars),
     ),
     "visual_genome": InputFormat(
-        required=("regions", "images"),
         read=lambda cfg, files, limits: read_visual_genome(
             cfg.regions, cfg.images, limits.caption_chars, limits.sentences, cfg.keep_regions == "all"
         ),
@@ -118,10 +108,10 @@ def locate(cfg: InputConfig) -> InputFiles:
 def _named_files(cfg: InputConfig) -> InputFiles:
     """The annotation or index files the config names, each a regular file, and the images folder
     there if the format reads one."""
-    spec = FORMATS[cfg.format]
-    if "images" in spec.required and not storage.is_dir(cfg.images):
+    required, optional = FORMAT_KEYS[cfg.format]
+    if "images" in required and not storage.is_dir(cfg.images):
         raise InputNotFound(f"input.images: {cfg.images} is not a folder (or an S3 prefix holding objects)")
-    named = [(key, getattr(cfg, key)) for key in spec.required + spec.optional if key != "images"]
+    named = [(key, getattr(cfg, key)) for key in required + optional if key != "images"]
     for key, url in named:
         if url and not storage.exists(url):
             raise InputNotFound(f"input.{key}: {url} does not exist")
@@ -138,7 +128,7 @@ def _tars(spec: str) -> InputFiles:
 
 
 def _keys(cfg: InputConfig) -> dict:
-    return {key: getattr(cfg, key) for key in FORMATS[cfg.format].required}
+    return {key: getattr(cfg, key) for key in FORMAT_KEYS[cfg.format][0]}
 
 
 def read_input(
