@@ -28,11 +28,12 @@ KS = (1, 5, 10)
 
 
 def _flickr_folder(root: Path) -> tuple[list[EvalImage], list[str], list[int]]:
-    """Twelve images (not square, decoded in full by both sides) with five captions each."""
+    """Twelve images with five captions each, not square and over twice the 128 px input, where a
+    DCT-scaled decode would differ from clip_benchmark's full one."""
     images, captions, image_of_text = [], [], []
     lines = ["image,caption"]  # clip_benchmark skips the header line
     for i, colour in enumerate(COLOURS):
-        w, h = 120 + 17 * i, 160 - 9 * i
+        w, h = 320 + 17 * i, 300 - 9 * i
         noise = torch.Generator().manual_seed(i)
         pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=noise)
         pixels[: h // 2, : w // 2] = torch.tensor([37 * i % 256, 91 * i % 256, 53 * i % 256])

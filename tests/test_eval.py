@@ -19,9 +19,10 @@ from pipeline.config import ConfigError, load_config
 from pipeline.eval import EvalConfig
 from pipeline.eval import metrics as m
 from pipeline.eval.data import EvalImage, load_eval_set
-from pipeline.eval.model import embed_images, embed_texts
+from pipeline.eval.model import embed_images, embed_texts, model_pixels
 from pipeline.eval.pooler import pooler_diagnostic
 from pipeline.models import FineGrainedCLIP, ModelConfig
+from pipeline.models.transform import model_input_image
 from pipeline.shards import load_manifest
 from pipeline.shards.reader import read_samples
 from pipeline.training.collate import collate
@@ -143,6 +144,31 @@ def test_chance_levels():
 def test_bad_eval_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(EvalConfig, None, ["data=d", "out=o", "checkpoints=[openclip:FG-Tiny-16]", override])
+
+
+def test_eval_decodes_as_open_clip_does_where_a_fast_decode_would_not():
+    """A photo over twice the model input: eval's pixels are open_clip's own transform's (the
+    export's preprocess: squash, bicubic), which clip_benchmark and the papers' code use; the
+    training loader's DCT-scaled decode of the same bytes is a different image."""
+    model = FineGrainedCLIP(ModelConfig(name="FG-Tiny-16", pretrained=None), False, False).eval()
+    visual = model.clip.visual
+    noise = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (450, 600, 3), dtype=torch.uint8, generator=noise)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.numpy()).save(buffer, "JPEG", quality=90)
+    jpg = buffer.getvalue()
+    theirs = open_clip.image_transform(
+        visual.image_size,
+        False,
+        visual.image_mean,
+        visual.image_std,
+        resize_mode="squash",
+        interpolation="bicubic",
+    )(Image.open(io.BytesIO(jpg)))
+    ours = model_pixels(model, [EvalImage("x", jpg, 600, 450, "", [], [])])[0]
+    assert torch.equal(ours, theirs)
+    fast, _ = model_input_image(jpg, visual.image_size[0], draft=True)
+    assert not torch.equal(transforms.ToTensor()(fast), transforms.ToTensor()(model_input_image(jpg, 128)[0]))
 
 
 @pytest.mark.integration

@@ -16,17 +16,22 @@ from pipeline.batch import Box
 
 
 def model_input_image(
-    jpg: bytes, image_size: int, crop: Box | None = None
+    jpg: bytes, image_size: int, crop: Box | None = None, draft: bool = False
 ) -> tuple[Image.Image, tuple[int, int]]:
     """JPEG bytes → (the image, or its ``crop`` in stored pixels, resized to ``image_size``², RGB;
-    the stored size)."""
+    the stored size).
+
+    By default the image is decoded in full, as open_clip's own transform (``resize_mode: squash``,
+    bicubic) and so clip_benchmark and the papers' evaluation code do. ``draft`` lets the JPEG
+    decoder scale by a power of two first (DCT scaling, no smaller than needed): several times
+    faster on large photos, a slightly different image; training uses it, evaluation does not.
+    """
     with Image.open(io.BytesIO(jpg)) as img:
         size = img.size
         x0, y0, x1, y1 = crop or (0, 0, *size)
-        fx, fy = image_size / (x1 - x0), image_size / (y1 - y0)
-        img.draft(
-            "RGB", (math.ceil(size[0] * fx), math.ceil(size[1] * fy))
-        )  # DCT scaling: no more than needed
+        if draft:
+            fx, fy = image_size / (x1 - x0), image_size / (y1 - y0)
+            img.draft("RGB", (math.ceil(size[0] * fx), math.ceil(size[1] * fy)))
         sx, sy = img.size[0] / size[0], img.size[1] / size[1]
         box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
         return img.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC, box=box), size

@@ -141,7 +141,7 @@ def decode(
     stored = (sample.width, sample.height)
     view = random_resized_crop(stored, cfg.crop_scale, rng) if cfg.crop_scale else (0, 0, *stored)
     try:
-        img, size = model_input_image(raw["jpg"], image_size, view)
+        img, size = model_input_image(raw["jpg"], image_size, view, draft=True)
     except Exception as e:
         raise BadSample("bad_image", repr(e)) from e
     if size != stored:
