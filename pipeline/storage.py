@@ -15,6 +15,7 @@ after the last byte), and never when the writer fails.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import os
@@ -103,10 +104,17 @@ def _read_regular(path: Path, limit: int) -> bytes:
     would wait for a writer) and checked once open; a size of 0 reads nothing, so a kernel
     file that looks regular (``/proc/kmsg``, whose read waits for the next log line) reads as
     empty."""
-    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
-        info = os.fstat(f.fileno())
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:  # checked on the bare descriptor: open() of a folder's would raise and leak it
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "a directory, not a file", str(path))
         if not stat.S_ISREG(info.st_mode):
             raise OSError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as f:
         return f.read(min(info.st_size, limit + 1))
 
 

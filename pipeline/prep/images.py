@@ -2,7 +2,14 @@
 
 Rejections raise :class:`ImageRejected` with a reason code (the record is dropped).
 Unusual but valid modes (CMYK, palette, alpha, 16-bit, float) are repaired to RGB and the
-repair is reported, never silent.
+repair is reported, never silent; so are the two other conversions, each counted
+(:attr:`StoredImage.repairs`):
+
+- EXIF orientation 2-8 is applied, as every viewer, OpenCV and detectron2 do when they read the
+  image: the stored pixels are what a person saw, and the stored width and height are the
+  displayed ones. Boxes are taken in that displayed frame (what an annotator saw), unless the
+  record's own metadata declares the raw size (:func:`raw_frame`).
+- An animated image (GIF, WebP, APNG, multi-page TIFF) is stored as its first frame.
 
 JPEGs are decoded by libjpeg-turbo through simplejpeg with its warnings as errors: Pillow
 decodes a JPEG cut short, or one whose header claims more pixels than its data holds, into grey
@@ -18,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import simplejpeg
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from pipeline.prep.config import ImageConfig
 from pipeline.prep.records import is_text
@@ -29,6 +36,19 @@ Image.MAX_IMAGE_PIXELS = None  # we enforce ImageConfig.max_pixels ourselves, be
 _BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 # The formats decoded; Pillow would try every plugin it has, EPS among them (Ghostscript).
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# EXIF orientation → the transpose that shows the image as viewers do (ImageOps.exif_transpose's).
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# The orientations that turn the image a quarter (width and height swap), as point maps from the
+# raw frame to the displayed one: x and y swapped, then (mirror x, mirror y).
+_QUARTER_TURNS = {5: (False, False), 6: (True, False), 7: (True, True), 8: (False, True)}
 
 
 class ImageRejected(Exception):
@@ -42,8 +62,19 @@ class StoredImage:
     jpg: bytes
     width: int
     height: int
-    scale: tuple[float, float]  # stored / original, per axis
-    repaired: str  # "" or e.g. "mode:CMYK"
+    scale: tuple[float, float]  # stored / original (displayed, once oriented), per axis
+    repaired: str  # the mode repaired to RGB: "" or e.g. "mode:CMYK"
+    orientation: int = 1  # the EXIF orientation applied (1: none)
+    animated: str = ""  # the format of an animated image, of which the first frame is stored
+
+    @property
+    def repairs(self) -> list[str]:
+        """Every conversion made, as ``repaired_by_reason`` counts them."""
+        return [
+            *([self.repaired] if self.repaired else []),
+            *([f"exif_orientation:{self.orientation}"] if self.orientation != 1 else []),
+            *([f"first_frame:{self.animated}"] if self.animated else []),
+        ]
 
 
 def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
@@ -64,7 +95,7 @@ def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
     if width * height > cfg.max_pixels:
         raise ImageRejected("image_too_large", f"{width}x{height} > {cfg.max_pixels} pixels")
     target = _target_size(width, height, cfg.max_side)
-    mode = img.mode
+    mode, opened = img.mode, img
     try:
         if img.format == "JPEG":
             img = _decode_jpeg(data, img, target)
@@ -76,15 +107,43 @@ def encode(data: bytes, cfg: ImageConfig) -> StoredImage:
     rgb = to_rgb(img)
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.BICUBIC)
+    orientation = exif_orientation(opened)
+    if orientation != 1:  # after the resize: a transpose moves pixels, it does not resample them
+        rgb = rgb.transpose(TRANSPOSE[orientation])
+        width, height = displayed_size(width, height, orientation)
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=cfg.jpeg_quality)
     return StoredImage(
         out.getvalue(),
-        target[0],
-        target[1],
-        (target[0] / width, target[1] / height),
+        rgb.width,
+        rgb.height,
+        (rgb.width / width, rgb.height / height),
         "" if mode in ("RGB", "L") else f"mode:{mode}",
+        orientation,
+        opened.format if _is_animated(opened) else "",
     )
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF (or XMP) orientation viewers apply, 2-8, or 1: none, or one out of range (viewers
+    then show the pixels as stored, and so do we). Read after the pixels: a PNG may hold its EXIF
+    after them."""
+    value = img.getexif().get(ExifTags.Base.Orientation, 1)  # Pillow skips what it cannot parse
+    return int(value) if value in TRANSPOSE else 1
+
+
+def displayed_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """The size a viewer shows an image of raw ``width`` x ``height`` at: 5-8 turn it a quarter."""
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+
+
+def _is_animated(img: Image.Image) -> bool:
+    """Whether ``img`` has frames after its first. Asked after the first is encoded: a GIF finds
+    out by seeking to its second frame. A second frame that cannot be read is not counted."""
+    try:
+        return bool(getattr(img, "is_animated", False))
+    except Exception:  # noqa: BLE001 - the first frame is stored either way
+        return False
 
 
 def _decode_jpeg(data: bytes, header: Image.Image, target: tuple[int, int]) -> Image.Image:
@@ -123,8 +182,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[dict], dict[str, int]]:
-    """Input boxes (original pixels) → clean boxes on the stored image, and drop counts by reason.
+def map_boxes(
+    boxes: Any, stored: StoredImage, cfg: ImageConfig, origin: dict | None = None
+) -> tuple[list[dict], dict[str, int]]:
+    """Input boxes (original pixels, displayed frame unless :func:`raw_frame` says otherwise for
+    the record's ``origin`` metadata) → clean boxes on the stored image, and drop counts by reason.
     (The reader has already cut a record's boxes to ``cfg.max_boxes``: ``inputs.admit``.)"""
     if boxes is None:
         return [], {}
@@ -133,6 +195,7 @@ def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[d
     kept: list[dict] = []
     dropped: dict[str, int] = {}
     sx, sy = stored.scale
+    raw = raw_frame(stored, origin)
     for item in boxes:
         label = item.get("label") if isinstance(item, dict) else None
         numbers = box_numbers(item.get("box")) if isinstance(item, dict) else "box_malformed"
@@ -143,6 +206,8 @@ def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[d
         elif isinstance(numbers, str):
             reason = numbers
         else:
+            if raw is not None:
+                numbers = from_raw_frame(numbers, raw, stored.orientation)
             scaled = [round(v * s, 2) for v, s in zip(numbers, (sx, sy, sx, sy))]
             clean, reason = clean_box(scaled, stored.width, stored.height)
             if clean is not None:
@@ -150,6 +215,37 @@ def map_boxes(boxes: Any, stored: StoredImage, cfg: ImageConfig) -> tuple[list[d
                 continue
         dropped[reason] = dropped.get(reason, 0) + 1
     return kept, dropped
+
+
+def raw_frame(stored: StoredImage, origin: dict | None) -> tuple[int, int] | None:
+    """The raw (un-oriented) size of the image when its record's boxes are in that frame, else
+    None: the boxes are in the displayed frame, what an annotator sees in any viewer today (and
+    detectron2's convention). The exception is a record whose metadata (a WebDataset sample's
+    ``.json``) declares ``width`` and ``height`` equal to the raw size and not the displayed one,
+    which only a quarter turn (orientation 5-8) of a non-square image tells apart: a tool that
+    ignored the orientation wrote that size, and its boxes with it."""
+    if stored.orientation not in _QUARTER_TURNS or not isinstance(origin, dict):
+        return None
+    shown = (round(stored.width / stored.scale[0]), round(stored.height / stored.scale[1]))
+    declared = (origin.get("width"), origin.get("height"))
+    if shown[0] == shown[1] or declared != shown[::-1]:
+        return None
+    return shown[1], shown[0]
+
+
+def from_raw_frame(
+    box: tuple[float, float, float, float], size: tuple[int, int], orientation: int
+) -> tuple[float, float, float, float]:
+    """A box in the raw pixel frame of an image of raw ``size`` → the same pixels once displayed
+    (a quarter-turn EXIF ``orientation``, 5-8, applied). An inverted box stays inverted."""
+    mirror_x, mirror_y = _QUARTER_TURNS[orientation]
+    y0, x0, y1, x1 = box
+    height, width = size
+    if mirror_x:
+        x0, x1 = width - x1, width - x0
+    if mirror_y:
+        y0, y1 = height - y1, height - y0
+    return x0, y0, x1, y1
 
 
 def _target_size(width: int, height: int, max_side: int) -> tuple[int, int]:

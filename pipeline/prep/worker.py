@@ -14,8 +14,8 @@ stage         adds                                           drops (``error``)
 ============  ============================================  ==============================
 image         ``stored`` (capped RGB JPEG, size, scale),     ``image_*`` (missing, empty,
               ``annotations`` (input boxes on the stored     corrupt, too large, not
-              image, cleaned), ``box_drops`` (by reason)     decodable, unreadable),
-                                                             ``boxes_unusable``
+              image, cleaned), ``box_drops`` (by reason)     decodable, unreadable, path
+                                                             invalid), ``boxes_unusable``
 text          the caption cleaned (``text.clean``),          ``caption_token_too_long``,
               ``hierarchy`` (sentences, phrases, lexemes),   ``caption_unparseable``,
               a ``lexeme`` on every annotation               ``box_label_unparseable``
@@ -155,6 +155,9 @@ class ShardWorker:
             except FileNotFoundError:
                 item.error, item.detail = "image_missing", item.record.image
                 continue
+            except IsADirectoryError:
+                item.error, item.detail = "image_unreadable", f"a directory, not a file: {item.record.image}"
+                continue
             except storage.TooLarge:
                 item.error, item.detail = "image_too_large", f"file over image.max_bytes = {max_bytes}"
                 continue
@@ -166,7 +169,9 @@ class ShardWorker:
                 continue
             item.stored = stored
             try:
-                item.annotations, item.box_drops = map_boxes(item.record.boxes, stored, self.cfg.image)
+                item.annotations, item.box_drops = map_boxes(
+                    item.record.boxes, stored, self.cfg.image, item.record.origin
+                )
             except Exception as e:  # noqa: BLE001 - a box no check foresaw fails its record only
                 item.error, item.detail = "boxes_unusable", _describe(e)
                 continue
@@ -263,7 +268,7 @@ def shard_stats(shard: ShardFile, dropped: int, good: list[Item], node: str) -> 
     for item in good:
         box_drops.update(item.box_drops)
     phrases = [p for item in good for p in item.sample.phrases]
-    repaired = [item.stored.repaired for item in good if item.stored.repaired]
+    repairs = [item.stored.repairs for item in good]
     return ShardStats(
         name=shard.name,
         samples=shard.samples,
@@ -271,13 +276,13 @@ def shard_stats(shard: ShardFile, dropped: int, good: list[Item], node: str) -> 
         sha256=shard.sha256,
         inputs=len(good) + dropped,
         dropped=dropped,
-        repaired=len(repaired),
+        repaired=sum(1 for r in repairs if r),  # samples; an image can have several repairs
         boxes_dropped=sum(box_drops.values()),
         phrases=len(phrases),
         regions=sum(len(item.sample.regions) for item in good),
         linked_phrases=sum(p.region is not None for p in phrases),
         ambiguous_phrases=sum(item.ambiguous for item in good),
-        repaired_by_reason=dict(Counter(repaired)),
+        repaired_by_reason=dict(Counter(r for rs in repairs for r in rs)),
         boxes_dropped_by_reason=dict(box_drops),
         node=node,
     )
@@ -317,7 +322,11 @@ def prefetch(fn: Callable[[T], R], args: Iterable[T], depth: int) -> Iterator[Fu
 
 def _image_bytes(record: InputRecord, max_bytes: int) -> bytes:
     """The bytes an image reference (``records.InputRecord``) points at: a file, or a range of
-    one; never more than ``max_bytes`` (:class:`storage.TooLarge`)."""
+    one; never more than ``max_bytes`` (:class:`storage.TooLarge`). A path with a line break is
+    refused unread: it is a broken index row far more often than a real name, and it would split
+    every line-based record of it (logs, ``find``/``xargs``, a CSV of the drops)."""
+    if "\n" in record.image or "\r" in record.image:
+        raise ImageRejected("image_path_invalid", f"a line break in {record.image!r}")
     if record.image_size < 0:
         return storage.read_bytes(record.image, limit=max_bytes)
     if record.image_size > max_bytes:
