@@ -1,6 +1,7 @@
 """Data prep from S3 to S3, and the training loader reading it back, against a real S3 server
 on loopback (moto_server)."""
 
+import gzip
 import http.client
 import itertools
 import os
@@ -18,6 +19,7 @@ from pipeline.__main__ import main
 from pipeline.config import load_config
 from pipeline.models import TINY_MODEL
 from pipeline.prep.config import PrepConfig
+from pipeline.prep.index import count_index_rows, read_index
 from pipeline.prep.job import run
 from pipeline.shards import check
 from pipeline.synthetic import BROKEN_KINDS, SyntheticConfig, write_corpus
@@ -121,6 +123,18 @@ def test_prep_reads_and_writes_s3(s3, tmp_path, capsys):
     assert len(batches) == loader.batches_per_epoch == manifest.num_samples // 8 > 0
     assert all(b.images.shape == (8, 3, 64, 64) and b.token_mask[:, 0].all() for b in batches)
     assert not loader.skipped
+
+
+def test_a_gzipped_index_on_s3_reads_as_the_plain_one(s3, tmp_path):
+    """img2dataset's and HF's ``records.jsonl.gz``, streamed from S3 as it downloads: the same
+    records, drops and row count as the plain file beside it."""
+    write_corpus(str(tmp_path / "corpus"), SyntheticConfig(num_records=30, num_broken=len(BROKEN_KINDS)))
+    plain = (tmp_path / "corpus/records.jsonl").read_bytes()
+    (tmp_path / "corpus/records.jsonl.gz").write_bytes(gzip.compress(plain))
+    s3.upload(tmp_path / "corpus", "zipped")
+    urls = [f"s3://{s3.bucket}/zipped/records.jsonl{suffix}" for suffix in ("", ".gz")]
+    streams = [list(map(repr, read_index(url, 10_000))) for url in urls]  # repr: NaN boxes are equal
+    assert streams[0] == streams[1] and len(streams[0]) == count_index_rows(urls[1]) > 30
 
 
 def test_missing_s3_index_fails_before_any_work(s3):

@@ -153,8 +153,9 @@ def _section(data: Any, name: str, file: str) -> list:
 
 def _load(url: str, key: str) -> Any:
     """The file's JSON; bytes that are not UTF-8 become lone surrogates (``surrogateescape``),
-    so that one bad byte drops the record holding it (``invalid_utf8``), not the file."""
+    so that one bad byte drops the record holding it (``invalid_utf8``), not the file. A UTF-8
+    byte-order mark before the JSON (Windows editors write one) is not part of it."""
     try:
-        return parse_json(storage.read_bytes(url).decode("utf-8", "surrogateescape"))
+        return parse_json(storage.read_bytes(url).decode("utf-8-sig", "surrogateescape"))
     except ValueError as e:
         raise BadInput(f"input.{key}: {url} is not JSON: {e}") from e

@@ -2,25 +2,30 @@
 
 ``image`` is a path relative to the index's folder (or absolute, or a URL), ``boxes`` a list of
 ``{"box": [x0, y0, x1, y1], "label": str}`` in pixels of the original image.
+
+JSONL as people have it reads as the same rows: compressed (``.jsonl.gz``, ``.jsonl.zst``, as
+img2dataset and HF write it), with CRLF line ends, without a final newline, after a UTF-8
+byte-order mark (Windows editors write one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import itertools
 import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.config import BadInput
+from pipeline.config import BadInput, one_line
 from pipeline.prep.records import (
     Drop,
     IdSet,
@@ -39,13 +44,22 @@ REQUIRED_FIELDS = ("id", "image", "caption")
 READERS = min(4, os.cpu_count() or 1)  # processes that parse and validate an index's blocks
 BLOCK_BYTES = 1 << 20  # a JSONL block: whole lines, about 1 MB
 BLOCK_ROWS = 8192  # a Parquet block
+CODECS = {".gz": "gzip", ".zst": "zstd"}  # a JSONL index's compression suffix → pyarrow's codec
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark
 
 
 def index_format(url: str) -> str:
-    for suffix, fmt in ((".jsonl", "jsonl"), (".json", "jsonl"), (".parquet", "parquet")):
-        if url.endswith(suffix):
-            return fmt
-    raise BadInput(f"input.index: {url} is neither .jsonl nor .parquet")
+    """``jsonl`` or ``parquet``, by the name's suffix; a compressed JSONL is ``jsonl`` too."""
+    if url.endswith(".parquet"):
+        return "parquet"
+    if (url.rsplit(".", 1)[0] if _compression(url) else url).endswith((".jsonl", ".json")):
+        return "jsonl"
+    raise BadInput(f"input.index: {url} is neither .jsonl nor .parquet (JSONL may be .jsonl.gz, .jsonl.zst)")
+
+
+def _compression(url: str) -> str | None:
+    """The codec a name's suffix says the file is compressed with; None: not compressed."""
+    return next((codec for suffix, codec in CODECS.items() if url.endswith(suffix)), None)
 
 
 def read_index(url: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
@@ -96,10 +110,11 @@ def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> I
 
 def count_index_rows(url: str) -> int:
     """The index's rows, as ``read_index`` numbers them (non-blank lines), without parsing them."""
-    with storage.open_read(url) as f, _parquet_errors(url):
-        if index_format(url) == "parquet":
+    if index_format(url) == "parquet":
+        with storage.open_read(url) as f, _parquet_errors(url):
             return pq.ParquetFile(f).metadata.num_rows
-        return sum(1 for line in f if line.strip())
+    with _open_jsonl(url) as f:
+        return sum(map(_rows_in, _line_blocks(f)))
 
 
 @contextlib.contextmanager
@@ -111,20 +126,53 @@ def _parquet_errors(url: str) -> Iterator[None]:
         raise BadInput(f"input.index: {url} is not a readable Parquet file ({e})") from e
 
 
+@contextlib.contextmanager
+def _open_jsonl(url: str) -> Iterator[BinaryIO]:
+    """The JSONL index's bytes; a compressed one decompressed as it is read (S3: as it downloads),
+    never whole. A stream that does not decompress (cut short, another codec) is a bad
+    ``input.index``, found by ``count_index_rows`` before the job reads a record."""
+    codec = _compression(url)
+    if codec is None:
+        with storage.open_read(url) as f:
+            yield f
+        return
+    with storage.open_stream(url) as raw:
+        try:
+            yield io.BufferedReader(pa.CompressedInputStream(raw, codec), BLOCK_BYTES)
+        except (OSError, pa.ArrowException) as e:
+            raise BadInput(f"input.index: {url} does not decompress as {codec} ({one_line(e)})") from e
+
+
+def _line_blocks(f: BinaryIO) -> Iterator[bytes]:
+    """The JSONL in blocks of whole lines, about ``BLOCK_BYTES`` each: a block ends after a
+    ``\\n``, so never inside a character or a CRLF. A byte-order mark can only be the stream's
+    first bytes, and is not part of the first line."""
+    block = (f.read(BLOCK_BYTES) + f.readline()).removeprefix(BOM)
+    while block:
+        yield block
+        block = f.read(BLOCK_BYTES) + f.readline()
+
+
+def _rows_in(block: bytes) -> int:
+    """A JSONL block's rows: its non-blank lines."""
+    return sum(map(bool, map(bytes.strip, block.split(b"\n"))))
+
+
 def _blocks(url: str) -> Iterator[tuple[int, bytes | pa.RecordBatch]]:
     """The index in blocks of whole rows (JSONL: about ``BLOCK_BYTES`` of whole lines; Parquet:
     ``BLOCK_ROWS`` rows), each with the ordinal of its first row."""
-    first, fmt = 0, index_format(url)
-    with storage.open_read(url) as f, _parquet_errors(url):
-        if fmt == "parquet":
+    first = 0
+    if index_format(url) == "parquet":
+        with storage.open_read(url) as f, _parquet_errors(url):
             streamed = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)  # not a row group at once
             for batch in streamed.iter_batches(BLOCK_ROWS):
                 yield first, batch
                 first += batch.num_rows
-            return
-        while block := f.read(BLOCK_BYTES) + f.readline():
+        return
+    with _open_jsonl(url) as f:
+        for block in _line_blocks(f):
             yield first, block
-            first += sum(map(bool, map(bytes.strip, block.split(b"\n"))))
+            first += _rows_in(block)
 
 
 def _in_order(parse: Callable[..., tuple], blocks: Iterator[tuple]) -> Iterator[tuple]:

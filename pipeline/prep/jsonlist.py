@@ -55,7 +55,7 @@ def read_json_list(url: str, key: str) -> Iterator[Any | Drop]:
 def parse_json_list(chunks: Iterable[bytes]) -> Iterator[Any]:
     """The items of a JSON list arriving as byte chunks, each decoded once it is whole."""
     chunks = iter(chunks)
-    utf8 = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    utf8 = codecs.getincrementaldecoder("utf-8-sig")("surrogateescape")  # a leading BOM is not JSON
     buf, pos, eof, consumed = "", 0, False, 0  # consumed: characters dropped from buf's front
 
     def more() -> bool:
