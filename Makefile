@@ -4,9 +4,14 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench install
+.PHONY: demo demo-long test test-fast lint bench install
 demo: $(VENV)/.installed
 	$(PY) -m pipeline demo --workdir runs/demo
+
+# The same demo with 1,000 fine-tuning steps per objective (about 30 minutes on 2 cores): the
+# smallest scale at which its report shows what the objectives are for (docs/evaluation.md).
+demo-long: $(VENV)/.installed
+	$(PY) -m pipeline demo --workdir runs/demo-long --train-steps 1000
 
 # Every test: the fast tier, then the integration tier, each with its own time in the log.
 test: test-fast

@@ -128,9 +128,10 @@ def test_one_eval_run_scores_every_benchmark_given(export, tmp_path):
         "--benchmark",
         f"flickr30k={flickr}",
     ]
-    assert main([*args, "--out", str(out), "device=cpu"]) == 0
+    assert main([*args, "--out", str(out), "device=cpu", "note=Read me first."]) == 0
     scores = json.loads((out / "metrics.json").read_text())["benchmarks"]
     assert set(scores) == {"urban1k", "flickr30k"}
+    assert (out / "report.md").read_text().startswith("# Evaluation report\n\nRead me first.\n")
     assert scores["flickr30k"]["images"] == 2 and scores["flickr30k"]["captions"] == 10
     model = load_model(str(export), torch.device("cpu"))
     again = score_retrieval(model, read_benchmark("flickr30k", str(flickr)), 8, (1, 5, 10))

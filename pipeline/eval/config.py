@@ -38,6 +38,7 @@ class EvalConfig:
     seed: int = 0  # which negatives are drawn
     # the checkpoint every other one is held against (eval/verdict.py): kept retrieval, better regions
     baseline: str = "clip"
+    note: str = ""  # a paragraph at the top of the report: what the run can and cannot show
 
     def __post_init__(self) -> None:
         if not self.checkpoints:

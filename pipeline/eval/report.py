@@ -61,8 +61,8 @@ def write_report(
     listed = [("Checkpoints", "", ["checkpoint", "spec"], [[r.name, r.spec] for r in results])]
     sections = (_tables(cfg, data, results) if data else listed) + _benchmark_tables(cfg, results)
     sections += _pooler_table(results) + verdict_table(verdict, cfg.baseline)
-    (out / "report.md").write_text(_markdown(sections, plots))
-    (out / "report.html").write_text(_html(sections, plots))
+    (out / "report.md").write_text(_markdown(sections, plots, cfg.note))
+    (out / "report.html").write_text(_html(sections, plots, cfg.note))
     return out
 
 
@@ -178,8 +178,8 @@ def _cell(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def _markdown(sections: list[tuple], plots: list[str]) -> str:
-    lines = ["# Evaluation report", ""]
+def _markdown(sections: list[tuple], plots: list[str], note: str) -> str:
+    lines = ["# Evaluation report", "", *([note, ""] if note else [])]
     for title, note, header, rows in sections:
         lines += [
             f"## {title}",
@@ -195,8 +195,8 @@ def _markdown(sections: list[tuple], plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(sections: list[tuple], plots: list[str]) -> str:
-    body = ["<h1>Evaluation report</h1>"]
+def _html(sections: list[tuple], plots: list[str], note: str) -> str:
+    body = ["<h1>Evaluation report</h1>", *([f"<p>{html.escape(note)}</p>"] if note else [])]
     for title, note, header, rows in sections:
         body += [
             f"<h2>{html.escape(title)}</h2>",
