@@ -47,10 +47,10 @@ def test_beta_clip_schedule_is_its_cosine_scheduler():
         warmup_steps=w,
         warmup_start_lr=1e-9,
         head_lr=1e-3,
-        head_lr_end=1e-4,
-        head_warmup_steps=0,
+        pooler_lr_end=1e-4,
+        pooler_warmup_steps=0,
     )
-    backbone, heads = group_schedule(cfg, False, total), group_schedule(cfg, True, total)
+    backbone, heads = group_schedule(cfg, "backbone", total), group_schedule(cfg, "pooler", total)
     linspace = [1e-9 + (1e-5 - 1e-9) * k / (w - 1) for k in range(w)]
     assert [backbone(s) for s in range(w)] == pytest.approx(linspace, rel=1e-12)
     for i in (0, 1, 47, 93):
@@ -61,26 +61,36 @@ def test_beta_clip_schedule_is_its_cosine_scheduler():
 
 
 def test_schedule_gives_each_group_its_own_curve():
-    cfg = OptimConfig(lr=1e-5, head_lr=1e-3, warmup_steps=10, head_warmup_steps=0, head_lr_end=1e-4)
-    model = tiny_model(with_pooler=True)
+    """β-CLIP's pooler on its own schedule (no warmup, to 1e-4), a region head on the heads' (the
+    backbone's warmup, to 0), the backbone on its own."""
+    cfg = OptimConfig(lr=1e-5, head_lr=1e-3, warmup_steps=10, pooler_warmup_steps=0, pooler_lr_end=1e-4)
+    model = tiny_model(with_pooler=True, with_region_head=True)
     optimizer = torch.optim.AdamW(param_groups(model, cfg))
     schedule = build_schedule(optimizer, cfg, total_steps=50)
-    curves = {head: group_schedule(cfg, head, 50) for head in (False, True)}
+    curves = {kind: group_schedule(cfg, kind, 50) for kind in ("backbone", "pooler", "heads")}
+    assert (
+        curves["pooler"](0) == 1e-3
+        and curves["heads"](0) == pytest.approx(1e-4)
+        and curves["pooler"](50) == 1e-4
+    )
     for step in range(50):
         for group in optimizer.param_groups:
-            expected = curves[group["name"].startswith("heads")](step)
+            expected = curves[group["name"].removesuffix("_no_decay")](step)
             assert group["lr"] == pytest.approx(expected), (step, group["name"])
         optimizer.step()
         schedule.step()
 
 
-def test_groups_split_backbone_from_heads_and_decay_from_no_decay():
+def test_groups_split_backbone_pooler_and_heads_and_decay_from_no_decay():
     model = tiny_model(with_pooler=True, with_region_head=True)
     groups = {g["name"]: g for g in param_groups(model, CFG)}
-    assert set(groups) == {"backbone", "backbone_no_decay", "heads", "heads_no_decay"}
+    kinds = ("backbone", "pooler", "heads")
+    assert set(groups) == {f"{kind}{suffix}" for kind in kinds for suffix in ("", "_no_decay")}
     assert {name: (g["lr"], g["weight_decay"]) for name, g in groups.items()} == {
         "backbone": (1e-5, 0.1),
         "backbone_no_decay": (1e-5, 0.0),
+        "pooler": (1e-3, 0.1),
+        "pooler_no_decay": (1e-3, 0.0),
         "heads": (1e-3, 0.1),
         "heads_no_decay": (1e-3, 0.0),
     }
@@ -91,10 +101,10 @@ def test_groups_split_backbone_from_heads_and_decay_from_no_decay():
     assert group_of[id(named["clip.logit_scale"])] == "backbone_no_decay"  # temperature
     assert group_of[id(named["clip.positional_embedding"])] == "backbone_no_decay"  # Long-CLIP's rows
     assert group_of[id(named["clip.ln_final.weight"])] == "backbone_no_decay"  # gain
-    assert group_of[id(named["pooler.logit_scale"])] == "heads_no_decay"
+    assert group_of[id(named["pooler.logit_scale"])] == "pooler_no_decay"
     for name, p in named.items():
-        head = not name.startswith("clip.")
-        assert group_of[id(p)].startswith("heads" if head else "backbone"), name
+        kind = "backbone" if name.startswith("clip.") else "pooler" if name.startswith("pooler.") else "heads"
+        assert group_of[id(p)].startswith(kind), name
         if p.ndim < 2:
             assert group_of[id(p)].endswith("_no_decay"), name
 

@@ -89,8 +89,8 @@ def test_zero3_checkpoint_resumes_on_another_number_of_ranks(generated_shards, t
     assert [(g["name"], g["weight_decay"]) for g in optim["param_groups"]] == [
         ("backbone_no_decay", 0.0),
         ("backbone", 0.1),
-        ("heads_no_decay", 0.0),
-        ("heads", 0.1),
+        ("pooler_no_decay", 0.0),
+        ("pooler", 0.1),
     ]
     # the resized run's weights load like any other: the export consolidates the 1-rank checkpoint
     assert load_fine_grained(resized / "export") is not None

@@ -71,15 +71,21 @@ class OptimConfig:
     # end at the last step (optim.lr_at: β-CLIP's utils.cosine_scheduler).
     warmup_steps: int = 100  # the backbone's warmup
     head_warmup_steps: int | None = None  # the heads'; None: warmup_steps
+    # β-CLIP's pooler on a schedule of its own (its official one: 1e-3 → 1e-4, no warmup), while a
+    # region head keeps the heads'; None: the heads' warmup and end
+    pooler_warmup_steps: int | None = None
     warmup_start_lr: float | None = None  # None: a group's lr / its warmup (step s at (s+1)/warmup)
     lr_end: float = 0.0  # the backbone's lr at the last step
     head_lr_end: float = 0.0
+    pooler_lr_end: float | None = None
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
 
     def __post_init__(self) -> None:
         positive(self, "lr", "head_lr", "eps")
-        at_least(self, 0, "weight_decay", "grad_clip", "warmup_steps", "head_warmup_steps")
-        at_least(self, 0, "warmup_start_lr", "lr_end", "head_lr_end")
+        at_least(
+            self, 0, "weight_decay", "grad_clip", "warmup_steps", "head_warmup_steps", "pooler_warmup_steps"
+        )
+        at_least(self, 0, "warmup_start_lr", "lr_end", "head_lr_end", "pooler_lr_end")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas: expected two values in [0, 1), got {list(self.betas)}")
 

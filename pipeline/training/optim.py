@@ -11,29 +11,33 @@ from torch import nn
 
 from pipeline.training.config import OptimConfig
 
+GROUPS = ("backbone", "pooler", "heads")  # param_groups' kinds, in the optimizer's order
+
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Four groups: {backbone, heads} × {decayed, not decayed}; empty groups are left out.
+    """Up to six groups: {backbone, pooler, heads} × {decayed, not decayed}; empty ones left out.
 
-    Heads are the modules outside ``model.clip`` (β-CLIP's pooler, HarmoCLIP's region head). No
-    weight decay on gains, biases and temperatures (open_clip's rule), nor on positional
-    embeddings, whose Long-CLIP first 20 rows must stay where pretraining left them.
+    The backbone is ``model.clip``; ``pooler`` is β-CLIP's text-conditioned pooler, which has a
+    schedule of its own (``optim.pooler_*``); ``heads`` every other module outside the backbone
+    (HarmoCLIP's region head, its temperature). No weight decay on gains, biases and temperatures
+    (open_clip's rule), nor on positional embeddings, whose Long-CLIP first 20 rows must stay where
+    pretraining left them.
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        head = not name.startswith("clip.")
+        kind = 0 if name.startswith("clip.") else 1 if name.startswith("pooler.") else 2
         decay = p.ndim >= 2 and "logit_scale" not in name and "positional_embedding" not in name
-        groups.setdefault((head, decay), []).append(p)
+        groups.setdefault((kind, decay), []).append(p)
     return [
         {
             "params": params,
-            "lr": cfg.head_lr if head else cfg.lr,
+            "lr": cfg.lr if kind == 0 else cfg.head_lr,
             "weight_decay": cfg.weight_decay if decay else 0.0,
-            "name": f"{'heads' if head else 'backbone'}{'' if decay else '_no_decay'}",
+            "name": f"{GROUPS[kind]}{'' if decay else '_no_decay'}",
         }
-        for (head, decay), params in sorted(groups.items())
+        for (kind, decay), params in sorted(groups.items())
     ]
 
 
@@ -54,11 +58,19 @@ def lr_at(step: int, total: int, peak: float, end: float, warmup: int, start: fl
     return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
 
 
-def group_schedule(cfg: OptimConfig, head: bool, total_steps: int) -> Callable[[int], float]:
-    """A parameter group's lr as a function of the step: the backbone's and the heads' each have
-    their own peak, end and warmup (β-CLIP: a warmed-up backbone, a pooler that starts at its peak)."""
-    peak, end = (cfg.head_lr, cfg.head_lr_end) if head else (cfg.lr, cfg.lr_end)
-    warmup = cfg.head_warmup_steps if head and cfg.head_warmup_steps is not None else cfg.warmup_steps
+def group_schedule(cfg: OptimConfig, kind: str, total_steps: int) -> Callable[[int], float]:
+    """A parameter group's lr as a function of the step: the backbone, the pooler and the other
+    heads each have their own peak, end and warmup (β-CLIP: a warmed-up backbone, a pooler that
+    starts at its peak)."""
+    head_warmup = cfg.warmup_steps if cfg.head_warmup_steps is None else cfg.head_warmup_steps
+    if kind == "backbone":
+        peak, end, warmup = cfg.lr, cfg.lr_end, cfg.warmup_steps
+    elif kind == "pooler":
+        peak = cfg.head_lr
+        end = cfg.head_lr_end if cfg.pooler_lr_end is None else cfg.pooler_lr_end
+        warmup = head_warmup if cfg.pooler_warmup_steps is None else cfg.pooler_warmup_steps
+    else:
+        peak, end, warmup = cfg.head_lr, cfg.head_lr_end, head_warmup
     start = cfg.warmup_start_lr if cfg.warmup_start_lr is not None else peak / max(warmup, 1)
     return functools.partial(lr_at, total=total_steps, peak=peak, end=end, warmup=warmup, start=start)
 
@@ -67,7 +79,7 @@ def build_schedule(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     schedules = [
-        group_schedule(cfg, g["name"].startswith("heads"), total_steps) for g in optimizer.param_groups
+        group_schedule(cfg, g["name"].removesuffix("_no_decay"), total_steps) for g in optimizer.param_groups
     ]
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
