@@ -7,6 +7,7 @@ index (JSONL or Parquet), img2dataset tars, COCO, ShareGPT4V or Visual Genome fi
         input.index=/data/records.jsonl output=/data/shards/mydataset
 
 Without a cluster it starts a local Ray. Keys override the YAML (dotted, YAML values).
+Ctrl-C or SIGTERM stops it with one line and exit status 130 or 143 (128 + the signal).
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from pipeline.config import config_from_command_line, exit_on_user_error
 from pipeline.prep.config import PrepConfig
-from pipeline.prep.job import run
+from pipeline.prep.job import Interrupted, run
 from pipeline.shards.check import inspect
 
-if __name__ == "__main__":
+
+def main() -> None:
     cfg = config_from_command_line(PrepConfig, __doc__)
-    print(inspect(exit_on_user_error(lambda: run(cfg))))
+    try:
+        manifest = exit_on_user_error(lambda: run(cfg))
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    print(inspect(manifest))
+
+
+if __name__ == "__main__":
+    main()

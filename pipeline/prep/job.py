@@ -11,11 +11,14 @@ what it holds, per shard and per record).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import resource
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -25,7 +28,7 @@ import ray
 
 from pipeline import __version__, storage
 from pipeline.config import JobIncomplete, to_dict
-from pipeline.prep import inputs, output, tars
+from pipeline.prep import inputs, lock, output, tars
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.pool import WorkerPool
 from pipeline.prep.records import Drop, InputRecord, keep_memory_returnable
@@ -37,15 +40,33 @@ from pipeline.shards.writer import shard_name
 
 log = logging.getLogger(__name__)
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, Slurm's scancel, a preemption
+
 
 def run(cfg: PrepConfig) -> mf.Manifest:
-    """Run the whole job; returns the written manifest. Fails before any work on bad setup."""
+    """Run the whole job; returns the written manifest. Fails before any work on bad setup, and
+    before touching the output while another job holds its lock (``lock.py``). SIGINT or SIGTERM
+    stops it as :class:`Interrupted`: its workers stopped, its lock released."""
     started = time.time()
-    files = inputs.locate(cfg.input)
-    source = cfg.input.source or inputs.default_source(cfg.input, files)
-    root = cfg.output.rstrip("/") or "/"  # "/" is refused below, not read as ""
-    output.refuse_over_input(root, inputs.urls(cfg.input, files))
-    run_id = _run_id(cfg, files)
+    with _signals_interrupt():
+        files = inputs.locate(cfg.input)
+        source = cfg.input.source or inputs.default_source(cfg.input, files)
+        root = cfg.output.rstrip("/") or "/"  # "/" is refused below, not read as ""
+        output.refuse_over_input(root, inputs.urls(cfg.input, files))
+        run_id = _run_id(cfg, files)
+        with lock.held(f"{root}/{output.LOCK_FILE}", run_id) as held:
+            return _run(cfg, root, files, source, run_id, held, started)
+
+
+def _run(
+    cfg: PrepConfig,
+    root: str,
+    files: inputs.InputFiles,
+    source: str,
+    run_id: str,
+    held: lock.Lock,
+    started: float,
+) -> mf.Manifest:
     if cfg.existing_output == "resume" and storage.exists(f"{root}/{mf.MANIFEST_FILE}"):
         return output.finished_earlier(root, run_id)
     output.prepare(root, cfg.existing_output)
@@ -53,41 +74,46 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     if done:
         log.info("resuming: %d shards of an earlier run of this job are complete and verified", len(done))
 
-    pool, provenance = _start_workers(cfg, root, source, run_id)
     planner = ShardPlanner(cfg.samples_per_shard, skip=set(done))
-    items = inputs.read_input(
-        cfg.input,
-        files,
-        cfg.max_caption_chars,
-        cfg.text.max_sentences,
-        cfg.image.max_boxes,
-        list_tars=_list_tars_on_ray,
-    )
-    resumed = sum(result.stats.inputs for result in done.values())
-    progress = Progress(inputs.count(cfg.input), resumed)
     shard_rows = [result.stats for result in done.values()]
     drops = [d for result in done.values() for d in result.drops]
     try:
-        for result in pool.map(planner.tasks(items)):
-            shard_rows.append(result.stats)
-            drops.extend(result.drops)
-            progress.shard_done(result.stats, planner)
-    except JobIncomplete as e:
-        of = f" of {planner.shards}" if planner.exhausted else ""
-        raise JobIncomplete(
-            f"{len(shard_rows)}{of} shards complete ({e}); rerun with existing_output=resume to finish"
-        ) from None
-    drops += planner.read_drops
-    log.info("input (%s): %s", cfg.input.format, planner.summary())
-    header = Header(
-        name=cfg.name or Path(root).name,
-        run_id=run_id,
-        input={**inputs.describe(cfg.input, files), "source": source},
-        text=provenance["text"],
-        grounder=provenance["grounder"],
-        config=to_dict(cfg),
-    )
-    _write_manifest(root, header, shard_rows, drops)
+        pool, provenance = _start_workers(cfg, root, source, run_id)
+        items = inputs.read_input(
+            cfg.input,
+            files,
+            cfg.max_caption_chars,
+            cfg.text.max_sentences,
+            cfg.image.max_boxes,
+            list_tars=_list_tars_on_ray,
+        )
+        resumed = sum(result.stats.inputs for result in done.values())
+        progress = Progress(inputs.count(cfg.input), resumed)
+        try:
+            with contextlib.closing(pool.map(planner.tasks(items))) as results:  # closed: workers stopped
+                for result in results:
+                    shard_rows.append(result.stats)
+                    drops.extend(result.drops)
+                    progress.shard_done(result.stats, planner)
+        except JobIncomplete as e:
+            raise JobIncomplete(
+                f"{_complete(shard_rows, planner)} ({e}); rerun with existing_output=resume to finish"
+            ) from None
+        drops += planner.read_drops
+        log.info("input (%s): %s", cfg.input.format, planner.summary())
+        header = Header(
+            name=cfg.name or Path(root).name,
+            run_id=run_id,
+            input={**inputs.describe(cfg.input, files), "source": source},
+            text=provenance["text"],
+            grounder=provenance["grounder"],
+            config=to_dict(cfg),
+        )
+        held.check()
+        _write_manifest(root, header, shard_rows, drops)
+    except Interrupted as e:
+        status = f"{_complete(shard_rows, planner)}; rerun with existing_output=resume"
+        raise Interrupted(e.signum, status) from None
     log.info(
         "wrote %s in %.1f s; driver peak RSS %d MB; object store: %s",
         root,
@@ -98,13 +124,56 @@ def run(cfg: PrepConfig) -> mf.Manifest:
     return mf.load_manifest(root)
 
 
+def _complete(shard_rows: list[ShardStats], planner: ShardPlanner) -> str:
+    """How many shards are complete, of how many once the whole input is read."""
+    of = f" of {planner.shards}" if planner.exhausted else ""
+    return f"{len(shard_rows)}{of} shards complete"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the job (``signum``); the message says what is complete and how
+    a rerun finishes. A ``KeyboardInterrupt``, so no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int, message: str = "before any shard was written; rerun the same command"):
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the driver for the block (once: a signal
+    while the job stops is logged, not raised into its cleanup); then the handlers it found."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    stopping = []
+
+    def stop(signum: int, _frame) -> None:
+        if stopping:
+            log.warning("%s: the job is stopping already", signal.Signals(signum).name)
+            return
+        stopping.append(signum)
+        raise Interrupted(signum)
+
+    before = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def _start_workers(cfg: PrepConfig, root: str, source: str, run_id: str) -> tuple[WorkerPool, dict]:
     """Ray joined or started, and the worker pool with its provenance: asking for it fails fast
     on a missing spaCy model or a detector that does not load."""
     _init_ray(cfg.ray.address)
     keep_memory_returnable()  # the duplicate-id set grows with the input
     pool = WorkerPool(cfg, root, source, run_id)
-    provenance = pool.provenance()
+    try:
+        provenance = pool.provenance()
+    except BaseException:  # a signal, workers that cannot start: none left running
+        pool.shutdown()
+        raise
     text = provenance["text"]
     log.info(
         "text: spaCy model %s %s (not loadable: %s)",
@@ -224,7 +293,11 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     if address:
         ray.init(address=address)
     else:
         ray.init(include_dashboard=False)
+    if threading.current_thread() is threading.main_thread():  # ray.init puts in its SIGTERM handler
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

@@ -22,6 +22,7 @@ from pipeline.shards.writer import is_shard_name
 log = logging.getLogger(__name__)
 
 PROGRESS_DIR = "_progress"  # per-shard completion records of a running job; removed when it ends
+LOCK_FILE = "_prep.lock"  # the running job's lock (``lock.py``); removed when it ends
 OUR_TABLES = (mf.MANIFEST_FILE, mf.SHARDS_TABLE, mf.DROPPED_TABLE, mf.SIZES_FILE)
 
 
@@ -66,7 +67,7 @@ def _is_within(url: str, folder: str) -> bool:
 def prepare(root: str, existing: str) -> None:
     """With ``overwrite``, remove what an earlier run of ours wrote in ``root`` (the files its
     manifest and completion records name), nothing else."""
-    names = storage.list_names(root)
+    names = [name for name in storage.list_names(root) if name != LOCK_FILE]  # our own lock
     if names and existing == "fail":
         raise OutputInTheWay(
             f"output: {root} is not empty; set existing_output=overwrite to replace it, "

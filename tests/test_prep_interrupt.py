@@ -1,0 +1,137 @@
+"""Ctrl-C and SIGTERM to the prep driver (data_prep/build_shards.py as a user runs it): it ends
+within seconds with one line and 128 + the signal, its workers stopped and its lock released,
+and a rerun with ``existing_output=resume`` writes the dataset an undisturbed run writes."""
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import REPO, build_shards_command
+
+from pipeline.prep.output import LOCK_FILE, PROGRESS_DIR
+from pipeline.synthetic import SyntheticConfig, write_corpus
+
+pytestmark = pytest.mark.integration
+ARGS = ("samples_per_shard=8", "existing_output=resume")
+STOPPED_WITHIN_S = 20
+STOPPED = r"interrupted: (\d+)( of \d+)? shards complete; rerun with existing_output=resume"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("interrupt")
+    write_corpus(str(root), SyntheticConfig(num_records=320, num_broken=6, seed=11))
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("reference") / "ds"
+    job = start(corpus, out)
+    _, stderr = job.communicate(timeout=600)
+    assert job.returncode == 0, stderr[-3000:]
+    return dataset(out)
+
+
+def start(corpus: Path, out: Path) -> subprocess.Popen:
+    """The job in a session of its own, as a terminal runs it: the driver and the local Ray it
+    starts are one process group, the one Ctrl-C signals."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen(
+        build_shards_command(corpus, out, *ARGS),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def dataset(out: Path) -> dict:
+    manifest = json.loads((out / "dataset.json").read_text())
+    return {
+        "files": sorted(os.listdir(out)),
+        **{key: manifest[key] for key in ("run_id", "shards", "totals", "shard_stats")},
+        "dropped": pq.read_table(out / "dropped.parquet").to_pylist(),
+    }
+
+
+def workers_of(driver: int) -> list[int]:
+    """The job's shard worker processes: ``ray::ShardWorker`` processes the driver's local Ray
+    started (its descendants), not those of another job on this machine."""
+    parents, titles = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            titles[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == driver:
+                return True
+        return False
+
+    return [pid for pid, title in titles.items() if title.startswith(b"ray::ShardWorker") and descends(pid)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # reaped or a zombie: gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+@pytest.mark.parametrize(
+    ("sig", "to_group", "status"),
+    [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_signalled_driver_stops_in_one_line_and_resume_finishes_the_dataset(
+    corpus, reference, tmp_path, sig, to_group, status
+):
+    out = tmp_path / "ds"
+    job = start(corpus, out)
+    deadline = time.monotonic() + 300
+    while not ((out / PROGRESS_DIR).is_dir() and os.listdir(out / PROGRESS_DIR)):
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no shard landed in 300 s"
+        time.sleep(0.05)
+    workers = workers_of(job.pid)
+    assert workers
+    signalled = time.monotonic()
+    os.killpg(job.pid, sig) if to_group else os.kill(job.pid, sig)
+    try:
+        _, stderr = job.communicate(timeout=STOPPED_WITHIN_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever the driver left, for the next test
+            os.killpg(job.pid, signal.SIGKILL)
+    assert time.monotonic() - signalled < STOPPED_WITHIN_S
+    assert job.returncode == status, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"interrupted: (\d+)( of \d+)? shards complete; rerun with existing_output=resume", last
+    )
+    assert match, stderr[-3000:]
+    assert not (out / "dataset.json").exists() and LOCK_FILE not in os.listdir(out)
+    assert not [pid for pid in workers if alive(pid)]
+    assert len(os.listdir(out / PROGRESS_DIR)) >= int(match[1]) >= 1  # at least what it says is complete
+
+    kept = {p.stem: (out / p.stem).stat().st_mtime_ns for p in (out / PROGRESS_DIR).iterdir()}
+    rerun = start(corpus, out)
+    _, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr[-3000:]
+    assert dataset(out) == reference
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # not written again
