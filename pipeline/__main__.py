@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (UserError, FileNotFoundError) as e:
         return user_error_status(e)
+    except KeyboardInterrupt as e:  # Ctrl-C, or prep's Interrupted (SIGINT, SIGTERM): one line, 128 + signal
+        print(f"interrupted: {e or 'stopped by Ctrl-C'}", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -135,3 +136,23 @@ def test_a_signalled_driver_stops_in_one_line_and_resume_finishes_the_dataset(
     assert rerun.returncode == 0, stderr[-3000:]
     assert dataset(out) == reference
     assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # not written again
+
+
+def test_ctrl_c_to_the_demo_is_one_line_and_130(tmp_path):
+    """The README's main command, interrupted while it trains (or earlier): one line, no traceback."""
+    job = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "demo", "--workdir", str(tmp_path / "demo"), "--records", "64"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "demo/runs").exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(job.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, stderr = job.communicate(timeout=STOPPED_WITHIN_S * 3)
+    assert job.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted:"), stderr[-3000:]
