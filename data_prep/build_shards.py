@@ -19,17 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from pipeline.config import config_from_command_line, exit_on_user_error
 from pipeline.prep.config import PrepConfig
-from pipeline.prep.job import Interrupted, run
+from pipeline.prep.job import run
 from pipeline.shards.check import inspect
 
 
 def main() -> None:
     cfg = config_from_command_line(PrepConfig, __doc__)
-    try:
-        manifest = exit_on_user_error(lambda: run(cfg))
-    except Interrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        raise SystemExit(128 + e.signum) from None
+    manifest = exit_on_user_error(lambda: run(cfg))
     print(inspect(manifest))
 
 

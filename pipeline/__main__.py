@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from typing import TYPE_CHECKING
 
-from pipeline.config import UserError, load_config, setup_logging, user_error_status
+from pipeline.config import UserError, interrupted_status, load_config, setup_logging, user_error_status
 
 if TYPE_CHECKING:
     from pipeline.eval import EvalConfig
@@ -114,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (UserError, FileNotFoundError) as e:
         return user_error_status(e)
-    except KeyboardInterrupt as e:  # Ctrl-C, or prep's Interrupted (SIGINT, SIGTERM): one line, 128 + signal
-        print(f"interrupted: {e or 'stopped by Ctrl-C'}", file=sys.stderr)
-        return 128 + getattr(e, "signum", signal.SIGINT)
+    except KeyboardInterrupt as e:  # Ctrl-C, or prep's Interrupted (SIGINT, SIGTERM)
+        return interrupted_status(e)
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import signal
 import sys
 import types
 import typing
@@ -51,9 +52,10 @@ class JobIncomplete(Exception):
     finishes; the message says how. Entry points print it as one line and exit with status 3."""
 
 
-def exit_on_user_error(job: Callable[[], T]) -> T:
+def exit_on_user_error(job: Callable[[], T], interrupted: str = "stopped by Ctrl-C") -> T:
     """Run an entry point's work; a :class:`UserError` becomes one line on stderr and exit 2, a
-    :class:`JobIncomplete` one line and exit 3."""
+    :class:`JobIncomplete` one line and exit 3, Ctrl-C (or prep's SIGINT/SIGTERM) one line and
+    128 + the signal (:func:`interrupted_status`)."""
     try:
         return job()
     except UserError as e:
@@ -61,6 +63,15 @@ def exit_on_user_error(job: Callable[[], T]) -> T:
     except JobIncomplete as e:
         print(f"incomplete: {e}", file=sys.stderr)
         raise SystemExit(3) from None
+    except KeyboardInterrupt as e:
+        raise SystemExit(interrupted_status(e, interrupted)) from None
+
+
+def interrupted_status(e: KeyboardInterrupt, default: str = "stopped by Ctrl-C") -> int:
+    """Print an interruption as one stderr line (its message says what is complete, if it knows;
+    else ``default``); its exit status, 128 + the signal (``signum``, else SIGINT's)."""
+    print(f"interrupted: {e or default}", file=sys.stderr)
+    return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 def user_error_status(e: Exception) -> int:

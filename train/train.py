@@ -20,11 +20,9 @@ from pipeline.training.loop import train
 
 if __name__ == "__main__":
     cfg = config_from_command_line(TrainConfig, __doc__)
-    try:
-        result = exit_on_user_error(lambda: train(cfg))
-    except KeyboardInterrupt:  # Ctrl-C: one line and 128 + SIGINT; the checkpoints written are kept
-        print("interrupted: training stopped by Ctrl-C; its last checkpoint resumes it", file=sys.stderr)
-        raise SystemExit(130) from None
+    result = exit_on_user_error(
+        lambda: train(cfg), interrupted="training stopped by Ctrl-C; its last checkpoint resumes it"
+    )
     if result.main:
         ended = "finished" if result.finished else "stopped"
         exported = f"; open_clip export {result.export}" if result.export else ""
