@@ -20,6 +20,7 @@ import functools
 import io
 import os
 import re
+import shutil
 import stat
 import tempfile
 import uuid
@@ -226,6 +227,22 @@ def remove_empty_dir(url: str) -> None:
 def make_dirs(url: str) -> None:
     if not is_s3(url):  # S3 has no folders
         local_path(url).mkdir(parents=True, exist_ok=True)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """A write refused for space (a full disk, a quota): a condition of where the output goes,
+    which no retry of the same write elsewhere in the job cures."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(url: str) -> int | None:
+    """The space left for writes under a local folder (the nearest existing one); None on S3."""
+    if is_s3(url):
+        return None
+    path = local_path(url).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def temp_target(name: str) -> str | None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import boto3
 import open_clip
+import pyarrow.parquet as pq
+import pytest
 import torch
 import torch.distributed as dist
 from botocore.exceptions import EndpointConnectionError
@@ -56,8 +58,9 @@ def init_gloo(rank: int, world_size: int, port: int) -> None:
     )
 
 
-def torchrun(config: str, *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    """train/train.py on ``ranks`` CPU ranks (gloo), as ``torchrun`` launches it."""
+def torchrun(config: str, *overrides: str, ranks: int = 2, check: bool = True) -> subprocess.CompletedProcess:
+    """train/train.py on ``ranks`` CPU ranks (gloo), as ``torchrun`` launches it; with ``check``,
+    it must exit 0."""
     cmd = [
         sys.executable,
         "-m",
@@ -76,7 +79,7 @@ def torchrun(config: str, *overrides: str, ranks: int = 2) -> subprocess.Complet
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.returncode == 0 or not check, result.stdout[-4000:] + result.stderr[-4000:]
     return result
 
 
@@ -214,6 +217,17 @@ def build_shards_command(corpus: Path, out: Path, *overrides: str) -> list[str]:
     ]
 
 
+def prep_dataset(out: Path) -> dict:
+    """What two prep runs of one job must agree on: the files, the manifest's run id, shards,
+    totals and stats, and the drops."""
+    manifest = json.loads((out / "dataset.json").read_text())
+    return {
+        "files": sorted(os.listdir(out)),
+        **{key: manifest[key] for key in ("run_id", "shards", "totals", "shard_stats")},
+        "dropped": pq.read_table(out / "dropped.parquet").to_pylist(),
+    }
+
+
 def ray_job_submit(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run a ``ray job submit`` command from the checkout; retried while a fresh head's job
     agent is not up yet ("No available agent to submit job")."""
@@ -288,3 +302,30 @@ def job_log(out: Path) -> str:
 def logged_steps(out: Path) -> list[int]:
     path = out / "metrics.jsonl"
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size_bytes: int) -> Iterator["SmallDisk"]:
+    """A real full disk: a tmpfs of ``size_bytes`` mounted at ``folder`` (root only; a test that
+    needs one skips where mounting is not allowed, saying so)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode:
+        pytest.skip(f"a small disk needs a tmpfs mount, refused here: {mounted.stderr.strip()}")
+    try:
+        yield SmallDisk(folder)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@dataclass
+class SmallDisk:
+    folder: Path
+
+    def grow(self, size_bytes: int) -> None:
+        """More space, the files kept: what freeing space does before a resume."""
+        subprocess.run(["mount", "-o", f"remount,size={size_bytes}", str(self.folder)], check=True)

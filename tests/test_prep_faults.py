@@ -91,6 +91,7 @@ def test_a_worker_killed_five_times_costs_no_shard(corpus, reference, tmp_path):
     killer.join()
     assert len(killed) == 5, killed
     assert dataset(out) == reference
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]  # no writer's partial file
 
 
 def test_poison_records_are_dropped_and_everything_else_is_written(corpus, reference, tmp_path):

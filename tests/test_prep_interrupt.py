@@ -3,7 +3,6 @@ within seconds with one line and 128 + the signal, its workers stopped and its l
 and a rerun with ``existing_output=resume`` writes the dataset an undisturbed run writes."""
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -12,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, build_shards_command
+from helpers import REPO, build_shards_command, prep_dataset
 
 from pipeline.prep.output import LOCK_FILE, PROGRESS_DIR
 from pipeline.synthetic import SyntheticConfig, write_corpus
@@ -38,7 +36,7 @@ def reference(corpus, tmp_path_factory) -> dict:
     job = start(corpus, out)
     _, stderr = job.communicate(timeout=600)
     assert job.returncode == 0, stderr[-3000:]
-    return dataset(out)
+    return prep_dataset(out)
 
 
 def start(corpus: Path, out: Path) -> subprocess.Popen:
@@ -54,15 +52,6 @@ def start(corpus: Path, out: Path) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
-
-
-def dataset(out: Path) -> dict:
-    manifest = json.loads((out / "dataset.json").read_text())
-    return {
-        "files": sorted(os.listdir(out)),
-        **{key: manifest[key] for key in ("run_id", "shards", "totals", "shard_stats")},
-        "dropped": pq.read_table(out / "dropped.parquet").to_pylist(),
-    }
 
 
 def workers_of(driver: int) -> list[int]:
@@ -134,7 +123,7 @@ def test_a_signalled_driver_stops_in_one_line_and_resume_finishes_the_dataset(
     rerun = start(corpus, out)
     _, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr[-3000:]
-    assert dataset(out) == reference
+    assert prep_dataset(out) == reference
     assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # not written again
 
 

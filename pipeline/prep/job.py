@@ -54,8 +54,15 @@ def run(cfg: PrepConfig) -> mf.Manifest:
         root = cfg.output.rstrip("/") or "/"  # "/" is refused below, not read as ""
         output.refuse_over_input(root, inputs.urls(cfg.input, files))
         run_id = _run_id(cfg, files)
-        with lock.held(f"{root}/{output.LOCK_FILE}", run_id) as held:
-            return _run(cfg, root, files, source, run_id, held, started)
+        try:
+            with lock.held(f"{root}/{output.LOCK_FILE}", run_id) as held:
+                return _run(cfg, root, files, source, run_id, held, started)
+        except OSError as e:  # before any shard: the lock, the output folder
+            if not storage.is_disk_full(e):
+                raise
+            raise JobIncomplete(
+                f"{root}: {e.strerror} before any shard was written; free space, then rerun"
+            ) from None
 
 
 def _run(
@@ -77,6 +84,7 @@ def _run(
     planner = ShardPlanner(cfg.samples_per_shard, skip=set(done))
     shard_rows = [result.stats for result in done.values()]
     drops = [d for result in done.values() for d in result.drops]
+    total = inputs.count(cfg.input)
     try:
         pool, provenance = _start_workers(cfg, root, source, run_id)
         items = inputs.read_input(
@@ -88,7 +96,7 @@ def _run(
             list_tars=_list_tars_on_ray,
         )
         resumed = sum(result.stats.inputs for result in done.values())
-        progress = Progress(inputs.count(cfg.input), resumed)
+        progress = Progress(total, resumed)
         try:
             with contextlib.closing(pool.map(planner.tasks(items))) as results:  # closed: workers stopped
                 for result in results:
@@ -114,6 +122,10 @@ def _run(
     except Interrupted as e:
         status = f"{_complete(shard_rows, planner)}; rerun with existing_output=resume"
         raise Interrupted(e.signum, status) from None
+    except OSError as e:
+        if not storage.is_disk_full(e):
+            raise
+        raise JobIncomplete(_no_space(e, root, shard_rows, planner, total)) from None
     log.info(
         "wrote %s in %.1f s; driver peak RSS %d MB; object store: %s",
         root,
@@ -128,6 +140,29 @@ def _complete(shard_rows: list[ShardStats], planner: ShardPlanner) -> str:
     """How many shards are complete, of how many once the whole input is read."""
     of = f" of {planner.shards}" if planner.exhausted else ""
     return f"{len(shard_rows)}{of} shards complete"
+
+
+def _no_space(
+    error: OSError, root: str, shard_rows: list[ShardStats], planner: ShardPlanner, total: int | None
+) -> str:
+    """The one line of a job stopped by a full disk (or quota): what is complete, how much space
+    is left, and about how much the rest needs at the bytes per input record so far."""
+    free = storage.free_bytes(root)
+    where = f"{root}: {error.strerror}" + ("" if free is None else f" ({_megabytes(free)} free)")
+    inputs_done = sum(s.inputs for s in shard_rows)
+    total = planner.records_read if total is None and planner.exhausted else total
+    if total is None or not inputs_done:
+        needs = "the space the rest needs is known once a shard is complete and the input counted"
+    else:
+        left = total - inputs_done - len(planner.read_drops)
+        per_record = sum(s.bytes for s in shard_rows) / inputs_done
+        needs = f"the other {left} records need about {_megabytes(per_record * left)}"
+    rerun = "free space, then rerun with existing_output=resume"
+    return f"{_complete(shard_rows, planner)}; {where}; {needs}; {rerun}"
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
 
 
 class Interrupted(KeyboardInterrupt):

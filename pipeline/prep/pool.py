@@ -22,6 +22,9 @@ Failures are counted per shard, never per worker or per job:
 - A shard that still cannot be written (its write raises, or dies after probing) is given up
   while the job goes on; the job then ends with :class:`JobIncomplete`, which says how many
   shards are complete and that a rerun with ``existing_output=resume`` finishes the rest.
+- A write refused for space (``storage.is_disk_full``: a full disk, a quota) is a condition of
+  the output, not of its shard: no shard is started after it, the calls in flight finish, and
+  the pool raises that error for the job to name the path and the space the rest needs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from pipeline import storage
 from pipeline.config import JobIncomplete, UserError
 from pipeline.prep.config import PrepConfig
 from pipeline.prep.output import ShardResult
@@ -99,6 +103,7 @@ class WorkerPool:
         self.queue: deque[Work] = deque()  # retries and probes: before any new shard
         self.pings: dict[ray.ObjectRef, Worker] = {}
         self.failed: list[int] = []  # shards given up in this run
+        self.disk_full: OSError | None = None  # the first write refused for space: start no more
         self.exhausted = False  # the input has no more shards
         self.nodes: set[str] = set()
         self.last_beat = 0.0
@@ -119,17 +124,20 @@ class WorkerPool:
 
     def map(self, tasks: Iterator[ShardTask]) -> Iterator[ShardResult]:
         """Each shard's result, in the order they finish; then :class:`JobIncomplete` if a shard
-        was given up."""
+        was given up; or the first write refused for space, once the calls in flight are done."""
         try:
             while True:
-                self._dispatch(tasks)
-                if self.exhausted and not self.running and not self.queue:
+                if not self.disk_full:
+                    self._dispatch(tasks)
+                if not self.running and (self.disk_full or (self.exhausted and not self.queue)):
                     break
                 for ref in self._wait():
                     yield from self._settle(ref)
                 self._heartbeat()
         finally:
             self.shutdown()
+        if self.disk_full:
+            raise self.disk_full
         if self.failed:
             raise JobIncomplete("could not write shard " + ", ".join(map(str, sorted(self.failed))))
 
@@ -182,7 +190,10 @@ class WorkerPool:
             result = ray.get(ref)
         except ray.exceptions.RayTaskError as e:  # our code raised: the worker lives on
             self._done(ref)
-            self._errored(work, e)
+            if storage.is_disk_full(e.cause):
+                self._no_space(work, e.cause)
+            else:
+                self._errored(work, e)
             return
         except ray.exceptions.RayError as e:  # the worker died, or its node went away
             self._lost(worker, type(e).__name__)
@@ -261,6 +272,11 @@ class WorkerPool:
             self.queue.append(work)
         else:
             self._give_up(shard, f"it raised {shard.errors} times: {_cause(error)}")
+
+    def _no_space(self, work: Work, error: OSError) -> None:
+        if self.disk_full is None:
+            log.error("%s: %s; no more shards are started", work.describe(), error)
+            self.disk_full = error
 
     def _give_up(self, shard: Shard, why: str) -> None:
         log.error("shard %d given up in this run: %s", shard.task.index, why)

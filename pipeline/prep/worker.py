@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import socket
 from collections import Counter, deque
@@ -64,9 +63,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 GROUND_CHUNK = 64  # records whose decoded images a grounder that needs pixels holds at once
-# Fault injection for tests and failure rehearsals: "<shard index>:<marker file>" makes
-# the worker writing that shard die halfway through the tar, once (the marker records it).
-CHAOS_ENV = "PIPELINE_CHAOS_KILL_WRITER"
 
 
 @dataclass(frozen=True)
@@ -254,7 +250,7 @@ class ShardWorker:
         samples = (
             (sample_key(self.source, item.record.id), item.stored.jpg, item.sample.to_json()) for item in good
         )
-        shard = write_shard(f"{self.root}/{name}", _maybe_die_halfway(samples, task.index, len(good)))
+        shard = write_shard(f"{self.root}/{name}", samples)
         dropped = [Drop(i.record.ordinal, i.record.id, i.error, i.detail) for i in items if i.error]
         drops = [DropRow.of(d, name) for d in [*dropped, *task.crashed]]
         result = ShardResult(shard_stats(shard, len(drops), good, self.node), drops)
@@ -332,17 +328,3 @@ def _image_bytes(record: InputRecord, max_bytes: int) -> bytes:
     if record.image_size > max_bytes:
         raise storage.TooLarge(f"{record.image_size} bytes")
     return storage.read_range(record.image, record.image_offset, record.image_size)
-
-
-def _maybe_die_halfway(samples: Iterator, index: int, count: int) -> Iterator:
-    spec = os.environ.get(CHAOS_ENV, "")
-    target, _, marker = spec.partition(":")
-    if not spec or int(target) != index or os.path.exists(marker):
-        yield from samples
-        return
-    for i, sample in enumerate(samples):
-        if i == count // 2:
-            open(marker, "w").close()
-            log.warning("chaos: killing the writer of shard %d halfway", index)
-            os._exit(1)
-        yield sample

@@ -8,6 +8,10 @@ Layout of a run folder::
     checkpoints/latest           the newest complete tag (written last, so never a partial one)
     export/                      the finished run's export (``pipeline.training.export``)
 
+A checkpoint that cannot be written (a full disk, a quota, a rank that failed writing its part)
+ends the run as :class:`CheckpointNotWritten`: ``latest`` still names the last complete tag, and
+the torn one is removed when the run starts again (any tag past ``latest`` is one).
+
 Resume restores model, optimizer, scheduler and RNGs; the loader continues at the number of
 samples trained on (``start_batch = samples / (batch_size × ranks)``), so the same batches
 follow. On a different number of ranks, ZeRO's partitions are re-cut first (see :func:`resume`).
@@ -30,7 +34,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from pipeline.config import BadInput, InputNotFound, build, one_line
+from pipeline import storage
+from pipeline.config import BadInput, InputNotFound, JobIncomplete, build, one_line
 from pipeline.lineage import LINEAGE_FILE
 from pipeline.shards.manifest import is_plain_name
 from pipeline.training.distributed import World, barrier
@@ -59,24 +64,55 @@ class Progress:
     global_batch: int  # samples per optimizer step when it was saved
 
 
+class CheckpointNotWritten(JobIncomplete):
+    """A checkpoint's files could not be written; the run resumes from ``latest``, the last
+    complete one, once the cause (the message says it) is fixed."""
+
+
 def save(engine, run_dir: Path, progress: Progress, world: World, keep_last: int) -> Path:
     """Every rank writes its shards and RNG states; rank 0 then completes the tag (progress,
     lineage, and last the ``latest`` pointer) and drops all but the newest ``keep_last`` tags."""
     ckpt_dir = run_dir / "checkpoints"
     tag = tag_of(progress.step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
-    torch.save(_rng_state(), ckpt_dir / tag / f"rng-rank{world.rank}.pt")
-    barrier()
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
+        torch.save(_rng_state(), ckpt_dir / tag / f"rng-rank{world.rank}.pt")
+        barrier()
+        if world.is_main:
+            (ckpt_dir / tag / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(progress)))
+            shutil.copy(run_dir / LINEAGE_FILE, ckpt_dir / tag / LINEAGE_FILE)
+            pointer = ckpt_dir / "latest.tmp"
+            pointer.write_text(tag)
+            pointer.replace(ckpt_dir / "latest")  # atomic: a crash leaves the previous tag in force
+    except (OSError, RuntimeError) as e:  # torch.save says "file write failed", the peers "connection closed"
+        raise CheckpointNotWritten(_not_written(ckpt_dir, tag, e)) from None
     if world.is_main:
-        (ckpt_dir / tag / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(progress)))
-        shutil.copy(run_dir / LINEAGE_FILE, ckpt_dir / tag / LINEAGE_FILE)
-        pointer = ckpt_dir / "latest.tmp"
-        pointer.write_text(tag)
-        pointer.replace(ckpt_dir / "latest")  # atomic: a crash leaves the previous tag in force
         prune(ckpt_dir, keep_last)
         log.info("checkpoint %s", ckpt_dir / tag)
     barrier()
     return ckpt_dir / tag
+
+
+def _not_written(ckpt_dir: Path, tag: str, error: Exception) -> str:
+    free = storage.free_bytes(str(ckpt_dir))
+    cause = f"{type(error).__name__}: {one_line(error)}" + (
+        "" if free is None else f"; {free / 1e6:,.1f} MB free"
+    )
+    if (ckpt_dir / "latest").exists():
+        return (
+            f"checkpoint {ckpt_dir / tag} not written ({cause}); rerun to resume from {latest_tag(ckpt_dir)}"
+        )
+    return f"checkpoint {ckpt_dir / tag} not written ({cause}); the run has no checkpoint yet"
+
+
+def remove_torn(ckpt_dir: Path) -> None:
+    """Remove the tags past ``latest``: checkpoints a failure stopped before ``latest`` named
+    them (only our tag folders; with no ``latest``, every tag is one)."""
+    latest = latest_tag(ckpt_dir) if (ckpt_dir / "latest").exists() else ""
+    for torn in _tags(ckpt_dir):
+        if torn.name > latest:
+            log.warning("removing %s: a checkpoint that was never completed", torn)
+            shutil.rmtree(torn, ignore_errors=True)
 
 
 class CheckpointManager:
@@ -86,6 +122,8 @@ class CheckpointManager:
     def __init__(self, run_dir: Path, cfg: CheckpointConfig, world: World) -> None:
         self.run_dir, self.cfg, self.world = run_dir, cfg, world
         self.last_saved: Path | None = None
+        if world.is_main:
+            remove_torn(run_dir / "checkpoints")
 
     def latest(self) -> Progress | None:
         """The progress to resume from: None for a new run, or with ``resume: false``."""
@@ -106,10 +144,14 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
     """Remove all but the newest ``keep_last`` tags; only our tag folders, never what ``latest``
     names (tags sort by step: the zero-padded step is in the name). Called once ``latest`` is written."""
     latest = latest_tag(ckpt_dir)
-    tags = sorted(p for p in ckpt_dir.glob(f"{TAG_PREFIX}*") if p.is_dir() and TAG_PATTERN.fullmatch(p.name))
-    for old in tags[:-keep_last]:
+    for old in _tags(ckpt_dir)[:-keep_last]:
         if old.name != latest:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _tags(ckpt_dir: Path) -> list[Path]:
+    """Our tag folders, oldest first."""
+    return sorted(p for p in ckpt_dir.glob(f"{TAG_PREFIX}*") if p.is_dir() and TAG_PATTERN.fullmatch(p.name))
 
 
 def latest_progress(run_dir: Path) -> Progress | None:
