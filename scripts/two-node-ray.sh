@@ -36,7 +36,10 @@ start() {
   local cpus=${1:-1}
   : "${RAY_AUTH_TOKEN:?set RAY_AUTH_TOKEN to the token the cluster will use}"
   # Its own temp dir: sessions, logs, and the address file that makes a plain ray.init() on this
-  # machine join a cluster (/tmp/ray/ray_current_cluster) stay with this cluster.
+  # machine join a cluster (/tmp/ray/ray_current_cluster) stay with this cluster. The head's
+  # here; every other node has one of its own (join_node), as every machine of a cluster has its
+  # own /tmp: one shared by two nodes would have each node's runtime-env agent unpack a job's
+  # working_dir into the same folder, deleting the one the driver runs in.
   export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0 RAY_TMPDIR=$state/tmp
   command -v ray > /dev/null || { echo "ray is not on PATH" >&2; exit 1; }
   stop
@@ -65,12 +68,13 @@ start() {
 join_node() {
   local i=$1 cpus=${2:-1}
   export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0 RAY_TMPDIR=$state/tmp
-  node "$i" --address "$net.11:6379" --num-cpus "$cpus"
+  mkdir -p "$state/node$i-tmp"
+  node "$i" --address "$net.11:6379" --num-cpus "$cpus" --temp-dir "$state/node$i-tmp"
   for _ in $(seq 60); do
     grep -q "Ray runtime started" "$state/node$i.log" && return 0
     sleep 1
   done
-  echo "node $i did not join; see $state/node$i.log and $state/tmp" >&2
+  echo "node $i did not join; see $state/node$i.log and $state/node$i-tmp" >&2
   exit 1
 }
 

@@ -1,8 +1,12 @@
+import contextlib
 import json
 import random
+import threading
+import time
 from collections import Counter
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -150,3 +154,40 @@ def test_an_index_read_in_blocks_by_reader_processes_reads_as_in_one(tmp_path, m
     # the 5,000-digit number reads as inf (records.parse_json): that row lacks an id, no more
     broken = {"unparseable_record": 2, "missing_field": 1, "invalid_utf8": 1} if fmt == "jsonl" else {}
     assert reasons == {"duplicate_id": 300, **broken}
+
+
+@pytest.mark.integration  # starts the reader processes, and kills one
+@pytest.mark.parametrize("fault", ["folder_deleted", "reader_killed"])
+def test_index_readers_that_cannot_start_or_die_cost_nothing(tmp_path, monkeypatch, fault):
+    """The driver's working folder deleted under it (a Ray job's working_dir unpacked again) makes
+    every reader's spawn fail; a reader killed breaks the pool: the driver parses the rest, and
+    the records and drops are those of an undisturbed read."""
+    rows = [{"id": f"r{i % 700}", "image": f"{i}.jpg", "caption": f"Caption {i}."} for i in range(1000)]
+    index = tmp_path / "records.jsonl"
+    _write_jsonl(index, rows)
+    whole = list(read_index(str(index), 100))
+    monkeypatch.setattr(index_module, "BLOCK_BYTES", 2000)
+    killed = []
+    if fault == "folder_deleted":
+        gone = tmp_path / "working_dir"
+        gone.mkdir()
+        monkeypatch.chdir(gone)
+        gone.rmdir()
+    else:
+        threading.Thread(target=_kill_a_child, args=(killed,), daemon=True).start()
+    assert list(read_index(str(index), 100)) == whole
+    assert fault == "folder_deleted" or killed
+
+
+def _kill_a_child(killed: list[int]) -> None:
+    """SIGKILL the first reader process of this one that appears (a spawned child, not
+    multiprocessing's resource tracker), within 30 s."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if "spawn_main" in " ".join(child.cmdline()):
+                    child.kill()
+                    killed.append(child.pid)
+                    return
+        time.sleep(0.005)

@@ -14,11 +14,13 @@ import contextlib
 import functools
 import io
 import itertools
+import logging
 import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -41,6 +43,8 @@ from pipeline.prep.records import (
 )
 
 REQUIRED_FIELDS = ("id", "image", "caption")
+log = logging.getLogger(__name__)
+
 READERS = min(4, os.cpu_count() or 1)  # processes that parse and validate an index's blocks
 BLOCK_BYTES = 1 << 20  # a JSONL block: whole lines, about 1 MB
 BLOCK_ROWS = 8192  # a Parquet block
@@ -177,21 +181,35 @@ def _blocks(url: str) -> Iterator[tuple[int, bytes | pa.RecordBatch]]:
 
 def _in_order(parse: Callable[..., tuple], blocks: Iterator[tuple]) -> Iterator[tuple]:
     """``parse`` over the blocks, results in order: in this process when there is one block (the
-    spawn of the readers costs a second), else in ``READERS`` processes, one block ahead each."""
+    spawn of the readers costs a second), else in ``READERS`` processes, one block ahead each.
+    The readers only make it faster: when they cannot start or die (the driver's folder deleted
+    under it, no processes left, a reader killed), the blocks not yet parsed are parsed here."""
     head = list(itertools.islice(blocks, 2))
     if len(head) < 2:
         for block in head:
             yield parse(*block)
         return
+    blocks = itertools.chain(head, blocks)
+    ahead: deque[tuple[tuple, Future]] = deque()  # blocks handed to a reader, and their results
+    unsent: list[tuple] = []  # a block read but not handed out when a reader could not start
     context = multiprocessing.get_context("spawn")  # the driver runs Ray's threads: never fork it
-    with ProcessPoolExecutor(READERS, mp_context=context) as pool:
-        ahead: deque[Future] = deque()
-        for block in itertools.chain(head, blocks):
-            ahead.append(pool.submit(parse, *block))
-            if len(ahead) > READERS:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
+    try:
+        with ProcessPoolExecutor(READERS, mp_context=context) as pool:
+            for block in blocks:
+                unsent = [block]
+                ahead.append((block, pool.submit(parse, *block)))
+                unsent = []
+                if len(ahead) > READERS:
+                    yield ahead[0][1].result()
+                    ahead.popleft()
+            while ahead:
+                yield ahead[0][1].result()
+                ahead.popleft()
+            return
+    except (OSError, BrokenProcessPool) as e:
+        log.warning("index readers failed (%s): the driver parses the rest", one_line(e))
+    for block in itertools.chain((block for block, _ in ahead), unsent, blocks):
+        yield parse(*block)
 
 
 def _json_rows(block: bytes, first: int) -> list[dict | Drop]:
