@@ -4,7 +4,8 @@ of the pipeline goes through these few functions.
 S3 goes through boto3 and the standard AWS configuration chain: credentials, region and an
 S3-compatible endpoint (``AWS_ENDPOINT_URL``) come from the environment or ``~/.aws``; nothing
 about them is passed around or written down. Transient errors are retried with exponential
-backoff (botocore's "standard" mode, bounded); permanent ones (no such bucket, access denied)
+backoff (botocore's "standard" mode, bounded), and so is a request that cannot connect or whose
+answer stalls (``S3_CONNECT_S``, ``S3_READ_S``); permanent ones (no such bucket, access denied)
 raise at once. A missing object raises ``FileNotFoundError``, as a missing file does.
 
 Writes are atomic: :func:`open_write` makes the object visible only once it is whole (local:
@@ -32,6 +33,11 @@ from urllib.parse import urlparse
 
 _TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")  # open_write's temporary files
 S3_ATTEMPTS = 8  # per request, with exponential backoff and jitter
+# An S3 request that cannot connect in S3_CONNECT_S, or whose answer stops for S3_READ_S, is an
+# attempt that failed (and is retried, as above): a stalled endpoint costs a read minutes, not
+# forever. A shard that stalls longer is a straggler the prep pool copies elsewhere (prep/pool.py).
+S3_CONNECT_S = 10
+S3_READ_S = 60
 
 
 class StorageError(OSError):
@@ -304,7 +310,12 @@ def _client(pid: int):
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"}))
+    config = Config(
+        connect_timeout=S3_CONNECT_S,
+        read_timeout=S3_READ_S,
+        retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+    )
+    return boto3.client("s3", config=config)
 
 
 @contextlib.contextmanager

@@ -87,10 +87,14 @@ class RayConfig:
     shard_attempts: int = 3  # worker deaths on one shard before its records are probed (pool.py)
     worker_timeout_s: float = 60.0  # a worker that does not answer a heartbeat this long is lost
     no_worker_timeout_s: float = 600.0  # no live worker this long (none can be placed) ends the job
+    # A shard running longer than both (factor x the median time of this job's shards so far, and
+    # the floor) is a straggler: a copy of it starts on another worker, the first result wins.
+    shard_deadline_factor: float = 5.0
+    shard_deadline_floor_s: float = 300.0
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "workers", "io_threads", "shard_attempts")
-        positive(self, "worker_timeout_s", "no_worker_timeout_s")
+        at_least(self, 1, "workers", "io_threads", "shard_attempts", "shard_deadline_factor")
+        positive(self, "worker_timeout_s", "no_worker_timeout_s", "shard_deadline_floor_s")
         at_least(self, 0, "worker_num_gpus")
         positive(self, "worker_num_cpus")
 

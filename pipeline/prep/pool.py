@@ -22,6 +22,12 @@ Failures are counted per shard, never per worker or per job:
 - A shard that still cannot be written (its write raises, or dies after probing) is given up
   while the job goes on; the job then ends with :class:`JobIncomplete`, which says how many
   shards are complete and that a rerun with ``existing_output=resume`` finishes the rest.
+- A shard that runs past its deadline (``ray.shard_deadline_factor`` × the median time of the
+  job's shards so far, and at least ``ray.shard_deadline_floor_s``) on a worker that still answers
+  its heartbeat (a storage read that never returns, a pathological record) is a straggler: a copy
+  starts on another worker, its worker takes no more work, and the first copy to finish wins (both
+  write the same bytes); the workers of the other copies are killed, their calls go back uncharged.
+  When ``ray.shard_attempts`` copies have all run past their deadlines, the shard is given up.
 - A write refused for space (``storage.is_disk_full``: a full disk, a quota) is a condition of
   the output, not of its shard: no shard is started after it, the calls in flight finish, and
   the pool raises that error for the job to name the path and the space the rest needs.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -50,6 +57,7 @@ log = logging.getLogger(__name__)
 TASKS_PER_WORKER = 2  # shards queued at a worker: the next one is there when it finishes one
 HEARTBEAT_S = 2.0  # how often the pool pings its workers and looks at the cluster's size
 CONFIRMATIONS = 2  # deaths of a worker on one record alone that make it a poison record
+TIMED_SHARDS = 1000  # the latest shard times the deadline is learned from
 
 
 @dataclass
@@ -62,6 +70,8 @@ class Shard:
     probed: bool = False  # its records were probed; the next deaths give the shard up
     probes: int = 0  # probes queued or in flight
     crashed: list[Drop] = field(default_factory=list)
+    late: int = 0  # copies of its write that ran past their deadline
+    settled: bool = False  # written, or given up: any other copy of it is moot
 
 
 @dataclass
@@ -71,6 +81,7 @@ class Work:
     shard: Shard
     part: list[InputRecord] | None = None  # None: write the shard
     deaths: int = 0  # deaths on this part alone (a single record's confirmations)
+    late: bool = False  # ran past its deadline: a copy was started elsewhere
 
     def describe(self) -> str:
         name = f"shard {self.shard.task.index}"
@@ -82,6 +93,8 @@ class Worker:
     handle: ray.actor.ActorHandle
     node: str = "?"
     in_flight: int = 0
+    since: float = 0.0  # when the call it is running started (calls run in the order sent)
+    stuck: bool = False  # its call ran past the deadline: it gets no more work
     ping: ray.ObjectRef | None = None
     ping_sent: float = 0.0
 
@@ -104,6 +117,7 @@ class WorkerPool:
         self.pings: dict[ray.ObjectRef, Worker] = {}
         self.failed: list[int] = []  # shards given up in this run
         self.disk_full: OSError | None = None  # the first write refused for space: start no more
+        self.times: deque[float] = deque(maxlen=TIMED_SHARDS)  # seconds the shards written took
         self.exhausted = False  # the input has no more shards
         self.nodes: set[str] = set()
         self.last_beat = 0.0
@@ -159,15 +173,25 @@ class WorkerPool:
     # The queue: retries and probes first, then the input's next shard.
 
     def _dispatch(self, tasks: Iterator[ShardTask]) -> None:
-        for worker in sorted(self.live, key=lambda w: w.in_flight):
+        for worker in sorted((w for w in self.live if not w.stuck), key=lambda w: w.in_flight):
             while worker.in_flight < TASKS_PER_WORKER:
-                work = self.queue.popleft() if self.queue else self._next(tasks)
+                work = self._queued() or self._next(tasks)
                 if work is None:
                     return
                 call = worker.handle.process if work.part is None else worker.handle.probe
                 ref = call.remote(work.shard.task if work.part is None else work.part)
                 self.running[ref] = (worker, work)
+                if not worker.in_flight:
+                    worker.since = time.monotonic()
                 worker.in_flight += 1
+
+    def _queued(self) -> Work | None:
+        """The first queued call whose shard is still open (a straggler's copy may have won)."""
+        while self.queue:
+            work = self.queue.popleft()
+            if not work.shard.settled:
+                return work
+        return None
 
     def _next(self, tasks: Iterator[ShardTask]) -> Work | None:
         task = None if self.exhausted else next(tasks, None)
@@ -198,17 +222,35 @@ class WorkerPool:
         except ray.exceptions.RayError as e:  # the worker died, or its node went away
             self._lost(worker, type(e).__name__)
             return
-        self._done(ref)
+        started = self._done(ref)
         if work.part is not None:
             self._probe_passed(work)
             return
+        if work.shard.settled:  # a copy of a straggler that finished second: the same bytes
+            return
+        work.shard.settled = True
+        self.times.append(time.monotonic() - started)
         if work.shard.crashed:
             log.warning("%s written without %d poison records", result.stats.name, len(work.shard.crashed))
+        self._stop_copies(work.shard)
         yield result
 
-    def _done(self, ref: ray.ObjectRef) -> None:
+    def _done(self, ref: ray.ObjectRef) -> float:
+        """The call is off its worker, whose next call starts now; when this one started."""
         worker, _ = self.running.pop(ref)
         worker.in_flight -= 1
+        worker.stuck = False  # a late call that ends after all frees its worker
+        started, worker.since = worker.since, time.monotonic()
+        return started
+
+    def _stop_copies(self, shard: Shard) -> None:
+        """The workers running a copy of a settled shard are stuck on it: killed, their other
+        calls back to the queue, nothing charged. (A copy still queued at a worker runs, and its
+        result is ignored.)"""
+        for worker in list(self.live):
+            work = self._head(worker)
+            if work is not None and work.shard is shard and work.part is None:
+                self._lost(worker, f"its copy of shard {shard.task.index} is no longer needed", charged=False)
 
     def _placed(self, ref: ray.ObjectRef) -> None:
         worker = self.starting.pop(ref)
@@ -230,8 +272,10 @@ class WorkerPool:
         except ray.exceptions.RayError as e:
             self._lost(worker, type(e).__name__)
 
-    def _lost(self, worker: Worker, why: str) -> None:
-        """A dead or unreachable worker: killed for good, and every call it held goes back."""
+    def _lost(self, worker: Worker, why: str, charged: bool = True) -> None:
+        """A dead or unreachable worker: killed for good, and every call it held goes back; the
+        one it was running is charged a death (``charged``), or else dropped: a straggler's, whose
+        copy runs elsewhere or has settled its shard."""
         if worker not in self.live:
             return
         self.live.remove(worker)
@@ -242,11 +286,14 @@ class WorkerPool:
         refs = [ref for ref, (holder, _) in self.running.items() if holder is worker]
         held = [self.running.pop(ref)[1] for ref in refs]
         if held:  # calls run in the order sent: the first was running, the others were waiting
-            self._died(held[0])
+            if charged:
+                self._died(held[0])
             self.queue.extendleft(reversed(held[1:]))  # not charged: they never ran there
 
     def _died(self, work: Work) -> None:
         shard = work.shard
+        if shard.settled:
+            return
         if work.part is not None:
             self._probe_died(work)
             return
@@ -262,6 +309,8 @@ class WorkerPool:
             self._probe(shard, shard.task.records)
 
     def _errored(self, work: Work, error: Exception) -> None:
+        if work.shard.settled:
+            return
         if work.part is not None:  # the stages raised on the part but the worker survived: no poison
             self._probe_passed(work)
             return
@@ -281,6 +330,8 @@ class WorkerPool:
     def _give_up(self, shard: Shard, why: str) -> None:
         log.error("shard %d given up in this run: %s", shard.task.index, why)
         self.failed.append(shard.task.index)
+        shard.settled = True
+        self._stop_copies(shard)
 
     # Probing a shard for the records that kill its worker: halves, down to single records.
 
@@ -335,7 +386,45 @@ class WorkerPool:
                 self._lost(worker, f"no answer for {now - worker.ping_sent:.0f} s")
         if not self.live and now - self.alone_since > self.cfg.ray.no_worker_timeout_s:
             raise JobIncomplete(f"no worker could run for {self.cfg.ray.no_worker_timeout_s:g} s")
+        self._stragglers(now)
         self._resize()
+
+    # Stragglers: a shard past its deadline gets a copy on another worker.
+
+    def deadline(self) -> float:
+        """Seconds a shard may run: the floor, or the factor × the median of the job's shard
+        times once a few are known, whichever is longer."""
+        floor = self.cfg.ray.shard_deadline_floor_s
+        if len(self.times) < 3:
+            return floor
+        return max(floor, self.cfg.ray.shard_deadline_factor * statistics.median(self.times))
+
+    def _stragglers(self, now: float) -> None:
+        deadline = self.deadline()
+        for worker, work in list(self.running.values()):
+            running = work is self._head(worker)
+            if not running or work.late or work.part is not None or now - worker.since <= deadline:
+                continue
+            work.late, worker.stuck = True, True
+            shard = work.shard
+            shard.late += 1
+            if shard.late >= self.cfg.ray.shard_attempts:
+                self._give_up(shard, f"{shard.late} copies ran past the deadline of {deadline:.0f} s")
+                continue
+            log.warning(
+                "%s has run %.0f s on %s (deadline %.0f s): a copy starts on another worker",
+                work.describe(),
+                now - worker.since,
+                worker.node,
+                deadline,
+            )
+            self.queue.appendleft(Work(shard))
+            if all(w.stuck for w in self.live):  # no worker for the copy: this one's slot is needed
+                self._lost(worker, "stuck, and no other worker can take its copy", charged=False)
+
+    def _head(self, worker: Worker) -> Work | None:
+        """The call the worker is running: the oldest it holds."""
+        return next((work for holder, work in self.running.values() if holder is worker), None)
 
     def _resize(self) -> None:
         """Start workers up to the pool's size, or stop those not yet placed above it."""
