@@ -318,6 +318,73 @@ def _client(pid: int):
     return boto3.client("s3", config=config)
 
 
+# Conditional writes: what a lock file needs (prep/lock.py), locally and on S3.
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """``url`` created with ``data`` unless it exists (then False), atomically."""
+    if is_s3(url):
+        return _s3_put(url, data, IfNoneMatch="*")
+    path = local_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with open(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def read_versioned(url: str) -> tuple[bytes | None, str | None]:
+    """A small file's bytes and version (S3: its ETag; local: None); (None, None) when there is none."""
+    if not is_s3(url):
+        try:
+            return local_path(url).read_bytes(), None
+        except FileNotFoundError:
+            return None, None
+    bucket, key = _split(url)
+    try:
+        with _missing_as_file_not_found(url):
+            obj = _s3().get_object(Bucket=bucket, Key=key)
+    except FileNotFoundError:
+        return None, None
+    return obj["Body"].read(), obj["ETag"]
+
+
+def replace_if_unchanged(url: str, stale: bytes, version: str | None, data: bytes) -> bool:
+    """``url`` holds ``data`` instead of ``stale`` (read with ``version``); False if it no longer
+    held ``stale``: another writer replaced it first."""
+    if is_s3(url):
+        return _s3_put(url, data, IfMatch=version)
+    path = local_path(url)
+    aside = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.stale")
+    try:
+        os.rename(path, aside)  # atomic: of two jobs taking over, one moves the stale lock
+    except FileNotFoundError:
+        return False
+    if aside.read_bytes() != stale:  # it moved a lock another job had just taken: put it back
+        os.rename(aside, path)
+        return False
+    aside.unlink()
+    return create_exclusive(url, data)
+
+
+def _s3_put(url: str, data: bytes, **condition: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    bucket, key = _split(url)
+    try:
+        _s3().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise
+    return True
+
+
 @contextlib.contextmanager
 def _missing_as_file_not_found(url: str) -> Iterator[None]:
     from botocore.exceptions import ClientError

@@ -44,7 +44,7 @@ class Lock:
     def check(self) -> None:
         """Refuse to report a dataset as ours when the lock is no longer ours (removed by hand,
         taken over): another job may have written in the folder meanwhile."""
-        if _read(self.url)[0] != self.data:
+        if storage.read_versioned(self.url)[0] != self.data:
             raise OutputInTheWay(
                 f"output: the lock {self.url} is no longer this job's (removed or taken over); "
                 "another job may have written there: rerun with existing_output=overwrite"
@@ -52,7 +52,7 @@ class Lock:
 
     def release(self) -> None:
         """The lock removed, if it is still ours."""
-        if _read(self.url)[0] == self.data:
+        if storage.read_versioned(self.url)[0] == self.data:
             storage.remove(self.url)
 
 
@@ -80,9 +80,9 @@ def acquire(url: str, run_id: str) -> Lock:
     }
     data = json.dumps(mine, indent=1).encode()
     for _ in range(ATTEMPTS):
-        if _create(url, data):
+        if storage.create_exclusive(url, data):
             return Lock(url, data)
-        raw, version = _read(url)
+        raw, version = storage.read_versioned(url)
         holder = _parse(raw)
         if raw is None or holder is None:  # released meanwhile, or being written: look again
             time.sleep(RETRY_S)
@@ -90,7 +90,7 @@ def acquire(url: str, run_id: str) -> Lock:
         if not _gone(holder):
             raise OutputInTheWay(_refusal(url, holder))
         log.warning("%s: taking over the lock of a job that is gone (%s)", url, _describe(holder))
-        if _replace(url, raw, version, data):
+        if storage.replace_if_unchanged(url, raw, version, data):
             return Lock(url, data)
     raise OutputInTheWay(f"output: the lock {url} cannot be read or taken; if no job writes there, remove it")
 
@@ -140,70 +140,3 @@ def _pid_started(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-# The storage side: create if absent, read with a version, replace if unchanged.
-
-
-def _create(url: str, data: bytes) -> bool:
-    """``url`` created with ``data`` unless it exists (then False), atomically."""
-    if storage.is_s3(url):
-        return _s3_put(url, data, IfNoneMatch="*")
-    path = storage.local_path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with open(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return True
-
-
-def _read(url: str) -> tuple[bytes | None, str | None]:
-    """The lock's bytes and version (S3: its ETag); (None, None) when there is none."""
-    if not storage.is_s3(url):
-        try:
-            return storage.local_path(url).read_bytes(), None
-        except FileNotFoundError:
-            return None, None
-    bucket, key = storage._split(url)
-    try:
-        with storage._missing_as_file_not_found(url):
-            obj = storage._s3().get_object(Bucket=bucket, Key=key)
-    except FileNotFoundError:
-        return None, None
-    return obj["Body"].read(), obj["ETag"]
-
-
-def _replace(url: str, stale: bytes, version: str | None, data: bytes) -> bool:
-    """``url`` holds ``data`` instead of ``stale``; False if it no longer held ``stale`` (another
-    job took it over first)."""
-    if storage.is_s3(url):
-        return _s3_put(url, data, IfMatch=version)
-    path = storage.local_path(url)
-    aside = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.stale")
-    try:
-        os.rename(path, aside)  # atomic: of two jobs taking over, one moves the stale lock
-    except FileNotFoundError:
-        return False
-    if aside.read_bytes() != stale:  # it moved a lock another job had just taken: put it back
-        os.rename(aside, path)
-        return False
-    aside.unlink()
-    return _create(url, data)
-
-
-def _s3_put(url: str, data: bytes, **condition: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    bucket, key = storage._split(url)
-    try:
-        storage._s3().put_object(Bucket=bucket, Key=key, Body=data, **condition)
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return False
-        raise
-    return True
