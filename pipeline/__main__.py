@@ -67,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate data, prep it on a local Ray, train the four objectives, evaluate them: one report",
     )
     demo.add_argument("--workdir", default="runs/demo")
-    demo.add_argument("--train-steps", type=int, default=200, help="per objective; 0: data prep only")
+    demo.add_argument("--scale", default="demo", help="demo: minutes; long: what the objectives are for")
+    demo.add_argument(
+        "--train-steps", type=int, help="per objective (default: the scale's); 0: data prep only"
+    )
     demo.add_argument("--pretrain-steps", type=int, default=200, help="the clip model they start from")
-    demo.add_argument("--records", type=int, default=2000, help="generated training images")
+    demo.add_argument("--records", type=int, help="generated training images (default: the scale's)")
     demo.add_argument("--heldout", type=int, default=300, help="generated held-out images (evaluation)")
     demo.add_argument("--seed", type=int, default=0, help="draws the data, the models and their order")
     demo.add_argument("overrides", nargs="*", help="PrepConfig key=value")
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(
             args.workdir,
             args.overrides,
+            args.scale,
             args.train_steps,
             args.records,
             args.heldout,

@@ -15,9 +15,10 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.eval import EvalConfig, evaluate
 from pipeline.objectives.config import NAMES
 from pipeline.prep.config import PrepConfig
@@ -33,21 +34,38 @@ TRAIN_CONFIG = (
 )
 OBJECTIVES = NAMES
 EVAL_PRESET = REPO / "configs/eval/synthetic.yaml"  # the generated corpus's FG-OVD attributes
-LONG_STEPS = 1000  # make demo-long: the smallest fine-tuning that shows the objectives (docs/evaluation.md)
+
+
+@dataclass(frozen=True)
+class Scale:
+    records: int  # generated training images
+    train_steps: int  # fine-tuning steps per objective
+
+
+SCALES = {
+    "demo": Scale(2000, 200),  # make demo: the whole system, end to end, in minutes
+    "long": Scale(6000, 1000),  # make demo-long: the smallest that shows the objectives (docs/evaluation.md)
+}
 
 
 def run_demo(
     workdir: str,
     overrides: list[str],
-    train_steps: int,
-    records: int = 2000,
+    scale: str = "demo",
+    train_steps: int | None = None,
+    records: int | None = None,
     heldout: int = 300,
     objectives: tuple[str, ...] = OBJECTIVES,
     pretrain_steps: int = 200,
     seed: int = 0,
 ) -> int:
-    """``seed`` draws the generated corpus, the model's initialisation and the loader's order: a
-    second seed is a second dataset and a second run of everything (docs/evaluation.md)."""
+    """A :data:`SCALES` entry, its ``records`` and ``train_steps`` overridable. ``seed`` draws the
+    generated corpus, the model's initialisation and the loader's order: a second seed is a second
+    dataset and a second run of everything (docs/evaluation.md)."""
+    if scale not in SCALES:
+        raise ConfigError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
+    records = SCALES[scale].records if records is None else records
+    train_steps = SCALES[scale].train_steps if train_steps is None else train_steps
     work = Path(workdir).resolve()
     train_set = _prepare(
         work, "train", SyntheticConfig(num_records=records, num_broken=48, seed=seed), overrides
@@ -81,7 +99,7 @@ def run_demo(
         "out": str(work / "report"),
         "checkpoints": runs,
         "max_images": heldout,
-        "note": scale_note(train_steps),
+        "note": scale_note(records, train_steps),
     }
     report = evaluate(
         load_config(EvalConfig, EVAL_PRESET, [f"{k}={json.dumps(v)}" for k, v in given.items()])
@@ -91,21 +109,22 @@ def run_demo(
     return 0
 
 
-def scale_note(train_steps: int) -> str:
-    """The report's first paragraph: what a demo of this length can show (docs/evaluation.md,
+def scale_note(records: int, train_steps: int) -> str:
+    """The report's first paragraph: what a demo of this size can show (docs/evaluation.md,
     "Which scale shows what", measured on two seeds)."""
     where = 'docs/evaluation.md, "Which scale shows what"'
-    if train_steps < LONG_STEPS:
+    long = SCALES["long"]
+    here = f"Each objective is fine-tuned {train_steps:,} steps on {records:,} generated images here"
+    if records < long.records or train_steps < long.train_steps:
         return (
-            f"Each objective is fine-tuned {train_steps} steps here: enough to show that the whole "
-            "system works end to end, not what the objectives are for (one run's R@1 moves by about "
-            f"2.5 points with the seed alone). `make demo-long` ({LONG_STEPS} steps, about 30 minutes "
-            f"on 2 cores) is the smallest scale at which the comparison with clip means something ({where})."
+            f"{here}: enough to show that the whole system works end to end, not what the objectives "
+            "are for (one run's R@1 moves by about 2.5 points with the seed alone). `make demo-long` "
+            f"({long.records:,} images, {long.train_steps:,} steps, about 40 minutes on 2 cores) is the "
+            f"smallest scale at which the comparison with clip means something ({where})."
         )
     return (
-        f"Each objective is fine-tuned {train_steps} steps here, at or past the smallest scale at which "
-        "the comparison with clip means something on a CPU; it still says nothing about ViT-B/16 at "
-        f"the papers' scale ({where})."
+        f"{here}, at or past the smallest scale at which the comparison with clip means something on "
+        f"a CPU; it still says nothing about ViT-B/16 at the papers' scale ({where})."
     )
 
 

@@ -44,6 +44,11 @@ def test_demo_runs_end_to_end_and_writes_the_comparison_report(tmp_path, capsys)
     report = json.loads((work / "report/metrics.json").read_text())
     assert list(report["models"]) == ["pretrained", "clip", "beta", "harmo", "beta+harmo"]
     assert report["data"]["images"] == 32
+    note = report["config"]["note"]  # what this scale can show, first in the report
+    assert (
+        note.startswith("Each objective is fine-tuned 3 steps on 96 generated images here")
+        and "demo-long" in note
+    )
     for name, model in report["models"].items():
         assert (work / "runs" / name.replace("+", "_") / "export/open_clip_model.safetensors").exists()
         assert "roi" in model["boxes"] and ("head" in model["boxes"]) == ("harmo" in name)
