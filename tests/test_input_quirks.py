@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import BadInput
+from pipeline.eval.json_fields import json_lines
 from pipeline.prep import index as index_module
 from pipeline.prep import inputs
 from pipeline.prep.coco import read_coco
@@ -260,15 +261,19 @@ def coco_files(folder: Path, prefix: bytes) -> tuple[str, str]:
     )
 
 
-@pytest.mark.parametrize("quirk", ["bom", "crlf"])
+@pytest.mark.parametrize("quirk", ["bom", "crlf", "utf-16", "utf-32"])
 def test_coco_files_as_people_write_them_read_as_plain(tmp_path, quirk):
+    """Whole-file JSON is read in the encoding its byte-order mark declares."""
     expected = list(read_coco(*coco_files(tmp_path, b""), str(tmp_path), 100))
     assert [item.caption for item in expected] == ["A dog.", "Cat."]
     (tmp_path / quirk).mkdir()
     captions, instances = coco_files(tmp_path / quirk, BOM if quirk == "bom" else b"")
-    if quirk == "crlf":
-        for url in (captions, instances):
-            Path(url).write_bytes(Path(url).read_bytes().replace(b"\n", b"\r\n"))
+    for url in (captions, instances):
+        data = Path(url).read_bytes()
+        if quirk == "crlf":
+            Path(url).write_bytes(data.replace(b"\n", b"\r\n"))
+        elif quirk.startswith("utf"):  # PowerShell's Out-File before version 6: UTF-16 with its mark
+            Path(url).write_bytes(data.decode().encode(quirk))
     assert list(read_coco(captions, instances, str(tmp_path), 100)) == expected
 
 
@@ -299,3 +304,34 @@ def test_json_lists_as_people_write_them_read_as_plain(tmp_path, fmt, quirk):
     assert len(expected) == 2 and all(type(item) is InputRecord for item in expected)
     data = BOM + text if quirk == "bom" else text.replace(b"\n", b"\r\n")
     assert list(read_list(write(tmp_path, f"{quirk}.json", data), str(tmp_path))) == expected
+
+
+WIDE = ["utf-16", "utf-16-be", "utf-32"]  # Python's utf-16 and utf-32 write the mark, little-endian
+
+
+def _with_mark(text: str, codec: str) -> bytes:
+    return ("\ufeff" + text).encode(codec) if codec.endswith("-be") else text.encode(codec)
+
+
+@pytest.mark.parametrize("codec", WIDE)
+def test_a_wide_jsonl_index_or_json_list_is_refused_in_one_line(tmp_path, codec):
+    """Read line by line or in chunks, a UTF-16 or UTF-32 file cannot be taken for UTF-8: it is
+    refused before any record, naming the file, its encoding and the conversion."""
+    label = codec.upper()[:6]
+    rows = "\n".join(json.dumps({"id": str(i), "image": f"{i}.jpg", "caption": "Café."}) for i in range(3))
+    index = write(tmp_path, "records.jsonl", _with_mark(rows, codec))
+    with pytest.raises(BadInput, match=f"^input.index: {index} is {label} .*iconv -f {label} -t UTF-8"):
+        read(index)
+    items, read_list = JSON_LISTS["sharegpt4v"]
+    captions = write(tmp_path, "captions.json", _with_mark(json.dumps(items), codec))
+    with pytest.raises(BadInput, match=f"^input.captions: {captions} is {label} "):
+        list(read_list(captions, str(tmp_path)))
+
+
+@pytest.mark.parametrize("codec", ["utf-8", "utf-8-sig", *WIDE])
+def test_benchmark_json_lines_are_read_in_the_encoding_their_mark_declares(tmp_path, codec):
+    rows = [{"image": "1.jpg", "caption": "Café."}, {"image": "2.jpg", "caption": "Two."}]
+    lines = "\r\n".join(json.dumps(row, ensure_ascii=False) for row in rows)
+    file = tmp_path / "test.jsonl"
+    file.write_bytes(_with_mark(lines, codec))
+    assert [value for _, value in json_lines(file)] == rows

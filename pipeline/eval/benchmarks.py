@@ -44,6 +44,7 @@ from pipeline.eval.metrics import retrieval_recall
 from pipeline.eval.model import embed_images, embed_texts
 from pipeline.models import FineGrainedCLIP
 from pipeline.prep.sharegpt4v import first_gpt_turn
+from pipeline.text import encoding
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ READERS: dict[str, Callable[[Path], RetrievalSet]] = {
 
 
 def _first_line(file: Path) -> str:
-    lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = encoding.decode(file.read_bytes(), "replace").splitlines()
     return lines[0] if lines else ""
 
 

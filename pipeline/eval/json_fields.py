@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import BadInput
+from pipeline.text import encoding
 
 
 def read_json(file: Path, kind: type) -> Any:
@@ -24,7 +25,7 @@ def read_json(file: Path, kind: type) -> Any:
 def json_lines(file: Path) -> list[tuple[str, Any]]:
     """(where, value) for each non-blank line of a JSON-lines file."""
     rows = []
-    for number, line in enumerate(file.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
+    for number, line in enumerate(encoding.decode(file.read_bytes(), "replace").splitlines(), 1):
         if line.strip():
             where = f"{file} line {number}"
             try:

@@ -43,6 +43,7 @@ from pipeline.prep.records import (
     unique_ids,
     xywh_to_xyxy,
 )
+from pipeline.text import encoding
 
 
 def read_coco(
@@ -153,9 +154,9 @@ def _section(data: Any, name: str, file: str) -> list:
 
 def _load(url: str, key: str) -> Any:
     """The file's JSON; bytes that are not UTF-8 become lone surrogates (``surrogateescape``),
-    so that one bad byte drops the record holding it (``invalid_utf8``), not the file. A UTF-8
-    byte-order mark before the JSON (Windows editors write one) is not part of it."""
+    so that one bad byte drops the record holding it (``invalid_utf8``), not the file. A
+    byte-order mark (Windows tools write one) says the encoding: UTF-8, or UTF-16 or UTF-32."""
     try:
-        return parse_json(storage.read_bytes(url).decode("utf-8-sig", "surrogateescape"))
+        return parse_json(encoding.decode(storage.read_bytes(url), "surrogateescape"))
     except ValueError as e:
         raise BadInput(f"input.{key}: {url} is not JSON: {e}") from e

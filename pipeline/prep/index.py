@@ -41,6 +41,7 @@ from pipeline.prep.records import (
     record_id,
     unpack,
 )
+from pipeline.text import encoding
 
 REQUIRED_FIELDS = ("id", "image", "caption")
 log = logging.getLogger(__name__)
@@ -175,6 +176,8 @@ def _blocks(url: str) -> Iterator[tuple[int, bytes | pa.RecordBatch]]:
         return
     with _open_jsonl(url) as f:
         for block in _line_blocks(f):
+            if not first:
+                encoding.refuse_wide(block, f"input.index: {url}")
             yield first, block
             first += _rows_in(block)
 

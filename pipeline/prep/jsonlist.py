@@ -11,6 +11,7 @@ not the file: a reader finds them with ``records.is_text`` and drops that item.
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 from pipeline import storage
 from pipeline.config import BadInput
 from pipeline.prep.records import Drop, huge_int
+from pipeline.text import encoding
 
 CHUNK = 1 << 20
 _DECODER = json.JSONDecoder()
@@ -39,9 +41,11 @@ def read_json_list(url: str, key: str) -> Iterator[Any | Drop]:
     (no id, the next ordinal) after the items before the break. A file that is no JSON list at
     all is a wrong ``input.<key>`` and raises."""
     with storage.open_stream(url) as f:
+        head = f.read(CHUNK)
+        encoding.refuse_wide(head, f"input.{key}: {url}")
         ordinal = 0
         try:
-            for item in parse_json_list(iter(lambda: f.read(CHUNK), b"")):
+            for item in parse_json_list(itertools.chain([head], iter(lambda: f.read(CHUNK), b""))):
                 if type(item) is Unreadable:
                     item = Drop(ordinal, None, "unparseable_record", item.detail)
                 yield item
