@@ -1,10 +1,12 @@
 """Fixtures shared by several test modules: generated shards, a loopback S3, a tiny detector."""
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import ray
-from helpers import REPO, S3Server, s3_server
+from helpers import PREP_ARGS, REPO, S3Server, build_shards_command, prep_dataset, s3_server
 
 from pipeline.config import load_config
 from pipeline.grounding.random_owlv2 import save_random_owlv2
@@ -13,7 +15,7 @@ from pipeline.prep.job import run
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
 # Fixtures that start a local Ray or a moto_server.
-SERVICES = {"generated_shards", "s3", "local_ray"}
+SERVICES = {"generated_shards", "s3", "local_ray", "prep_reference"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -63,3 +65,27 @@ def tiny_owlv2(tmp_path_factory) -> Path:
     """A random-init OWLv2 with the real CLIP tokenizer and a 64-pixel, 4×4-patch image side,
     saved the way a downloaded model is, so the detector loads it through ``from_pretrained``."""
     return save_random_owlv2(tmp_path_factory.mktemp("tiny-owlv2"), "tiny")
+
+
+# The CLI prep job's corpus and its undisturbed dataset, shared by the tests that stop a job
+# (a signal, a full disk) and resume it.
+
+
+@pytest.fixture(scope="session")
+def prep_corpus(tmp_path_factory) -> Path:
+    """320 generated records, 6 broken: 40 shards of 8."""
+    root = tmp_path_factory.mktemp("prep-corpus")
+    write_corpus(str(root), SyntheticConfig(num_records=320, num_broken=6, seed=11))
+    return root
+
+
+@pytest.fixture(scope="session")
+def prep_reference(prep_corpus, tmp_path_factory) -> dict:
+    """The dataset an undisturbed ``build_shards.py`` run writes from ``prep_corpus``."""
+    out = tmp_path_factory.mktemp("prep-reference") / "ds"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        build_shards_command(prep_corpus, out, *PREP_ARGS), cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return prep_dataset(out)

@@ -217,6 +217,9 @@ def build_shards_command(corpus: Path, out: Path, *overrides: str) -> list[str]:
     ]
 
 
+PREP_ARGS = ("samples_per_shard=8", "existing_output=resume")  # the stopped-and-resumed prep tests
+
+
 def prep_dataset(out: Path) -> dict:
     """What two prep runs of one job must agree on: the files, the manifest's run id, shards,
     totals and stats, and the drops."""

@@ -7,13 +7,11 @@ import re
 import subprocess
 
 import pytest
-from helpers import REPO, build_shards_command, prep_dataset, small_disk
+from helpers import PREP_ARGS, REPO, build_shards_command, prep_dataset, small_disk
 
 from pipeline.prep.output import PROGRESS_DIR
-from pipeline.synthetic import SyntheticConfig, write_corpus
 
 pytestmark = pytest.mark.integration
-ARGS = ("samples_per_shard=8", "existing_output=resume")
 FULL = (
     r"incomplete: (\d+) shards complete; (\S+): No space left on device \(([\d.]+) MB free\); "
     r"the other (\d+) records need about ([\d.]+) MB; free space, then rerun with existing_output=resume"
@@ -22,16 +20,14 @@ FULL = (
 
 def run(corpus, out) -> subprocess.CompletedProcess:
     return subprocess.run(
-        build_shards_command(corpus, out, *ARGS), cwd=REPO, capture_output=True, text=True, timeout=600
+        build_shards_command(corpus, out, *PREP_ARGS), cwd=REPO, capture_output=True, text=True, timeout=600
     )
 
 
-def test_a_full_disk_stops_the_job_in_one_line_and_the_resume_is_identical(tmp_path):
-    corpus = tmp_path / "corpus"
-    write_corpus(str(corpus), SyntheticConfig(num_records=320, num_broken=6, seed=11))
-    undisturbed = run(corpus, tmp_path / "reference")
-    assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
-    reference = prep_dataset(tmp_path / "reference")
+def test_a_full_disk_stops_the_job_in_one_line_and_the_resume_is_identical(
+    prep_corpus, prep_reference, tmp_path
+):
+    corpus, reference = prep_corpus, prep_reference
     whole = sum(s["bytes"] for s in reference["shard_stats"])
 
     with small_disk(tmp_path / "disk", whole // 3) as disk:

@@ -12,31 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, build_shards_command, prep_dataset
+from helpers import PREP_ARGS, REPO, build_shards_command, prep_dataset
 
 from pipeline.prep.output import LOCK_FILE, PROGRESS_DIR
-from pipeline.synthetic import SyntheticConfig, write_corpus
 
 pytestmark = pytest.mark.integration
-ARGS = ("samples_per_shard=8", "existing_output=resume")
 STOPPED_WITHIN_S = 20
 STOPPED = r"interrupted: (\d+)( of \d+)? shards complete; rerun with existing_output=resume"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("interrupt")
-    write_corpus(str(root), SyntheticConfig(num_records=320, num_broken=6, seed=11))
-    return root
-
-
-@pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("reference") / "ds"
-    job = start(corpus, out)
-    _, stderr = job.communicate(timeout=600)
-    assert job.returncode == 0, stderr[-3000:]
-    return prep_dataset(out)
 
 
 def start(corpus: Path, out: Path) -> subprocess.Popen:
@@ -44,7 +26,7 @@ def start(corpus: Path, out: Path) -> subprocess.Popen:
     starts are one process group, the one Ctrl-C signals."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.Popen(
-        build_shards_command(corpus, out, *ARGS),
+        build_shards_command(corpus, out, *PREP_ARGS),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -89,10 +71,10 @@ def alive(pid: int) -> bool:
     ids=["ctrl-c", "sigterm"],
 )
 def test_a_signalled_driver_stops_in_one_line_and_resume_finishes_the_dataset(
-    corpus, reference, tmp_path, sig, to_group, status
+    prep_corpus, prep_reference, tmp_path, sig, to_group, status
 ):
     out = tmp_path / "ds"
-    job = start(corpus, out)
+    job = start(prep_corpus, out)
     deadline = time.monotonic() + 300
     while not ((out / PROGRESS_DIR).is_dir() and os.listdir(out / PROGRESS_DIR)):
         assert job.poll() is None, job.communicate()[1][-3000:]
@@ -120,10 +102,10 @@ def test_a_signalled_driver_stops_in_one_line_and_resume_finishes_the_dataset(
     assert len(os.listdir(out / PROGRESS_DIR)) >= int(match[1]) >= 1  # at least what it says is complete
 
     kept = {p.stem: (out / p.stem).stat().st_mtime_ns for p in (out / PROGRESS_DIR).iterdir()}
-    rerun = start(corpus, out)
+    rerun = start(prep_corpus, out)
     _, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr[-3000:]
-    assert prep_dataset(out) == reference
+    assert prep_dataset(out) == prep_reference
     assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # not written again
 
 
