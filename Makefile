@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 demo: $(VENV)/.installed
 	$(PY) -m pipeline demo --workdir runs/demo
 
-# The same demo on 6,000 images with 1,000 fine-tuning steps per objective (about 40 minutes on
-# 2 cores): the smallest scale at which its report shows what the objectives are for
-# (docs/evaluation.md, "Which scale shows what").
+# The same demo with 1,000 fine-tuning steps per objective (about 30 minutes on 2 cores): the
+# smallest scale at which its report shows what the objectives are for (docs/evaluation.md,
+# "Which scale shows what").
 demo-long: $(VENV)/.installed
 	$(PY) -m pipeline demo --workdir runs/demo-long --scale long
 

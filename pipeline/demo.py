@@ -44,7 +44,7 @@ class Scale:
 
 SCALES = {
     "demo": Scale(2000, 200),  # make demo: the whole system, end to end, in minutes
-    "long": Scale(6000, 1000),  # make demo-long: the smallest that shows the objectives (docs/evaluation.md)
+    "long": Scale(2000, 1000),  # make demo-long: the smallest that shows the objectives (docs/evaluation.md)
 }
 
 
@@ -119,7 +119,7 @@ def scale_note(records: int, train_steps: int) -> str:
         return (
             f"{here}: enough to show that the whole system works end to end, not what the objectives "
             "are for (one run's R@1 moves by about 2.5 points with the seed alone). `make demo-long` "
-            f"({long.records:,} images, {long.train_steps:,} steps, about 40 minutes on 2 cores) is the "
+            f"({long.records:,} images, {long.train_steps:,} steps, about 30 minutes on 2 cores) is the "
             f"smallest scale at which the comparison with clip means something ({where})."
         )
     return (
