@@ -70,7 +70,7 @@ def exit_on_user_error(job: Callable[[], T], interrupted: str = "stopped by Ctrl
 def interrupted_status(e: KeyboardInterrupt, default: str = "stopped by Ctrl-C") -> int:
     """Print an interruption as one stderr line (its message says what is complete, if it knows;
     else ``default``); its exit status, 128 + the signal (``signum``, else SIGINT's)."""
-    print(f"interrupted: {e or default}", file=sys.stderr)
+    print(f"interrupted: {str(e) or default}", file=sys.stderr)
     return 128 + getattr(e, "signum", signal.SIGINT)
 
 

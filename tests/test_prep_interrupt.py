@@ -110,9 +110,12 @@ def test_a_signalled_driver_stops_in_one_line_and_resume_finishes_the_dataset(
 
 
 def test_ctrl_c_to_the_demo_is_one_line_and_130(tmp_path):
-    """The README's main command, interrupted while it trains (or earlier): one line, no traceback."""
+    """The README's main command, interrupted while it trains: one line, no traceback."""
     job = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "demo", "--workdir", str(tmp_path / "demo"), "--records", "64"],
+        [
+            *(sys.executable, "-m", "pipeline", "demo", "--workdir", str(tmp_path / "demo")),
+            *("--records", "96", "--heldout", "32", "samples_per_shard=32"),  # 3 shards: 2 ranks train
+        ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -120,10 +123,13 @@ def test_ctrl_c_to_the_demo_is_one_line_and_130(tmp_path):
         start_new_session=True,
     )
     deadline = time.time() + 300
-    while not (tmp_path / "demo/runs").exists() and job.poll() is None and time.time() < deadline:
+    training = tmp_path / "demo/runs/pretrained/metrics.jsonl"  # its first step is logged
+    while not training.exists() and job.poll() is None and time.time() < deadline:
         time.sleep(0.5)
     os.killpg(job.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     _, stderr = job.communicate(timeout=STOPPED_WITHIN_S * 3)
     assert job.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1].startswith("interrupted:"), stderr[-3000:]
+    said = [line for line in stderr.splitlines() if line.startswith("interrupted:")]
+    assert stderr.strip().splitlines()[-1] == "interrupted: stopped by Ctrl-C", stderr[-3000:]
+    assert all(len(line) > len("interrupted: ") for line in said), said  # each says what stopped

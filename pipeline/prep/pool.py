@@ -92,7 +92,7 @@ class Work:
 class Worker:
     handle: ray.actor.ActorHandle
     node: str = "?"
-    in_flight: int = 0
+    calls: deque[ray.ObjectRef] = field(default_factory=deque)  # in the order sent: the first runs
     since: float = 0.0  # when the call it is running started (calls run in the order sent)
     stuck: bool = False  # its call ran past the deadline: it gets no more work
     ping: ray.ObjectRef | None = None
@@ -173,17 +173,17 @@ class WorkerPool:
     # The queue: retries and probes first, then the input's next shard.
 
     def _dispatch(self, tasks: Iterator[ShardTask]) -> None:
-        for worker in sorted((w for w in self.live if not w.stuck), key=lambda w: w.in_flight):
-            while worker.in_flight < TASKS_PER_WORKER:
+        for worker in sorted((w for w in self.live if not w.stuck), key=lambda w: len(w.calls)):
+            while len(worker.calls) < TASKS_PER_WORKER:
                 work = self._queued() or self._next(tasks)
                 if work is None:
                     return
                 call = worker.handle.process if work.part is None else worker.handle.probe
                 ref = call.remote(work.shard.task if work.part is None else work.part)
                 self.running[ref] = (worker, work)
-                if not worker.in_flight:
+                if not worker.calls:
                     worker.since = time.monotonic()
-                worker.in_flight += 1
+                worker.calls.append(ref)
 
     def _queued(self) -> Work | None:
         """The first queued call whose shard is still open (a straggler's copy may have won)."""
@@ -238,7 +238,7 @@ class WorkerPool:
     def _done(self, ref: ray.ObjectRef) -> float:
         """The call is off its worker, whose next call starts now; when this one started."""
         worker, _ = self.running.pop(ref)
-        worker.in_flight -= 1
+        worker.calls.remove(ref)  # the first: calls end in the order sent
         worker.stuck = False  # a late call that ends after all frees its worker
         started, worker.since = worker.since, time.monotonic()
         return started
@@ -283,8 +283,8 @@ class WorkerPool:
         log.warning("worker on %s lost (%s)", worker.node, why)
         if not self.live:
             self.alone_since = time.monotonic()
-        refs = [ref for ref, (holder, _) in self.running.items() if holder is worker]
-        held = [self.running.pop(ref)[1] for ref in refs]
+        held = [self.running.pop(ref)[1] for ref in worker.calls]
+        worker.calls.clear()
         if held:  # calls run in the order sent: the first was running, the others were waiting
             if charged:
                 self._died(held[0])
@@ -401,9 +401,9 @@ class WorkerPool:
 
     def _stragglers(self, now: float) -> None:
         deadline = self.deadline()
-        for worker, work in list(self.running.values()):
-            running = work is self._head(worker)
-            if not running or work.late or work.part is not None or now - worker.since <= deadline:
+        for worker in list(self.live):
+            work = self._head(worker)
+            if work is None or work.late or work.part is not None or now - worker.since <= deadline:
                 continue
             work.late, worker.stuck = True, True
             shard = work.shard
@@ -423,8 +423,8 @@ class WorkerPool:
                 self._lost(worker, "stuck, and no other worker can take its copy", charged=False)
 
     def _head(self, worker: Worker) -> Work | None:
-        """The call the worker is running: the oldest it holds."""
-        return next((work for holder, work in self.running.values() if holder is worker), None)
+        """The call the worker is running: the first of those it holds."""
+        return self.running[worker.calls[0]][1] if worker.calls else None
 
     def _resize(self) -> None:
         """Start workers up to the pool's size, or stop those not yet placed above it."""
