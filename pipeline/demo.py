@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -149,6 +150,10 @@ def train_run(run_dir: Path, objective: str, train_set: Path, steps: int, extra:
         *extra,
     ]
     print(f"\ntraining {objective}:", " ".join(cmd[2:]), flush=True)
+    # Ctrl-C must reach this process as KeyboardInterrupt while it waits: the prep's local Ray,
+    # still up in it, can leave SIGINT handled elsewhere (seen: the demo ended 1, not 130).
+    # signal.signal puts Python's handler back at the C level.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if subprocess.run(cmd, check=False, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode:
         return None
     return run_dir
