@@ -3,6 +3,7 @@ lines the docs show, a real S3 server, and submitting jobs to Ray and Slurm as a
 Fixtures live in conftest.py; test modules import from here, never from each other."""
 
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -199,6 +200,24 @@ def s3_server(host: str) -> Iterator[S3Server]:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         storage._client.cache_clear()
+
+
+def relay(handler, port: int, body: bytes) -> None:
+    """Answer the request ``handler`` (a ``BaseHTTPRequestHandler``) holds with what the S3
+    server on 127.0.0.1:``port`` answers it: the fault proxies' way of passing a request on."""
+    upstream = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    upstream.request(handler.command, handler.path, body=body, headers=dict(handler.headers))
+    answer = upstream.getresponse()
+    data = answer.read()
+    handler.send_response(answer.status)
+    for name, value in answer.getheaders():
+        if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+            handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(data)
+    upstream.close()
 
 
 # --- Ray -----------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ starts on another worker once it passes its deadline; the first copy to finish w
 dataset is the undisturbed one. A shard every copy of which stalls is given up with the usual
 one line, and a resume finishes the dataset."""
 
-import http.client
 import http.server
 import json
 import os
@@ -16,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import REPO, prep_dataset, s3_server
+from helpers import REPO, prep_dataset, relay, s3_server
 
 from pipeline.synthetic import SyntheticConfig, write_corpus
 
@@ -32,8 +31,7 @@ class StallingProxy(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, upstream: str, key: str, stalls: int):
-        host, port = upstream.removeprefix("http://").split(":")
-        self.upstream, self.key, self.stalls = (host, int(port)), key, stalls
+        self.upstream, self.key, self.stalls = int(upstream.rsplit(":", 1)[1]), key, stalls  # moto's port
         self.stalled = 0
         self.closing = threading.Event()
         super().__init__(("127.0.0.1", 0), _Forward)
@@ -56,20 +54,7 @@ class _Forward(http.server.BaseHTTPRequestHandler):
                 proxy.stalled += 1
                 proxy.closing.wait()
                 return
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-        upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
-        upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
-        answer = upstream.getresponse()
-        data = answer.read()
-        self.send_response(answer.status)
-        for name, value in answer.getheaders():
-            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        upstream.close()
+        relay(self, proxy.upstream, self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 

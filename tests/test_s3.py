@@ -2,7 +2,6 @@
 on loopback (moto_server)."""
 
 import gzip
-import http.client
 import itertools
 import os
 import threading
@@ -12,6 +11,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import ray
+from helpers import relay
 from torchvision import transforms
 
 from pipeline import storage
@@ -59,19 +59,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(payload)
             return
-        conn = http.client.HTTPConnection("127.0.0.1", server.target_port)
-        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-        response = conn.getresponse()
-        data = response.read()
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        conn.close()
+        relay(self, server.target_port, body)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 
