@@ -8,12 +8,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import ray
 from helpers import PREP_ARGS, REPO, build_shards_command, prep_dataset
 
+from pipeline.prep import job as prep_job
 from pipeline.prep.output import LOCK_FILE, PROGRESS_DIR
 
 pytestmark = pytest.mark.integration
@@ -107,6 +110,26 @@ def test_a_signalled_driver_stops_in_one_line_and_resume_finishes_the_dataset(
     assert rerun.returncode == 0, stderr[-3000:]
     assert prep_dataset(out) == prep_reference
     assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # not written again
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_inside_ray_get_stops_the_job_with_its_own_number(local_ray, sig):
+    """What our handler raises inside ``ray.get`` comes out of Ray as a bare KeyboardInterrupt;
+    the job still stops with the signal it got (CI, 2026-12-07: a SIGTERM ended 130, "stopped by
+    Ctrl-C", when it landed while the driver waited on Ray)."""
+
+    @ray.remote
+    def asleep() -> None:
+        time.sleep(120)
+
+    task = asleep.remote()
+    try:
+        with pytest.raises(prep_job.Interrupted) as stopped, prep_job._signals_interrupt():
+            threading.Timer(1, os.kill, (os.getpid(), sig)).start()
+            ray.get(task)
+    finally:
+        ray.cancel(task, force=True)
+    assert stopped.value.signum == sig
 
 
 def test_ctrl_c_to_the_demo_is_one_line_and_130(tmp_path):

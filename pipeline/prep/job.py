@@ -119,9 +119,9 @@ def _run(
         )
         held.check()
         _write_manifest(root, header, shard_rows, drops)
-    except Interrupted as e:
+    except KeyboardInterrupt as e:  # Ray may have made the Interrupted bare: the signal is put back below
         status = f"{_complete(shard_rows, planner)}; rerun with existing_output=resume"
-        raise Interrupted(e.signum, status) from None
+        raise Interrupted(getattr(e, "signum", signal.SIGINT), status) from None
     except OSError as e:
         if not storage.is_disk_full(e):
             raise
@@ -177,7 +177,10 @@ class Interrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` in the driver for the block (once: a signal
-    while the job stops is logged, not raised into its cleanup); then the handlers it found."""
+    while the job stops is logged, not raised into its cleanup); then the handlers it found.
+    What a handler raises inside ``ray.wait``/``ray.get`` comes out as a bare KeyboardInterrupt
+    (Ray's core worker checks signals and raises its own), so the signal received is recorded
+    here and the block's interruption leaves as :class:`Interrupted` with that signal."""
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
@@ -193,6 +196,10 @@ def _signals_interrupt() -> Iterator[None]:
     before = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         yield
+    except KeyboardInterrupt as e:
+        if not stopping:  # raised by other code: not a signal of ours
+            raise
+        raise Interrupted(stopping[0], *e.args[:1]) from None
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
