@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--records", type=int, help="generated training images (default: the scale's)")
     demo.add_argument("--heldout", type=int, default=300, help="generated held-out images (evaluation)")
     demo.add_argument("--seed", type=int, default=0, help="draws the data, the models and their order")
+    demo.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training key for every run, the pretraining too (model.name=FG-Small-16)",
+    )
     demo.add_argument("overrides", nargs="*", help="PrepConfig key=value")
     return parser
 
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             args.heldout,
             pretrain_steps=args.pretrain_steps,
             seed=args.seed,
+            train=tuple(args.train),
         )
     except (UserError, FileNotFoundError) as e:
         return user_error_status(e)

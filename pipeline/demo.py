@@ -26,6 +26,7 @@ from pipeline.prep.config import PrepConfig
 from pipeline.prep.job import run
 from pipeline.shards import check
 from pipeline.synthetic import SyntheticConfig, write_corpus
+from pipeline.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,16 @@ def run_demo(
     objectives: tuple[str, ...] = OBJECTIVES,
     pretrain_steps: int = 200,
     seed: int = 0,
+    train: tuple[str, ...] = (),
 ) -> int:
     """A :data:`SCALES` entry, its ``records`` and ``train_steps`` overridable. ``seed`` draws the
     generated corpus, the model's initialisation and the loader's order: a second seed is a second
-    dataset and a second run of everything (docs/evaluation.md)."""
+    dataset and a second run of everything (docs/evaluation.md). ``train``: training keys
+    (``key=value``) for every run, the pretraining too (a larger model: ``model.name=FG-Small-16``),
+    checked before any work."""
     if scale not in SCALES:
         raise ConfigError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
+    load_config(TrainConfig, REPO / TRAIN_CONFIG, list(train))
     records = SCALES[scale].records if records is None else records
     train_steps = SCALES[scale].train_steps if train_steps is None else train_steps
     work = Path(workdir).resolve()
@@ -79,7 +84,7 @@ def run_demo(
 
     # Both papers fine-tune an already aligned 77-token CLIP: pretrain one, as OpenAI's stands in
     # for it at their scale, then fine-tune each objective from it at the config's context.
-    seeds = [f"seed={seed}", f"data.seed={seed}"]
+    seeds = [f"seed={seed}", f"data.seed={seed}", *train]
     pretrained = train_run(
         work / "runs/pretrained", "clip", train_set, pretrain_steps, ["model.context_length=77", *seeds]
     )

@@ -351,3 +351,33 @@ class SmallDisk:
     def grow(self, size_bytes: int) -> None:
         """More space, the files kept: what freeing space does before a resume."""
         subprocess.run(["mount", "-o", f"remount,size={size_bytes}", str(self.folder)], check=True)
+
+
+def ray_processes(title: bytes, under: int) -> list[int]:
+    """Ray worker processes whose title starts with ``title`` (``b"ray::ShardWorker"``, an actor's
+    class) among the descendants of ``under`` (a driver and the local Ray it started), not
+    those of another job on this machine."""
+    parents, titles = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            titles[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == under:
+                return True
+        return False
+
+    return [pid for pid, name in titles.items() if name.startswith(title) and descends(pid)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # reaped or a zombie: gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from helpers import PREP_ARGS, REPO, build_shards_command, prep_dataset
+from helpers import PREP_ARGS, REPO, alive, build_shards_command, prep_dataset, ray_processes
 
 from pipeline.prep import job as prep_job
 from pipeline.prep.output import LOCK_FILE, PROGRESS_DIR
@@ -39,35 +39,6 @@ def start(corpus: Path, out: Path) -> subprocess.Popen:
     )
 
 
-def workers_of(driver: int) -> list[int]:
-    """The job's shard worker processes: ``ray::ShardWorker`` processes the driver's local Ray
-    started (its descendants), not those of another job on this machine."""
-    parents, titles = {}, {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            titles[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-
-    def descends(pid: int) -> bool:
-        while pid > 1:
-            pid = parents.get(pid, 0)
-            if pid == driver:
-                return True
-        return False
-
-    return [pid for pid, title in titles.items() if title.startswith(b"ray::ShardWorker") and descends(pid)]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):  # reaped or a zombie: gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
-
-
 @pytest.mark.parametrize(
     ("sig", "to_group", "status"),
     [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
@@ -83,7 +54,7 @@ def test_a_signalled_driver_stops_in_one_line_and_resume_finishes_the_dataset(
         assert job.poll() is None, job.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no shard landed in 300 s"
         time.sleep(0.05)
-    workers = workers_of(job.pid)
+    workers = ray_processes(b"ray::ShardWorker", job.pid)
     assert workers
     signalled = time.monotonic()
     os.killpg(job.pid, sig) if to_group else os.kill(job.pid, sig)

@@ -162,14 +162,18 @@ KILL_WHEN = {
 }
 
 
-@pytest.mark.parametrize("moment", KILL_WHEN)
-def test_a_node_lost_costs_nothing(two_nodes, s3, one_node, moment):
+@pytest.mark.parametrize(
+    ("moment", "dedup"), [*((moment, "driver") for moment in KILL_WHEN), ("mid_job", "distributed")]
+)
+def test_a_node_lost_costs_nothing(two_nodes, s3, one_node, moment, dedup):
     """The README's ``ray job submit --working-dir .``; every process of node 2 is killed before
     the first shard lands (its workers started), mid-job (once it has written a shard) or in the
     last shards: the shards it held run on node 1, and the job finishes by itself with the
-    one-node dataset."""
-    out = f"node-lost-{moment}"
-    job = submit(s3, two_nodes, out)
+    one-node dataset. With ``ray.dedup=distributed`` the parts of the id set on node 2 go too:
+    the set is rebuilt from a second read of the index (its second block is looked up after
+    the kill), and the dataset is the same."""
+    out = f"node-lost-{moment}-{dedup}"
+    job = submit(s3, two_nodes, out, f"ray.dedup={dedup}", "ray.dedup_parts=4")
     log = lambda: job_cli(two_nodes, "logs", job)  # noqa: E731
     wait_for(lambda: KILL_WHEN[moment](completion_records(s3, out), log), moment, two_nodes, job)
     cluster(two_nodes, "kill-node", "2")
@@ -178,6 +182,7 @@ def test_a_node_lost_costs_nothing(two_nodes, s3, one_node, moment):
     finally:
         cluster(two_nodes, "join-node", "2")
     assert "Traceback" not in logs, logs[-4000:]
+    assert ("reading the input again to rebuild it" in logs) == (dedup == "distributed"), logs[-4000:]
     manifest = json.loads(storage.read_bytes(f"{s3.url}/{out}/dataset.json"))
     if moment == "mid_job":
         assert {s["node"] for s in manifest["shard_stats"]} == {"node1", "node2"}

@@ -51,6 +51,10 @@ def exit_status(args: list[str], monkeypatch) -> int:
             ["-m", "pipeline", "export", "/nonexistent", "{tmp}/export"],
             "error: /nonexistent: neither a run folder",
         ),
+        (  # checked before the demo generates or preps anything
+            ["-m", "pipeline", "demo", "--workdir", "{tmp}/demo", "--train", "optim.lrr=1"],
+            "config error: optim.lrr",
+        ),
     ],
 )
 def test_user_error_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, command, message):

@@ -36,6 +36,7 @@ from pipeline.config import BadInput
 from pipeline.prep.records import (
     Drop,
     InputRecord,
+    SeenIds,
     as_sentence,
     caption_problem,
     parse_json,
@@ -47,19 +48,25 @@ from pipeline.text import encoding
 
 
 def read_coco(
-    captions: str, instances: str, images: str, max_caption_chars: int
+    captions: str, instances: str, images: str, max_caption_chars: int, seen: SeenIds | None = None
 ) -> Iterator[InputRecord | Drop]:
-    """The records of a COCO captions file (+ instances file, when given); images under ``images``."""
+    """The records of a COCO captions file (+ instances file, when given); images under ``images``;
+    ``seen``: the ids seen so far (``records.unique_ids``)."""
     yield from coco_items(
         _load(captions, "captions"),
         _load(instances, "instances") if instances else None,
         images,
         max_caption_chars,
+        seen,
     )
 
 
 def coco_items(
-    captions: dict, instances: dict | None, images_dir: str, max_caption_chars: int
+    captions: dict,
+    instances: dict | None,
+    images_dir: str,
+    max_caption_chars: int,
+    seen: SeenIds | None = None,
 ) -> Iterator[InputRecord | Drop]:
     """Parsed COCO files → every image as a record or a drop, then every annotation not attached."""
     images = _section(captions, "images", "captions")
@@ -105,7 +112,7 @@ def coco_items(
                     )
                 )
 
-    yield from unique_ids(records())
+    yield from unique_ids(records(), seen)
     for ordinal, (rid, reason, detail) in enumerate(loose, start=len(images)):
         yield Drop(ordinal, rid, reason, detail)
 

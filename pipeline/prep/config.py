@@ -91,9 +91,13 @@ class RayConfig:
     # the floor) is a straggler: a copy of it starts on another worker, the first result wins.
     shard_deadline_factor: float = 5.0
     shard_deadline_floor_s: float = 300.0
+    # Where the ids seen so far are kept (prep/dedup.py): "driver", 13 bytes an id on the head node
+    # (13 GB at 10^9 records); "distributed", hash-partitioned across dedup_parts actors on the nodes.
+    dedup: Literal["driver", "distributed"] = "driver"
+    dedup_parts: int = 16
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "workers", "io_threads", "shard_attempts", "shard_deadline_factor")
+        at_least(self, 1, "workers", "io_threads", "shard_attempts", "shard_deadline_factor", "dedup_parts")
         positive(self, "worker_timeout_s", "no_worker_timeout_s", "shard_deadline_floor_s")
         at_least(self, 0, "worker_num_gpus")
         positive(self, "worker_num_cpus")

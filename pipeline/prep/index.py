@@ -32,6 +32,7 @@ from pipeline.prep.records import (
     Drop,
     IdSet,
     InputRecord,
+    SeenIds,
     caption_problem,
     first_of_ids,
     id_digests,
@@ -67,13 +68,13 @@ def _compression(url: str) -> str | None:
     return next((codec for suffix, codec in CODECS.items() if url.endswith(suffix)), None)
 
 
-def read_index(url: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
-    """Every row of the index, in order, as a valid record or a drop; duplicate ids are dropped.
-    Blocks of rows are parsed, validated and their ids hashed in ``READERS`` processes when the
-    index has more than one block (``_in_order``); the driver then only finds duplicates among the
-    digests and cuts shards."""
+def read_index(url: str, max_caption_chars: int, seen: SeenIds | None = None) -> Iterator[InputRecord | Drop]:
+    """Every row of the index, in order, as a valid record or a drop; duplicate ids (those in
+    ``seen``; None: a new :class:`IdSet`) are dropped. Blocks of rows are parsed, validated and
+    their ids hashed in ``READERS`` processes when the index has more than one block
+    (``_in_order``); the driver then only finds duplicates among the digests and cuts shards."""
     parse = functools.partial(parse_block, base_dir=storage.parent(url), max_caption_chars=max_caption_chars)
-    seen = IdSet()
+    seen = IdSet() if seen is None else seen
     for packed, digests in _in_order(parse, _blocks(url)):
         yield from first_of_ids(seen, unpack(packed), digests)
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 from pipeline import storage
 from pipeline.config import BadInput, InputNotFound
-from pipeline.prep import tars
+from pipeline.prep import dedup, tars
 from pipeline.prep.coco import read_coco
 from pipeline.prep.config import FORMAT_KEYS, InputConfig
 from pipeline.prep.index import count_index_rows, index_format, read_index
-from pipeline.prep.records import Drop, InputRecord, is_text
+from pipeline.prep.records import Drop, InputRecord, SeenIds, is_text
 from pipeline.prep.sharegpt4v import read_sharegpt4v
 from pipeline.prep.visual_genome import read_visual_genome
 from pipeline.shards.reader import file_digest
@@ -40,12 +40,13 @@ InputFiles = list[tuple[str, FileStat | None]]  # URL, size and version; None: a
 
 @dataclass(frozen=True)
 class Limits:
-    """What a reader is given besides the config: the job's bounds per record, and how a
-    webdataset input's tars are listed."""
+    """What a reader is given besides the config: the job's bounds per record, how a webdataset
+    input's tars are listed, and the ids seen so far (in the driver or not: ``dedup.py``)."""
 
     caption_chars: int
     sentences: int
     list_tars: tars.Lister
+    seen: SeenIds
 
 
 @dataclass(frozen=True)
@@ -64,19 +65,21 @@ class InputFormat:
 
 FORMATS: dict[str, InputFormat] = {
     "index": InputFormat(
-        read=lambda cfg, files, limits: read_index(cfg.index, limits.caption_chars),
+        read=lambda cfg, files, limits: read_index(cfg.index, limits.caption_chars, limits.seen),
         locate=lambda cfg: (index_format(cfg.index), _named_files(cfg))[1],
         describe=lambda cfg, files: {"format": index_format(cfg.index), "index": cfg.index},
         count=lambda cfg: count_index_rows(cfg.index),
     ),
     "webdataset": InputFormat(
-        read=lambda cfg, files, limits: tars.read_tars(files, limits.caption_chars, limits.list_tars),
+        read=lambda cfg, files, limits: tars.read_tars(
+            files, limits.caption_chars, limits.list_tars, limits.seen
+        ),
         locate=lambda cfg: _tars(cfg.shards),
         describe=lambda cfg, files: {"shards": cfg.shards, "tars": len(files)},
     ),
     "coco": InputFormat(
         read=lambda cfg, files, limits: read_coco(
-            cfg.captions, cfg.instances, cfg.images, limits.caption_chars
+            cfg.captions, cfg.instances, cfg.images, limits.caption_chars, limits.seen
         ),
         describe=lambda cfg, files: {
             "captions": cfg.captions,
@@ -86,11 +89,18 @@ FORMATS: dict[str, InputFormat] = {
         names_source=lambda cfg, files: cfg.images,  # train2017/ sits in the dataset's folder
     ),
     "sharegpt4v": InputFormat(
-        read=lambda cfg, files, limits: read_sharegpt4v(cfg.captions, cfg.images, limits.caption_chars),
+        read=lambda cfg, files, limits: read_sharegpt4v(
+            cfg.captions, cfg.images, limits.caption_chars, limits.seen
+        ),
     ),
     "visual_genome": InputFormat(
         read=lambda cfg, files, limits: read_visual_genome(
-            cfg.regions, cfg.images, limits.caption_chars, limits.sentences, cfg.keep_regions == "all"
+            cfg.regions,
+            cfg.images,
+            limits.caption_chars,
+            limits.sentences,
+            cfg.keep_regions == "all",
+            limits.seen,
         ),
         describe=lambda cfg, files: {
             **_keys(cfg),
@@ -138,11 +148,16 @@ def read_input(
     max_sentences: int,
     max_boxes: int,
     list_tars: tars.Lister = tars.list_locally,
+    id_sets: dedup.IdSets = dedup.in_driver,
 ) -> Iterator[InputRecord | Drop]:
     """Every input of the slice, in order (the ordinals), as a valid record or a drop with its reason;
     a record's boxes after the first ``max_boxes`` are cut here, where they are read, and counted.
-    ``list_tars`` lists the tars of a ``webdataset`` input (the job lists them as Ray tasks)."""
-    items = FORMATS[cfg.format].read(cfg, files, Limits(max_caption_chars, max_sentences, list_tars))
+    ``list_tars`` lists the tars of a ``webdataset`` input (the job lists them as Ray tasks);
+    ``id_sets`` makes the set of seen ids (``ray.dedup``: the job's may be on the cluster)."""
+    read = FORMATS[cfg.format].read
+    items = dedup.read_unique(
+        lambda seen: read(cfg, files, Limits(max_caption_chars, max_sentences, list_tars, seen)), id_sets
+    )
     if cfg.skip or cfg.limit is not None:
         items = ordinal_slice(items, cfg.skip, cfg.limit)
     return admit(items, max_boxes)

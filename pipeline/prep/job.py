@@ -28,8 +28,8 @@ import ray
 
 from pipeline import __version__, storage
 from pipeline.config import JobIncomplete, to_dict
-from pipeline.prep import inputs, lock, output, tars
-from pipeline.prep.config import PrepConfig
+from pipeline.prep import dedup, inputs, lock, output, tars
+from pipeline.prep.config import PrepConfig, RayConfig
 from pipeline.prep.pool import WorkerPool
 from pipeline.prep.records import Drop, InputRecord, keep_memory_returnable
 from pipeline.prep.worker import ShardTask
@@ -94,6 +94,7 @@ def _run(
             cfg.text.max_sentences,
             cfg.image.max_boxes,
             list_tars=_list_tars_on_ray,
+            id_sets=_id_sets(cfg.ray),
         )
         resumed = sum(result.stats.inputs for result in done.values())
         progress = Progress(total, resumed)
@@ -328,6 +329,12 @@ def _object_store_stats() -> str:
         return f"unavailable ({type(e).__name__})"
     lines = [line.strip() for line in summary.splitlines()]
     return "; ".join(line for line in lines if line and not line.startswith("---"))
+
+
+def _id_sets(cfg: RayConfig) -> dedup.IdSets:
+    if cfg.dedup == "distributed":
+        return dedup.on_the_cluster(cfg.dedup_parts, cfg.worker_timeout_s)
+    return dedup.in_driver
 
 
 def _init_ray(address: str | None) -> None:

@@ -173,7 +173,10 @@ class WorkerPool:
     # The queue: retries and probes first, then the input's next shard.
 
     def _dispatch(self, tasks: Iterator[ShardTask]) -> None:
-        for worker in sorted((w for w in self.live if not w.stuck), key=lambda w: len(w.calls)):
+        """Calls to the workers with room, the emptiest first (a scan, no sort of the whole pool:
+        at 1,000 workers it runs on every wake-up; benchmarks/bench_pool.py)."""
+        free = [w for w in self.live if len(w.calls) < TASKS_PER_WORKER and not w.stuck]
+        for worker in sorted(free, key=lambda w: len(w.calls)) if len(free) > 1 else free:
             while len(worker.calls) < TASKS_PER_WORKER:
                 work = self._queued() or self._next(tasks)
                 if work is None:
@@ -246,7 +249,9 @@ class WorkerPool:
     def _stop_copies(self, shard: Shard) -> None:
         """The workers running a copy of a settled shard are stuck on it: killed, their other
         calls back to the queue, nothing charged. (A copy still queued at a worker runs, and its
-        result is ignored.)"""
+        result is ignored.) Only a late shard has copies: the scan of the pool is for those."""
+        if not shard.late:
+            return
         for worker in list(self.live):
             work = self._head(worker)
             if work is not None and work.shard is shard and work.part is None:

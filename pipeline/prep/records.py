@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -96,10 +96,20 @@ def huge_int(digits: str) -> int | float:
         return -math.inf if digits.startswith("-") else math.inf
 
 
-def unique_ids(items: Iterable[InputRecord | Drop]) -> Iterator[InputRecord | Drop]:
+class SeenIds(Protocol):
+    """The ids seen so far, asked a batch at a time: an :class:`IdSet` in the driver, or one
+    hash-partitioned across the cluster (``dedup.py``). The answers are the same."""
+
+    def add_new(self, digests: bytes) -> np.ndarray: ...
+
+
+def unique_ids(
+    items: Iterable[InputRecord | Drop], seen: SeenIds | None = None
+) -> Iterator[InputRecord | Drop]:
     """The first record with an id is kept; a later one is dropped (ids key the samples). Read
-    ``ID_BATCH`` items at a time, so that the ids are looked up together (:class:`IdSet`)."""
-    seen, items = IdSet(), iter(items)
+    ``ID_BATCH`` items at a time, so that the ids are looked up together in ``seen`` (None: a
+    new :class:`IdSet`)."""
+    seen, items = IdSet() if seen is None else seen, iter(items)
     while batch := list(itertools.islice(items, ID_BATCH)):
         yield from first_of_ids(
             seen, batch, id_digests([item.id for item in batch if type(item) is InputRecord])
@@ -107,7 +117,7 @@ def unique_ids(items: Iterable[InputRecord | Drop]) -> Iterator[InputRecord | Dr
 
 
 def first_of_ids(
-    seen: IdSet, batch: list[InputRecord | Drop], digests: bytes
+    seen: SeenIds, batch: list[InputRecord | Drop], digests: bytes
 ) -> Iterator[InputRecord | Drop]:
     """``batch`` in order, its records whose id is in ``seen`` (or earlier in the batch) turned
     into drops; ``digests`` are those of its records' ids (:func:`id_digests`), made where the
@@ -172,6 +182,7 @@ class IdSet:
     numpy call per part and run for every batch: 256 parts made the lookups 3x slower.)"""
 
     DIGEST = 12  # bytes
+    COLUMNS = np.dtype([("hi", "<u8"), ("lo", "<u4")])  # a digest as two unsigned ints
     PART_BITS = 4  # the digest's first bits that choose its part
 
     def __init__(self) -> None:
@@ -180,7 +191,7 @@ class IdSet:
     def add_new(self, digests: bytes) -> np.ndarray:
         """For each digest in order (:func:`id_digests`), whether it is new (not seen before, nor
         earlier in ``digests``); the new ones are added."""
-        columns = np.frombuffer(digests, dtype=[("hi", "<u8"), ("lo", "<u4")])
+        columns = np.frombuffer(digests, dtype=self.COLUMNS)
         order = np.lexsort((columns["lo"], columns["hi"]))  # stable: the first of equal digests first
         hi, lo = columns["hi"][order], columns["lo"][order]
         new = np.ones(len(hi), dtype=bool)

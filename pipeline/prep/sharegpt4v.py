@@ -19,14 +19,20 @@ from typing import Any
 
 from pipeline import storage
 from pipeline.prep.jsonlist import read_json_list
-from pipeline.prep.records import Drop, InputRecord, caption_problem, is_text, unique_ids
+from pipeline.prep.records import Drop, InputRecord, SeenIds, caption_problem, is_text, unique_ids
 
 
-def read_sharegpt4v(captions: str, images: str, max_caption_chars: int) -> Iterator[InputRecord | Drop]:
-    """The records of a ShareGPT4V caption file, streamed; images under ``images``."""
+def read_sharegpt4v(
+    captions: str, images: str, max_caption_chars: int, seen: SeenIds | None = None
+) -> Iterator[InputRecord | Drop]:
+    """The records of a ShareGPT4V caption file, streamed; images under ``images``; ``seen``: the
+    ids seen so far (``records.unique_ids``)."""
     yield from unique_ids(
-        item if isinstance(item, Drop) else sharegpt4v_record(item, ordinal, images, max_caption_chars)
-        for ordinal, item in enumerate(read_json_list(captions, "captions"))
+        (
+            item if isinstance(item, Drop) else sharegpt4v_record(item, ordinal, images, max_caption_chars)
+            for ordinal, item in enumerate(read_json_list(captions, "captions"))
+        ),
+        seen,
     )
 
 

@@ -46,6 +46,7 @@ from pipeline import storage
 from pipeline.prep.records import (
     Drop,
     InputRecord,
+    SeenIds,
     caption_problem,
     is_text,
     origin_fields,
@@ -129,10 +130,11 @@ def list_locally(tars: list[Tar]) -> Iterator[TarListing]:
 
 
 def read_tars(
-    tars: list[Tar], max_caption_chars: int, list_tars: Lister = list_locally
+    tars: list[Tar], max_caption_chars: int, list_tars: Lister = list_locally, seen: SeenIds | None = None
 ) -> Iterator[InputRecord | Drop]:
-    """Every sample of every tar, in order, as a record or a drop; ordinals run across the tars."""
-    yield from unique_ids(_items(list_tars(tars), max_caption_chars))
+    """Every sample of every tar, in order, as a record or a drop; ordinals run across the tars;
+    ``seen``: the ids seen so far (``records.unique_ids``)."""
+    yield from unique_ids(_items(list_tars(tars), max_caption_chars), seen)
 
 
 def _items(listings: Iterable[TarListing], max_caption_chars: int) -> Iterator[InputRecord | Drop]:

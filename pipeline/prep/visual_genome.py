@@ -34,6 +34,7 @@ from pipeline.prep.jsonlist import read_json_list
 from pipeline.prep.records import (
     Drop,
     InputRecord,
+    SeenIds,
     as_sentence,
     caption_problem,
     is_text,
@@ -46,17 +47,26 @@ IMAGE_FOLDERS = ("", "VG_100K", "VG_100K_2")  # under input.images; the first ho
 
 
 def read_visual_genome(
-    regions: str, images: str, max_caption_chars: int, max_sentences: int, keep_all: bool = False
+    regions: str,
+    images: str,
+    max_caption_chars: int,
+    max_sentences: int,
+    keep_all: bool = False,
+    seen: SeenIds | None = None,
 ) -> Iterator[InputRecord | Drop]:
     """The records of a region descriptions file, streamed; images found under ``images``;
-    ``keep_all``: every region a box (``input.keep_regions``)."""
+    ``keep_all``: every region a box (``input.keep_regions``); ``seen``: the ids seen so far
+    (``records.unique_ids``)."""
     found = image_files(images)
     items = enumerate(read_json_list(regions, "regions"))
     yield from unique_ids(
-        item
-        if isinstance(item, Drop)
-        else vg_record(item, ordinal, found, images, max_caption_chars, max_sentences, keep_all)
-        for ordinal, item in items
+        (
+            item
+            if isinstance(item, Drop)
+            else vg_record(item, ordinal, found, images, max_caption_chars, max_sentences, keep_all)
+            for ordinal, item in items
+        ),
+        seen,
     )
 
 
