@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+
 from pipeline.config import ConfigError, load_config
 from pipeline.eval import EvalConfig, evaluate
 from pipeline.objectives.config import NAMES
@@ -79,6 +81,7 @@ def run_demo(
     heldout_set = _prepare(
         work, "heldout", SyntheticConfig(num_records=heldout, split="heldout", seed=seed), overrides
     )
+    ray.shutdown()  # the preps' local Ray: its memory to the training runs, its threads out of here
     if train_set is None or heldout_set is None or train_steps == 0:
         return 1 if train_set is None or heldout_set is None else 0
 
@@ -155,9 +158,8 @@ def train_run(run_dir: Path, objective: str, train_set: Path, steps: int, extra:
         *extra,
     ]
     print(f"\ntraining {objective}:", " ".join(cmd[2:]), flush=True)
-    # Ctrl-C must reach this process as KeyboardInterrupt while it waits: the prep's local Ray,
-    # still up in it, can leave SIGINT handled elsewhere (seen: the demo ended 1, not 130).
-    # signal.signal puts Python's handler back at the C level.
+    # Ctrl-C must reach this process as KeyboardInterrupt while it waits (seen once, with the
+    # preps' Ray still up in it: the demo ended 1, not 130): Python's handler, at the C level too.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if subprocess.run(cmd, check=False, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode:
         return None

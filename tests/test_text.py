@@ -11,6 +11,7 @@ from pipeline.text.hierarchy import TextHierarchy, build_hierarchy
 from pipeline.text.lexeme import Lexeme
 from pipeline.text.nlp import ModelUnavailable, load_nlp
 from pipeline.text.parser import CaptionParser
+from pipeline.text.phrases import candidates
 
 SHAPES = (
     "A large red circle sits in the upper left, just above a small blue square. "
@@ -215,6 +216,19 @@ def test_very_long_caption(parser):
 def test_batch_keeps_order_and_matches_single_parses(parser):
     captions = ["A dog runs.", "", SHAPES, "A cat sleeps on a mat."]
     assert parser.parse(captions) == [parser.parse([c])[0] for c in captions]
+
+
+def test_a_sentences_noun_chunks_from_the_doc_are_spacys_own(parser):
+    """build_hierarchy finds the doc's noun chunks once and gives each sentence those inside it:
+    the phrases spaCy's ``Span.noun_chunks`` (a pass over the whole doc per sentence) gives."""
+    caption = SHAPES + " Then a red circle and the cat sat. Next to the tree, a dog! In this image, a car."
+    doc = parser.model.nlp(caption)
+    cfg = TextConfig()
+    chunks = list(doc.noun_chunks)
+    for sent in doc.sents:
+        inside = [c for c in chunks if c.start >= sent.start and c.end <= sent.end]
+        assert candidates(sent, cfg, inside) == candidates(sent, cfg)
+    assert len(chunks) > len(list(doc.sents))
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,13 @@ def build_hierarchy(doc: Doc, cfg: TextConfig) -> TextHierarchy:
     """Sentences are capped first; phrases come from kept sentences only, in reading order,
     the first of case-insensitively equal texts wins, then the phrase cap applies."""
     sents = [s for s in doc.sents if s.text.strip()][: cfg.max_sentences]
+    chunks = list(doc.noun_chunks)  # once for the doc: each sentence takes those inside it
     found = sorted(
-        ((i, c) for i, s in enumerate(sents) for c in candidates(s, cfg)),
+        (
+            (i, c)
+            for i, s in enumerate(sents)
+            for c in candidates(s, cfg, [n for n in chunks if n.start >= s.start and n.end <= s.end])
+        ),
         key=lambda ic: (ic[1].span.start_char, -ic[1].span.end_char, PHRASE_KINDS.index(ic[1].kind)),
     )
     seen: set[str] = set()
