@@ -1,9 +1,11 @@
 import contextlib
 import json
+import multiprocessing
 import random
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import psutil
@@ -177,6 +179,27 @@ def test_index_readers_that_cannot_start_or_die_cost_nothing(tmp_path, monkeypat
         threading.Thread(target=_kill_a_child, args=(killed,), daemon=True).start()
     assert list(read_index(str(index), 100)) == whole
     assert fault == "folder_deleted" or killed
+
+
+@pytest.mark.integration  # starts a reader process
+def test_a_reader_that_does_not_end_is_killed_not_waited_for(monkeypatch):
+    """What a broken pool can leave (a reader it never stops): the read's end kills it after
+    ``READER_EXIT_S`` instead of hanging the driver (CI, 2026-12-07: a test hung in the pool's
+    shutdown, joining a reader that waited for work forever)."""
+    monkeypatch.setattr(index_module, "READER_EXIT_S", 0.5)
+    context = multiprocessing.get_context("spawn")
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(1, mp_context=context)
+    pool.submit(time.sleep, 3600)
+    deadline = time.monotonic() + 60
+    while not set(multiprocessing.active_children()) - before:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    readers = set(multiprocessing.active_children()) - before
+    started = time.monotonic()
+    index_module._stop(pool, readers)
+    assert time.monotonic() - started < 10
+    assert not any(reader.is_alive() for reader in readers)
 
 
 def _kill_a_child(killed: list[int]) -> None:

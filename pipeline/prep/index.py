@@ -48,6 +48,7 @@ REQUIRED_FIELDS = ("id", "image", "caption")
 log = logging.getLogger(__name__)
 
 READERS = min(4, os.cpu_count() or 1)  # processes that parse and validate an index's blocks
+READER_EXIT_S = 10.0  # a reader still running this long after the read ends is killed
 BLOCK_BYTES = 1 << 20  # a JSONL block: whole lines, about 1 MB
 BLOCK_ROWS = 8192  # a Parquet block
 CODECS = {".gz": "gzip", ".zst": "zstd"}  # a JSONL index's compression suffix → pyarrow's codec
@@ -197,23 +198,39 @@ def _in_order(parse: Callable[..., tuple], blocks: Iterator[tuple]) -> Iterator[
     ahead: deque[tuple[tuple, Future]] = deque()  # blocks handed to a reader, and their results
     unsent: list[tuple] = []  # a block read but not handed out when a reader could not start
     context = multiprocessing.get_context("spawn")  # the driver runs Ray's threads: never fork it
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(READERS, mp_context=context)
     try:
-        with ProcessPoolExecutor(READERS, mp_context=context) as pool:
-            for block in blocks:
-                unsent = [block]
-                ahead.append((block, pool.submit(parse, *block)))
-                unsent = []
-                if len(ahead) > READERS:
-                    yield ahead[0][1].result()
-                    ahead.popleft()
-            while ahead:
+        for block in blocks:
+            unsent = [block]
+            ahead.append((block, pool.submit(parse, *block)))
+            unsent = []
+            if len(ahead) > READERS:
                 yield ahead[0][1].result()
                 ahead.popleft()
-            return
+        while ahead:
+            yield ahead[0][1].result()
+            ahead.popleft()
+        return
     except (OSError, BrokenProcessPool) as e:
         log.warning("index readers failed (%s): the driver parses the rest", one_line(e))
+    finally:
+        _stop(pool, set(multiprocessing.active_children()) - before)
     for block in itertools.chain((block for block, _ in ahead), unsent, blocks):
         yield parse(*block)
+
+
+def _stop(pool: ProcessPoolExecutor, readers: set[multiprocessing.process.BaseProcess]) -> None:
+    """The readers stopped: asked to, and killed if they have not ended in ``READER_EXIT_S``.
+    The pool itself is not waited for: one that broke can have started a reader it then never
+    stops and waits for forever (CPython's executor: a submit racing its cleanup of a dead
+    reader; seen once in CI, as a test that hung)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for reader in readers:
+        reader.join(READER_EXIT_S)
+        if reader.is_alive():
+            reader.kill()
+            reader.join()
 
 
 def _json_rows(block: bytes, first: int) -> list[dict | Drop]:
