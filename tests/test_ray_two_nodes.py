@@ -125,12 +125,16 @@ def finished(two_nodes, job: str) -> str:
 
 
 def completion_records(s3, out: str) -> list[dict]:
-    """The completion records the running job has written so far (their stats)."""
+    """The completion records the running job has written so far (their stats). A record listed
+    but gone when read is skipped: the job removes them when it ends (``wait_for`` then sees it)."""
     listing = boto3.client("s3").list_objects_v2(Bucket=s3.bucket, Prefix=f"{out}/_progress/")
-    return [
-        json.loads(storage.read_bytes(f"{s3.url}/{item['Key']}"))["stats"]
-        for item in listing.get("Contents", [])
-    ]
+    records = []
+    for item in listing.get("Contents", []):
+        try:
+            records.append(json.loads(storage.read_bytes(f"{s3.url}/{item['Key']}"))["stats"])
+        except FileNotFoundError:
+            continue
+    return records
 
 
 def wait_for(condition, what: str, two_nodes=None, job: str | None = None) -> None:
@@ -153,7 +157,7 @@ def cluster(two_nodes, *command: str) -> None:
     )
 
 
-SHARDS = 36
+SHARDS = 37  # 370 input lines, 10 a shard
 # When node 2 is killed, from the shards the job has completed (and a function giving its log).
 KILL_WHEN = {
     "before_the_first_shard": lambda shards, log: not shards and "text: spaCy model" in log(),
@@ -173,7 +177,17 @@ def test_a_node_lost_costs_nothing(two_nodes, s3, one_node, moment, dedup):
     the set is rebuilt from a second read of the index (its second block is looked up after
     the kill), and the dataset is the same."""
     out = f"node-lost-{moment}-{dedup}"
-    job = submit(s3, two_nodes, out, f"ray.dedup={dedup}", "ray.dedup_parts=4")
+    # The last shards of a fast job land within a second: grounding that takes its time (from
+    # tests/, grounding as the default does) keeps them open long enough to be killed in.
+    slow = ["grounding.name=plugin", "grounding.plugin=tests.fault_grounders:Slow"]
+    job = submit(
+        s3,
+        two_nodes,
+        out,
+        f"ray.dedup={dedup}",
+        "ray.dedup_parts=4",
+        *(slow if moment == "in_the_last_shards" else []),
+    )
     log = lambda: job_cli(two_nodes, "logs", job)  # noqa: E731
     wait_for(lambda: KILL_WHEN[moment](completion_records(s3, out), log), moment, two_nodes, job)
     cluster(two_nodes, "kill-node", "2")
@@ -186,7 +200,10 @@ def test_a_node_lost_costs_nothing(two_nodes, s3, one_node, moment, dedup):
     manifest = json.loads(storage.read_bytes(f"{s3.url}/{out}/dataset.json"))
     if moment == "mid_job":
         assert {s["node"] for s in manifest["shard_stats"]} == {"node1", "node2"}
-    assert dataset(f"{s3.url}/{out}") == one_node
+    got, expected = dataset(f"{s3.url}/{out}"), one_node
+    if moment == "in_the_last_shards":  # another grounder's run id; the same shards, totals, drops
+        got, expected = {**got, "run_id": None}, {**expected, "run_id": None}
+    assert got == expected
 
 
 def test_a_node_that_joins_mid_job_takes_shards(two_nodes, s3, one_node):
