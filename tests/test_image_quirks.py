@@ -16,8 +16,10 @@ from PIL import Image, ImageOps
 
 from pipeline import storage
 from pipeline.config import load_config
+from pipeline.prep.coco import read_coco
 from pipeline.prep.config import ImageConfig, PrepConfig
 from pipeline.prep.images import encode, map_boxes
+from pipeline.prep.index import validate
 from pipeline.prep.records import InputRecord
 from pipeline.prep.worker import ShardTask, ShardWorker
 
@@ -157,7 +159,7 @@ def test_boxes_of_a_record_that_declares_the_raw_size_are_mapped_from_the_raw_fr
     data, raw = _photo(orientation)
     stored = encode(data, CFG)
     boxes = [{"box": _raw_box(raw), "label": "red rectangle"}]
-    declared = {"width": raw.width, "height": raw.height}  # what a tool that ignored EXIF wrote
+    declared = (raw.width, raw.height)  # what a tool that ignored EXIF wrote
     kept, _ = map_boxes(boxes, stored, CFG, declared)
     inside, outside = _on_red(_pixels(stored.jpg), kept[0]["box"])
     assert inside > 0.95 and outside < 0.01
@@ -167,7 +169,7 @@ def test_boxes_of_a_record_that_declares_the_raw_size_are_mapped_from_the_raw_fr
 
 def test_boxes_of_a_record_that_declares_the_displayed_size_stay_in_the_displayed_frame():
     stored = encode(_photo(6)[0], CFG)
-    declared = {"width": SHOWN[0], "height": SHOWN[1]}
+    declared = SHOWN
     kept, _ = map_boxes([{"box": BOX, "label": "red rectangle"}], stored, CFG, declared)
     inside, outside = _on_red(_pixels(stored.jpg), kept[0]["box"])
     assert inside > 0.95 and outside < 0.01
@@ -289,6 +291,48 @@ def test_a_shard_counts_each_conversion_and_drops_bad_paths_with_reasons(worker,
             assert (sample["width"], sample["height"]) == (64, 43)
             inside, outside = _on_red(_pixels(members[f"{key}.jpg"]), sample["regions"][0]["box"])
             assert inside > 0.95 and outside < 0.01, sample["id"]
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_coco_and_an_index_declaring_the_raw_size_put_raw_frame_boxes_on_their_object(
+    worker, tmp_path, orientation
+):
+    """COCO's ``images`` entries and an index row's ``width``/``height`` declare the size; where it
+    is the raw one, the boxes (drawn on the raw pixels) are mapped onto the displayed image."""
+    data, raw = _photo(orientation)
+    (tmp_path / "turned.jpg").write_bytes(data)
+    x0, y0, x1, y1 = _raw_box(raw)
+    image = {"id": 7, "file_name": "turned.jpg", "width": raw.width, "height": raw.height}
+    captions = {"images": [image], "annotations": [{"image_id": 7, "caption": "a red rectangle"}]}
+    instances = {
+        "annotations": [{"image_id": 7, "bbox": [x0, y0, x1 - x0, y1 - y0], "category_id": 1}],
+        "categories": [{"id": 1, "name": "red rectangle"}],
+    }
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    [from_coco] = read_coco(
+        str(tmp_path / "captions.json"), str(tmp_path / "instances.json"), str(tmp_path), 10_000
+    )
+    row = {
+        "id": "row",
+        "image": "turned.jpg",
+        "caption": "A red rectangle.",
+        "width": raw.width,
+        "height": raw.height,
+    }
+    from_index = validate(
+        {**row, "boxes": [{"box": [x0, y0, x1, y1], "label": "red rectangle"}]}, 1, str(tmp_path), 10_000
+    )
+    assert from_coco.declared_size == from_index.declared_size == (raw.width, raw.height)
+
+    result = worker.process(ShardTask(0, [from_coco, from_index]))
+    with tarfile.open(f"{worker.root}/{result.stats.name}") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    for key in (k[: -len(".json")] for k in members if k.endswith(".json")):
+        sample = json.loads(members[f"{key}.json"])
+        inside, outside = _on_red(_pixels(members[f"{key}.jpg"]), sample["regions"][0]["box"])
+        assert inside > 0.95 and outside < 0.01, sample["id"]
+    assert result.stats.samples == 2
 
 
 def test_reading_a_folder_as_an_image_leaks_no_descriptor(tmp_path):

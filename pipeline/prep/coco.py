@@ -39,6 +39,7 @@ from pipeline.prep.records import (
     SeenIds,
     as_sentence,
     caption_problem,
+    declared_size,
     parse_json,
     record_id,
     unique_ids,
@@ -109,6 +110,7 @@ def coco_items(
                         storage.resolve(images_dir, image["file_name"]),
                         caption,
                         boxes[rid] if instances is not None else None,
+                        declared_size=declared_size(image),
                     )
                 )
 

@@ -8,7 +8,7 @@ repair is reported, never silent; so are the two other conversions, each counted
 - EXIF orientation 2-8 is applied, as every viewer, OpenCV and detectron2 do when they read the
   image: the stored pixels are what a person saw, and the stored width and height are the
   displayed ones. Boxes are taken in that displayed frame (what an annotator saw), unless the
-  record's own metadata declares the raw size (:func:`raw_frame`).
+  record's input declares the raw size (:func:`raw_frame`).
 - An animated image (GIF, WebP, APNG, multi-page TIFF) is stored as its first frame.
 
 JPEGs are decoded by libjpeg-turbo through simplejpeg with its warnings as errors: Pillow
@@ -183,10 +183,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def map_boxes(
-    boxes: Any, stored: StoredImage, cfg: ImageConfig, origin: dict | None = None
+    boxes: Any, stored: StoredImage, cfg: ImageConfig, declared: tuple[int, int] | None = None
 ) -> tuple[list[dict], dict[str, int]]:
     """Input boxes (original pixels, displayed frame unless :func:`raw_frame` says otherwise for
-    the record's ``origin`` metadata) → clean boxes on the stored image, and drop counts by reason.
+    the size the record ``declared``) → clean boxes on the stored image, and drop counts by reason.
     (The reader has already cut a record's boxes to ``cfg.max_boxes``: ``inputs.admit``.)"""
     if boxes is None:
         return [], {}
@@ -195,7 +195,7 @@ def map_boxes(
     kept: list[dict] = []
     dropped: dict[str, int] = {}
     sx, sy = stored.scale
-    raw = raw_frame(stored, origin)
+    raw = raw_frame(stored, declared)
     for item in boxes:
         label = item.get("label") if isinstance(item, dict) else None
         numbers = box_numbers(item.get("box")) if isinstance(item, dict) else "box_malformed"
@@ -217,18 +217,18 @@ def map_boxes(
     return kept, dropped
 
 
-def raw_frame(stored: StoredImage, origin: dict | None) -> tuple[int, int] | None:
+def raw_frame(stored: StoredImage, declared: tuple[int, int] | None) -> tuple[int, int] | None:
     """The raw (un-oriented) size of the image when its record's boxes are in that frame, else
     None: the boxes are in the displayed frame, what an annotator sees in any viewer today (and
-    detectron2's convention). The exception is a record whose metadata (a WebDataset sample's
-    ``.json``) declares ``width`` and ``height`` equal to the raw size and not the displayed one,
-    which only a quarter turn (orientation 5-8) of a non-square image tells apart: a tool that
-    ignored the orientation wrote that size, and its boxes with it."""
-    if stored.orientation not in _QUARTER_TURNS or not isinstance(origin, dict):
+    detectron2's convention). The exception is a record whose input declares the image's size
+    (``records.declared_size``: a COCO ``images`` entry, a WebDataset sample's ``.json``, an
+    index row's ``width``/``height``) as the raw size and not the displayed one, which only a
+    quarter turn (orientation 5-8) of a non-square image tells apart: a tool that ignored the
+    orientation wrote that size, and its boxes with it."""
+    if stored.orientation not in _QUARTER_TURNS or declared is None:
         return None
     shown = (round(stored.width / stored.scale[0]), round(stored.height / stored.scale[1]))
-    declared = (origin.get("width"), origin.get("height"))
-    if shown[0] == shown[1] or declared != shown[::-1]:
+    if shown[0] == shown[1] or tuple(declared) != shown[::-1]:
         return None
     return shown[1], shown[0]
 

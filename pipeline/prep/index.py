@@ -34,6 +34,7 @@ from pipeline.prep.records import (
     InputRecord,
     SeenIds,
     caption_problem,
+    declared_size,
     first_of_ids,
     id_digests,
     is_text,
@@ -111,7 +112,12 @@ def validate(row: Any, ordinal: int, base_dir: str, max_caption_chars: int) -> I
     if problem:
         return Drop(ordinal, rid, *problem)
     return InputRecord(
-        ordinal, rid, storage.resolve(base_dir, row["image"]), row["caption"], row.get("boxes")
+        ordinal,
+        rid,
+        storage.resolve(base_dir, row["image"]),
+        row["caption"],
+        row.get("boxes"),
+        declared_size=declared_size(row),
     )
 
 

@@ -41,6 +41,7 @@ class InputRecord(NamedTuple):
     image_size: int = -1
     boxes_left_out: dict[str, int] | None = None  # input boxes not carried, by reason: counted
     origin: dict | None = None  # the input's own metadata for the sample (origin_fields)
+    declared_size: tuple[int, int] | None = None  # the image's (width, height) as the input says
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,18 @@ def origin_fields(meta: dict) -> dict:
         for key, value in meta.items()
         if key not in ("caption", "boxes") and is_text(key) and _plain(value)
     }
+
+
+def declared_size(meta: Any) -> tuple[int, int] | None:
+    """The image size an input's metadata declares (``width`` and ``height``, positive ints, as
+    COCO's ``images``, img2dataset's json and many indexes give them), or None. It tells boxes
+    drawn on the raw, un-rotated pixels (``images.raw_frame``)."""
+    if not isinstance(meta, dict):
+        return None
+    size = meta.get("width"), meta.get("height")
+    if all(type(v) is int and v > 0 for v in size):
+        return size
+    return None
 
 
 def _plain(value: Any) -> bool:

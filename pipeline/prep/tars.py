@@ -48,6 +48,7 @@ from pipeline.prep.records import (
     InputRecord,
     SeenIds,
     caption_problem,
+    declared_size,
     is_text,
     origin_fields,
     parse_json,
@@ -181,7 +182,17 @@ def sample_item(tar: str, sample: Sample, ordinal: int, max_caption_chars: int) 
     if problem:
         return Drop(ordinal, key, *problem)
     origin = origin_fields(meta) if meta else None
-    return InputRecord(ordinal, key, tar, caption, meta.get("boxes"), image.offset, image.size, origin=origin)
+    return InputRecord(
+        ordinal,
+        key,
+        tar,
+        caption,
+        meta.get("boxes"),
+        image.offset,
+        image.size,
+        origin=origin,
+        declared_size=declared_size(meta),
+    )
 
 
 def list_tar(tar: Tar) -> TarListing:

@@ -166,7 +166,7 @@ class ShardWorker:
             item.stored = stored
             try:
                 item.annotations, item.box_drops = map_boxes(
-                    item.record.boxes, stored, self.cfg.image, item.record.origin
+                    item.record.boxes, stored, self.cfg.image, item.record.declared_size
                 )
             except Exception as e:  # noqa: BLE001 - a box no check foresaw fails its record only
                 item.error, item.detail = "boxes_unusable", _describe(e)
