@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from pipeline.__main__ import main
+from pipeline.config import BadInput
 from pipeline.eval.benchmarks import read_benchmark, score_retrieval
 from pipeline.eval.data import EvalImage
 from pipeline.eval.model import _covered, box_scores, embed_images, embed_texts, load_model
@@ -104,6 +105,26 @@ def test_each_reader_takes_its_published_layout(tmp_path):
         assert [p.name for p in bench.images] == ["0.jpg", "2.jpg"]  # test images, 5 captions each
         assert len(bench.captions) == 10 and bench.image_of_text == [0] * 5 + [1] * 5
         assert bench.captions[5] == "Photo 2, caption 0."
+
+
+@pytest.mark.parametrize("benchmark, coco", [("flickr30k", False), ("coco", True)])
+def test_karpathy_benchmarks_take_the_dataset_folder_as_clip_benchmark_does(tmp_path, benchmark, coco):
+    """The folder a user downloaded: the split file in it or in a subfolder, images beside it or
+    at the folder's top; the file itself stays accepted."""
+    name = f"dataset_{benchmark}.json"
+    flat = _karpathy(tmp_path / "flat", name, coco)
+    nested = tmp_path / "nested"
+    _karpathy(nested, name, coco)
+    (nested / "annotations").mkdir()
+    (nested / name).rename(nested / "annotations" / name)
+    for path in (flat.parent, flat, nested):
+        bench = read_benchmark(benchmark, str(path))
+        assert [p.name for p in bench.images] == ["0.jpg", "2.jpg"] and all(p.is_file() for p in bench.images)
+        assert len(bench.captions) == 10
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BadInput, match=f"{benchmark}=.*empty holds no {name}"):
+        read_benchmark(benchmark, str(empty))
 
 
 @pytest.fixture(scope="module")

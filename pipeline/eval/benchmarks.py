@@ -9,11 +9,12 @@
                 images at ``item["image"]`` under the file's folder (Long-CLIP's ``share4v_val``)
 ``docci``       the folder holding ``docci_descriptions.jsonlines`` and ``images/``: the ``test``
                 split, ``image_file`` and ``description`` of each row
-``flickr30k``   Karpathy's split file (``dataset_flickr30k.json``): the ``test`` images, all their
-                captions (``sentences[].raw``), images in ``images/`` or ``flickr30k-images/``
-                beside it
+``flickr30k``   Karpathy's split file (``dataset_flickr30k.json``) or the dataset's folder holding
+                it (at its top or one or two folders down): the ``test`` images, all their
+                captions (``sentences[].raw``), images in ``images/``, ``flickr30k-images/`` or
+                ``Images/`` beside the file or in the folder given
 ``coco``        the same for ``dataset_coco.json``: images at ``<filepath>/<filename>``
-                (``val2014/...``) beside it, or in ``images/``
+                (``val2014/...``), or in ``images/``
 ``dci``         the DCI release folder (``densely_captioned_images/``, or the folder holding it):
                 every annotation its ``splits.json`` lists, ``photos/<image>`` with
                 ``short_caption`` and ``extra_caption`` joined by a newline (the long caption,
@@ -176,26 +177,49 @@ def dci(root: Path) -> RetrievalSet:
     return RetrievalSet(images, captions, list(range(len(images))))
 
 
-def karpathy(root: Path) -> RetrievalSet:
-    """Karpathy's split file: the test images and every one of their captions."""
-    entries = field(read_json(root, dict), "images", list, str(root))
+KARPATHY_FILES = {"flickr30k": "dataset_flickr30k.json", "coco": "dataset_coco.json"}
+
+
+def karpathy(root: Path, name: str) -> RetrievalSet:
+    """Karpathy's split file, or the dataset's folder holding it (as clip_benchmark's
+    ``--dataset_root``): the test images and every one of their captions."""
+    split_file = _split_file(root, name) if root.is_dir() else root
+    folders = list(dict.fromkeys([split_file.parent, *([root] if root.is_dir() else [])]))
+    entries = field(read_json(split_file, dict), "images", list, str(split_file))
     images, captions, image_of_text = [], [], []
     for i, entry in enumerate(entries):
-        where = f"{root} images[{i}]"
+        where = f"{split_file} images[{i}]"
         if field(entry, "split", str, where) != "test":
             continue
         sentences = field(entry, "sentences", list, where)
         for j, sentence in enumerate(sentences):
             captions.append(field(sentence, "raw", str, f"{where}.sentences[{j}]"))
             image_of_text.append(len(images))
-        images.append(_karpathy_image(root.parent, entry, where))
+        images.append(_karpathy_image(folders, entry, where))
     return RetrievalSet(images, captions, image_of_text)
 
 
-def _karpathy_image(folder: Path, entry: dict, where: str) -> Path:
+def _split_file(folder: Path, name: str) -> Path:
+    """The split file in ``folder``, or one or two folders down (``annotations/``, ``karpathy/``)."""
+    filename = KARPATHY_FILES[name]
+    found = [
+        folder / filename,
+        *sorted(folder.glob(f"*/{filename}")),
+        *sorted(folder.glob(f"*/*/{filename}")),
+    ]
+    split_file = next((p for p in found if p.is_file()), None)
+    if split_file is None:
+        raise BadInput(
+            f"benchmarks: {name}={folder} holds no {filename} (Karpathy's split file), nor do its subfolders"
+        )
+    return split_file
+
+
+def _karpathy_image(folders: list[Path], entry: dict, where: str) -> Path:
     name = field(entry, "filename", str, where)
-    candidates = [folder / entry["filepath"] / name] if isinstance(entry.get("filepath"), str) else []
-    candidates += [folder / "images" / name, folder / "flickr30k-images" / name]
+    subfolders = [entry["filepath"]] if isinstance(entry.get("filepath"), str) else []
+    subfolders += ["images", "flickr30k-images", "Images"]
+    candidates = [folder / sub / name for folder in folders for sub in subfolders]
     return next((p for p in candidates if p.is_file()), candidates[0])
 
 
@@ -204,8 +228,8 @@ READERS: dict[str, Callable[[Path], RetrievalSet]] = {
     "sharegpt4v": sharegpt4v,
     "sharegpt4v:10k": lambda root: sharegpt4v(root, 10_000),
     "docci": docci,
-    "flickr30k": karpathy,
-    "coco": karpathy,
+    "flickr30k": lambda root: karpathy(root, "flickr30k"),
+    "coco": lambda root: karpathy(root, "coco"),
     "dci": dci,
     "fgovd": read_fgovd,
 }
