@@ -183,8 +183,11 @@ KARPATHY_FILES = {"flickr30k": "dataset_flickr30k.json", "coco": "dataset_coco.j
 def karpathy(root: Path, name: str) -> RetrievalSet:
     """Karpathy's split file, or the dataset's folder holding it (as clip_benchmark's
     ``--dataset_root``): the test images and every one of their captions."""
-    split_file = _split_file(root, name) if root.is_dir() else root
-    folders = list(dict.fromkeys([split_file.parent, *([root] if root.is_dir() else [])]))
+    if root.is_dir():
+        split_file = _split_file(root, name)
+        folders = list(dict.fromkeys([split_file.parent, root]))  # images beside it, or at the top
+    else:
+        split_file, folders = root, [root.parent]
     entries = field(read_json(split_file, dict), "images", list, str(split_file))
     images, captions, image_of_text = [], [], []
     for i, entry in enumerate(entries):

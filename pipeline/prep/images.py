@@ -228,7 +228,7 @@ def raw_frame(stored: StoredImage, declared: tuple[int, int] | None) -> tuple[in
     if stored.orientation not in _QUARTER_TURNS or declared is None:
         return None
     shown = (round(stored.width / stored.scale[0]), round(stored.height / stored.scale[1]))
-    if shown[0] == shown[1] or tuple(declared) != shown[::-1]:
+    if shown[0] == shown[1] or declared != shown[::-1]:
         return None
     return shown[1], shown[0]
 
